@@ -1,0 +1,186 @@
+"""Actor-critic agents over a (timestep encoder -> trajectory encoder) trunk.
+
+Loss, per real (unpadded) transition t and discount factor gamma_g:
+    critic:  (Q_c(s_t, a_t)[g] - y_t[g])^2,  y_t[g] = r_t + gamma_g (1 - done_t) V_target(s_{t+1})[g]
+             V_target(s) = E_{a~pi(s)} min_c Q'_c(s, a)   (Q' = polyak-averaged target critic heads)
+    actor:   online_coeff * -E_{a~pi(s_t)} Q(s_t, a)[actor_gamma]            (policy gradient through the critic)
+           + offline_coeff * -log pi(a_t | s_t) * 1[Q(s_t, a_t) > E_pi Q(s_t, .)]  (advantage-filtered BC)
+           - entropy_coeff * H(pi(s_t))
+The critics learn every gamma at once (a cheap auxiliary signal); the actor follows ``actor_gamma``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import gin
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from amago_like.data.dataset import Batch
+from amago_like.nets.heads import Actor, CriticEnsemble
+from amago_like.nets.traj_encoders import TformerTrajEncoder, TrajEncoder
+from amago_like.nets.tstep_encoders import FFTstepEncoder, TstepEncoder
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of x over the positions where mask (broadcastable to x) is true."""
+    mask = mask.to(x.dtype).expand_as(x)
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+@gin.configurable
+class Agent(nn.Module):
+    def __init__(
+        self,
+        obs_space: gym.spaces.Dict,
+        rl2_space: gym.spaces.Box,
+        action_space: gym.Space,
+        max_seq_len: int,
+        tstep_encoder_type: type[TstepEncoder] = FFTstepEncoder,
+        traj_encoder_type: type[TrajEncoder] = TformerTrajEncoder,
+        num_critics: int = 2,
+        gammas: tuple[float, ...] = (0.9, 0.99, 0.999),
+        actor_gamma: float = 0.99,
+        tau: float = 0.005,
+        reward_multiplier: float = 1.0,
+        online_coeff: float = 1.0,
+        offline_coeff: float = 0.1,
+        entropy_coeff: float = 0.0,
+        num_actions_for_value: int = 4,
+    ):
+        super().__init__()
+        if actor_gamma not in gammas:
+            raise ValueError(f"actor_gamma={actor_gamma} must be one of gammas={gammas}")
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        self.action_dim = int(action_space.n) if self.discrete else int(action_space.shape[0])
+        self.max_seq_len = max_seq_len
+        self.tau, self.reward_multiplier = tau, reward_multiplier
+        self.online_coeff, self.offline_coeff, self.entropy_coeff = online_coeff, offline_coeff, entropy_coeff
+        self.num_actions_for_value = num_actions_for_value
+        self.register_buffer("gammas", torch.tensor(gammas, dtype=torch.float32))
+        self.actor_gamma_idx = list(gammas).index(actor_gamma)
+
+        self.tstep_encoder = tstep_encoder_type(obs_space, rl2_space)
+        self.traj_encoder = traj_encoder_type(self.tstep_encoder.emb_dim, max_seq_len)
+        d = self.traj_encoder.emb_dim
+        self.actor = Actor(d, self.action_dim, self.discrete)
+        self.critics = CriticEnsemble(d, self.action_dim, len(gammas), num_critics)
+        self.target_critics = copy.deepcopy(self.critics).requires_grad_(False)
+
+    # ------------------------------------------------------------------ trunk
+    def encode(
+        self,
+        obs: dict[str, torch.Tensor],
+        rl2s: torch.Tensor,
+        time_idxs: torch.Tensor,
+        pad_mask=None,
+        hidden_state=None,
+    ):
+        emb = self.tstep_encoder(obs, rl2s, pad_mask=pad_mask)  # (B, L, D_t)
+        return self.traj_encoder(emb, time_idxs, hidden_state=hidden_state)  # (B, L, D), state
+
+    def _all_actions(self, like: torch.Tensor) -> torch.Tensor:
+        """(A, 1, ..., 1, A) one-hot rows to evaluate critics on every discrete action."""
+        eye = torch.eye(self.action_dim, device=like.device, dtype=like.dtype)
+        return eye.view(self.action_dim, *([1] * (like.dim() - 1)), self.action_dim)
+
+    def _policy_values(self, critics: nn.Module, state: torch.Tensor, dist) -> tuple[torch.Tensor, torch.Tensor]:
+        """Q of on-policy actions: discrete (C, B, L, A, G) + probs, continuous (C, K, B, L, G) + None."""
+        if self.discrete:
+            q = critics(state.unsqueeze(0), self._all_actions(state))  # (C, A, B, L, G)
+            return q.movedim(1, -2), dist.probs  # (C, B, L, A, G), (B, L, A)
+        actions = dist.rsample(self.num_actions_for_value)  # (K, B, L, A)
+        return critics(state.unsqueeze(0), actions), None  # (C, K, B, L, G)
+
+    # ------------------------------------------------------------------ training
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """(critic_loss, actor_loss, metrics) of a batch; the caller weighs and sums the losses.
+
+        Training goes through ``forward`` so that a DDP-wrapped agent synchronises gradients.
+        """
+        states, _ = self.encode(batch.obs, batch.rl2s, batch.time_idxs, pad_mask=batch.pad_mask)  # (B, L, D)
+        s, s_next = states[:, :-1], states[:, 1:]  # (B, L-1, D)
+        mask = batch.transition_mask  # (B, L-1, 1)
+        g = self.actor_gamma_idx
+
+        # critic: TD targets from target heads on the (detached) next states
+        with torch.no_grad():
+            next_dist = self.actor(s_next.detach())
+            q_next, probs = self._policy_values(self.target_critics, s_next.detach(), next_dist)
+            if self.discrete:
+                v_next = (q_next.min(0).values * probs.unsqueeze(-1)).sum(-2)  # (B, L-1, G)
+            else:
+                v_next = q_next.min(0).values.mean(0)  # (B, L-1, G)
+            rews = batch.rews * self.reward_multiplier  # (B, L-1, 1)
+            target = rews + self.gammas * (1.0 - batch.dones) * v_next  # (B, L-1, G)
+        q_taken = self.critics(s, batch.actions)  # (C, B, L-1, G)
+        critic_loss = masked_mean((q_taken - target.unsqueeze(0)) ** 2, mask.unsqueeze(0))
+
+        # actor: policy gradient through frozen critics (on detached states) + filtered BC
+        dist = self.actor(s)
+        self.critics.requires_grad_(False)
+        q_pi, probs = self._policy_values(self.critics, s.detach(), dist)
+        self.critics.requires_grad_(True)
+        if self.discrete:
+            q_pi = q_pi.mean(0)[..., g]  # (B, L-1, A)
+            value = (probs * q_pi).sum(-1, keepdim=True)  # (B, L-1, 1)
+            pg_loss = -value
+            entropy = dist.entropy().unsqueeze(-1)
+        else:
+            q_pi = q_pi.mean(0)[..., g : g + 1]  # (K, B, L-1, 1)
+            value = q_pi.mean(0)  # (B, L-1, 1)
+            pg_loss = -value
+            entropy = dist.entropy_estimate().unsqueeze(-1)
+        with torch.no_grad():
+            advantage = q_taken.mean(0)[..., g : g + 1] - value  # (B, L-1, 1)
+            bc_filter = (advantage > 0).float()
+        logp = dist.log_prob(batch.actions.argmax(-1) if self.discrete else batch.actions).unsqueeze(-1)
+        actor_loss = masked_mean(
+            self.online_coeff * pg_loss - self.offline_coeff * bc_filter * logp - self.entropy_coeff * entropy,
+            mask,
+        )
+        with torch.no_grad():
+            metrics = {
+                "critic_loss": critic_loss.item(),
+                "actor_loss": actor_loss.item(),
+                "q_mean": masked_mean(q_taken[..., g : g + 1], mask.unsqueeze(0)).item(),
+                "td_target_mean": masked_mean(target[..., g : g + 1], mask).item(),
+                "bc_filter_rate": masked_mean(bc_filter, mask).item(),
+                "policy_entropy": masked_mean(entropy, mask).item(),
+                "reward_mean": masked_mean(batch.rews, mask).item(),
+            }
+        return critic_loss, actor_loss, metrics
+
+    @torch.no_grad()
+    def soft_sync_targets(self) -> None:
+        for p, tp in zip(self.critics.parameters(), self.target_critics.parameters()):
+            tp.lerp_(p, self.tau)
+
+    # ------------------------------------------------------------------ rollouts
+    def init_hidden_state(self, batch_size: int, device: torch.device) -> Any:
+        return self.traj_encoder.init_hidden_state(batch_size, device)
+
+    def reset_hidden_state(self, hidden_state: Any, dones: np.ndarray) -> Any:
+        return self.traj_encoder.reset_hidden_state(hidden_state, dones)
+
+    @torch.no_grad()
+    def get_actions(
+        self,
+        obs: dict[str, torch.Tensor],
+        rl2s: torch.Tensor,
+        time_idxs: torch.Tensor,
+        hidden_state: Any,
+        sample: bool = True,
+    ) -> tuple[torch.Tensor, Any]:
+        """One step for N actors: inputs (N, 1, ...) -> actions (N,) long or (N, A), new hidden state."""
+        states, hidden_state = self.encode(obs, rl2s, time_idxs, hidden_state=hidden_state)  # (N, 1, D)
+        dist = self.actor(states[:, -1])
+        if self.discrete:
+            actions = dist.sample() if sample else dist.probs.argmax(-1)
+        else:
+            actions = dist.rsample(1)[0] if sample else dist.mode()
+        return actions, hidden_state

@@ -1,0 +1,70 @@
+"""Command-line flags shared by the examples, turned into gin bindings."""
+
+from __future__ import annotations
+
+import argparse
+
+import gin
+
+# flag -> gin parameter it binds (only when the flag is given)
+FLAG_BINDINGS = {
+    "epochs": "Experiment.epochs",
+    "parallel_actors": "Experiment.parallel_actors",
+    "env_mode": "Experiment.env_mode",
+    "mixed_precision": "Experiment.mixed_precision",
+    "max_seq_len": "Experiment.max_seq_len",
+    "batch_size": "Experiment.batch_size",
+    "seed": "Experiment.seed",
+    "log_to_wandb": "Experiment.log_to_wandb",
+}
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--run_name", default=None, help="name of the run folder (default: derived from the env)")
+    parser.add_argument("--buffer_dir", default="runs", help="root folder of run folders and replay buffers")
+    parser.add_argument("--configs", nargs="*", default=None, help="gin files, applied in order")
+    parser.add_argument(
+        "--gin", action="append", default=[], help='extra gin binding, e.g. --gin "Experiment.epochs=10"'
+    )
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--parallel_actors", type=int, default=None)
+    parser.add_argument("--env_mode", choices=["sync", "async"], default=None)
+    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    parser.add_argument("--max_seq_len", type=int, default=None)
+    parser.add_argument("--batch_size", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--log_to_wandb",
+        action="store_true",
+        default=None,
+        help="log to wandb (WANDB_MODE=offline works without a key)",
+    )
+    return parser
+
+
+def flag_bindings(args: argparse.Namespace) -> list[str]:
+    return [
+        f"{param} = {getattr(args, flag)!r}"
+        for flag, param in FLAG_BINDINGS.items()
+        if getattr(args, flag, None) is not None
+    ]
+
+
+class GinBindingError(ValueError):
+    """A gin file or binding that names an unknown configurable or parameter, or does not parse."""
+
+
+def apply_gin(configs: list[str], bindings: list[str]) -> None:
+    """Parse gin files then bindings (later ones win); a bad one fails at once, naming it."""
+    import amago_like  # noqa: F401  (registers every configurable before parsing)
+
+    for path in configs:
+        try:
+            gin.parse_config_file(path)
+        except (ValueError, KeyError, OSError, SyntaxError) as e:
+            raise GinBindingError(f"in gin file {path}: {e}") from None
+    for binding in bindings:
+        try:
+            gin.parse_config(binding)
+        except (ValueError, KeyError, SyntaxError) as e:
+            raise GinBindingError(f"bad gin binding {binding!r}: {e}") from None

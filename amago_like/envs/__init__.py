@@ -1,0 +1,19 @@
+"""Environments: the sequence wrapper, vectorisation, and built-in meta-RL envs (no torch here)."""
+
+from amago_like.envs.builtin.bandit import MetaBandit
+from amago_like.envs.builtin.metaworld import KEpisodeMetaworld, Metaworld
+from amago_like.envs.vector import ENV_MODES, finished_episodes, make_vector_env
+from amago_like.envs.wrapper import LOG_PREFIX, AMAGOEnv, EpisodeStats, split_timestep
+
+__all__ = [
+    "ENV_MODES",
+    "LOG_PREFIX",
+    "AMAGOEnv",
+    "EpisodeStats",
+    "KEpisodeMetaworld",
+    "MetaBandit",
+    "Metaworld",
+    "finished_episodes",
+    "make_vector_env",
+    "split_timestep",
+]

@@ -1,0 +1,425 @@
+"""Meta-World (v3) meta-RL environments with k attempts per task.
+
+One *episode* of :class:`KEpisodeMetaworld` is one task sampled from a
+Meta-World ML benchmark, played for ``k_episodes`` consecutive *attempts*
+(trials).  Between attempts the simulator is soft-reset to the same task, so a
+memory-based policy can use earlier attempts to identify and solve the task.
+
+Meta-World itself is imported lazily (on first construction), so importing this
+module is cheap and only registers the gin configurables.
+
+Benchmark objects are expensive to build (they instantiate every task class and
+sample 50 goals per class).  :func:`get_benchmark` builds each
+``(benchmark, seed)`` once per process and, for a fixed seed, also keeps a
+pickled copy on disk so that later processes start in milliseconds.  The disk
+cache lives in ``$AMAGO_LIKE_CACHE`` (default ``~/.cache/amago_like``); set
+``AMAGO_LIKE_CACHE=off`` (or ``0``/``none``/``false``/empty) to disable it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import threading
+import warnings
+import zlib
+from pathlib import Path
+from typing import Any
+
+import gin
+import gymnasium as gym
+import numpy as np
+
+__all__ = [
+    "ML_BENCHMARKS",
+    "KEpisodeMetaworld",
+    "Metaworld",
+    "get_benchmark",
+    "ml1_task_names",
+]
+
+#: Multi-task meta-RL benchmarks accepted besides single ML1 task names.
+ML_BENCHMARKS: tuple[str, ...] = ("ml10", "ml45")
+SPLITS: tuple[str, ...] = ("train", "test")
+#: Meta-World's hard per-episode step limit (a 501st step raises).
+METAWORLD_MAX_PATH_LENGTH = 500
+#: Size of a Meta-World observation.
+METAWORLD_OBS_DIM = 39
+
+_CACHE_ENV_VAR = "AMAGO_LIKE_CACHE"
+_CACHE_OFF_VALUES = {"", "0", "off", "none", "false", "no"}
+
+_BENCHMARKS: dict[tuple[str, int | None], Any] = {}
+_BENCHMARKS_LOCK = threading.Lock()
+
+
+# --------------------------------------------------------------------------- #
+# Benchmark names and construction
+# --------------------------------------------------------------------------- #
+
+
+def ml1_task_names() -> list[str]:
+    """All Meta-World v3 task names usable as an ML1 benchmark (50 of them)."""
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    return sorted(ALL_V3_ENVIRONMENTS)
+
+
+def normalize_benchmark_name(benchmark: str) -> str:
+    """Lower-case and validate a benchmark name; raise ``ValueError`` if unknown."""
+    if not isinstance(benchmark, str):
+        raise ValueError(f"Meta-World benchmark must be a string, got {benchmark!r} ({type(benchmark).__name__})")
+    name = benchmark.strip().lower()
+    if name in ML_BENCHMARKS:
+        return name
+    ml1_names = ml1_task_names()
+    if name in ml1_names:
+        return name
+    valid = f"valid names are {', '.join(repr(b) for b in ML_BENCHMARKS)} or one ML1 task name: {', '.join(ml1_names)}"
+    hint = ""
+    if name.endswith("-v2") and name[:-3] + "-v3" in ml1_names:
+        hint = f" Meta-World 3.x only ships v3 tasks: use {name[:-3] + '-v3'!r} instead of {benchmark!r}."
+    elif name + "-v3" in ml1_names:
+        hint = f" Did you mean {name + '-v3'!r}?"
+    elif name in ("ml25", "mt1", "mt10", "mt25", "mt50"):
+        hint = f" {benchmark!r} is a Meta-World benchmark but is not supported here."
+    raise ValueError(f"Unknown Meta-World benchmark {benchmark!r}.{hint} {valid}")
+
+
+def _disk_cache_dir() -> Path | None:
+    value = os.environ.get(_CACHE_ENV_VAR)
+    if value is None:
+        return Path.home() / ".cache" / "amago_like"
+    if value.strip().lower() in _CACHE_OFF_VALUES:
+        return None
+    return Path(value).expanduser()
+
+
+def _disk_cache_path(name: str, seed: int) -> Path | None:
+    root = _disk_cache_dir()
+    if root is None:
+        return None
+    from importlib.metadata import version
+
+    return root / f"metaworld-{version('metaworld')}" / f"{name}-seed{seed}.pkl"
+
+
+def _expected_classes(name: str) -> tuple[list[str], list[str]]:
+    import metaworld.env_dict as env_dict
+
+    if name == "ml10":
+        d = env_dict.ML10_V3
+    elif name == "ml45":
+        d = env_dict.ML45_V3
+    else:
+        return [name], [name]
+    return list(d["train"]), list(d["test"])
+
+
+def _looks_valid(bench: Any, name: str) -> bool:
+    import metaworld
+
+    if not isinstance(bench, metaworld.Benchmark):
+        return False
+    train, test = _expected_classes(name)
+    return (
+        list(bench.train_classes) == train
+        and list(bench.test_classes) == test
+        and len(bench.train_tasks) > 0
+        and len(bench.test_tasks) > 0
+        and {t.env_name for t in bench.train_tasks} == set(train)
+        and {t.env_name for t in bench.test_tasks} == set(test)
+    )
+
+
+def _load_from_disk(path: Path, name: str) -> Any | None:
+    try:
+        with open(path, "rb") as f:
+            bench = pickle.load(f)
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # corrupt / incompatible file: rebuild it
+        warnings.warn(f"Ignoring unreadable Meta-World cache file {path}: {e!r}", stacklevel=3)
+        return None
+    if not _looks_valid(bench, name):
+        warnings.warn(f"Ignoring Meta-World cache file {path}: unexpected contents", stacklevel=3)
+        return None
+    return bench
+
+
+def _save_to_disk(path: Path, bench: Any) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                pickle.dump(bench, f, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, path)  # atomic: concurrent writers never see half a file
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    except OSError as e:
+        warnings.warn(f"Could not write Meta-World cache file {path}: {e!r}", stacklevel=3)
+
+
+def _build(name: str, seed: int | None) -> Any:
+    import metaworld
+
+    if name == "ml10":
+        return metaworld.ML10(seed=seed)
+    if name == "ml45":
+        return metaworld.ML45(seed=seed)
+    return metaworld.ML1(name, seed=seed)
+
+
+def get_benchmark(benchmark: str, seed: int | None = 0) -> Any:
+    """Return the Meta-World benchmark object for ``benchmark`` (built once per process).
+
+    ``benchmark`` is ``"ml10"``, ``"ml45"`` or an ML1 task name (case-insensitive).
+    ``seed`` fixes the goal positions Meta-World samples for the tasks; with
+    ``seed=None`` every process gets different goals and nothing is cached on disk.
+    """
+    name = normalize_benchmark_name(benchmark)
+    key = (name, seed)
+    with _BENCHMARKS_LOCK:
+        bench = _BENCHMARKS.get(key)
+        if bench is not None:
+            return bench
+        path = _disk_cache_path(name, seed) if seed is not None else None
+        if path is not None:
+            bench = _load_from_disk(path, name)
+        if bench is None:
+            bench = _build(name, seed)
+            if path is not None:
+                _save_to_disk(path, bench)
+        _BENCHMARKS[key] = bench
+        return bench
+
+
+# --------------------------------------------------------------------------- #
+# The environment
+# --------------------------------------------------------------------------- #
+
+
+@gin.configurable
+class KEpisodeMetaworld(gym.Env):
+    """A Meta-World ML task played for ``k_episodes`` attempts per episode.
+
+    Observation: the 39-dim Meta-World observation (float32) plus one flag that is
+    1.0 on the first observation of every attempt and 0.0 otherwise.  Action: the
+    Meta-World action, ``Box(-1, 1, (4,), float32)``.  Reward: the simulator reward.
+
+    An attempt lasts ``max_episode_length`` steps (or less if the simulator
+    truncates/terminates).  The step that ends attempt ``i`` carries
+    ``info["log/Trial {i} Success"]``; the simulator is then soft-reset to the same
+    task and the first observation of attempt ``i + 1`` is returned.  The step that
+    ends attempt ``k`` returns ``terminated=True`` with ``info["log/Total Successes"]``
+    and ``info["log/Success"]``.  ``info["attempt"]`` is the 1-based attempt the
+    returned observation belongs to.
+
+    ``self.env_name`` is the current task's class name (e.g. ``"reach-v3"``), set by
+    :meth:`reset` (``None`` before the first reset).
+
+    Args:
+        benchmark: ``"ml10"``, ``"ml45"`` or an ML1 task name such as ``"reach-v3"``
+            (case-insensitive).
+        split: ``"train"`` or ``"test"`` task set of the benchmark.
+        k_episodes: attempts per task (>= 1).
+        max_episode_length: steps per attempt, 1..500 (Meta-World's hard limit).
+        benchmark_seed: seed of the benchmark's goal sampling (which 50 goals each
+            task class has).  Keep it fixed so that all processes agree on the task
+            set; ``None`` draws fresh goals in every process.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        benchmark: str,
+        split: str = "train",
+        k_episodes: int = 3,
+        max_episode_length: int = 500,
+        benchmark_seed: int | None = 0,
+    ):
+        super().__init__()
+        self.benchmark_name = normalize_benchmark_name(benchmark)
+        if split not in SPLITS:
+            raise ValueError(
+                f"Unknown Meta-World split {split!r}; valid splits are {', '.join(repr(s) for s in SPLITS)}"
+            )
+        if isinstance(k_episodes, bool) or not isinstance(k_episodes, (int, np.integer)) or k_episodes < 1:
+            raise ValueError(f"k_episodes must be an integer >= 1, got {k_episodes!r}")
+        if (
+            isinstance(max_episode_length, bool)
+            or not isinstance(max_episode_length, (int, np.integer))
+            or not 1 <= max_episode_length <= METAWORLD_MAX_PATH_LENGTH
+        ):
+            raise ValueError(
+                f"max_episode_length must be an integer in [1, {METAWORLD_MAX_PATH_LENGTH}] "
+                f"(Meta-World cannot step an episode past {METAWORLD_MAX_PATH_LENGTH} "
+                f"steps), got {max_episode_length!r}"
+            )
+        self.split = split
+        self.k_episodes = int(k_episodes)
+        self.max_episode_length = int(max_episode_length)
+        self.benchmark_seed = benchmark_seed
+
+        self._benchmark = get_benchmark(self.benchmark_name, benchmark_seed)
+        if split == "train":
+            self._classes = self._benchmark.train_classes
+            self._tasks = list(self._benchmark.train_tasks)
+        else:
+            self._classes = self._benchmark.test_classes
+            self._tasks = list(self._benchmark.test_tasks)
+        #: Task class names of this split, in Meta-World's order.
+        self.task_names: tuple[str, ...] = tuple(self._classes)
+
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(METAWORLD_OBS_DIM + 1,), dtype=np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
+
+        self._sims: dict[str, Any] = {}  # task class name -> simulator, created lazily
+        self._sim_seed: int | None = None  # last seed passed to reset()
+        self._sim: Any = None  # simulator of the current task
+        self.env_name: str | None = None
+        self.current_task: Any = None
+        self._attempt = 0
+        self._t = 0  # steps taken in the current attempt
+        self._attempt_success = False
+        self._successes: list[bool] = []
+        self._done = True
+
+    # -- helpers -------------------------------------------------------------
+
+    @property
+    def simulator_names(self) -> tuple[str, ...]:
+        """Task classes for which a simulator has been created so far."""
+        return tuple(self._sims)
+
+    @property
+    def attempt(self) -> int:
+        """1-based index of the current attempt (0 before the first reset)."""
+        return self._attempt
+
+    def _seed_sim(self, name: str, sim: Any) -> None:
+        if self._sim_seed is None:
+            return
+        # One stable, distinct stream per task class, derived from the reset seed.
+        ss = np.random.SeedSequence([self._sim_seed, zlib.crc32(name.encode())])
+        sim.seed(int(ss.generate_state(1)[0]))
+
+    def _get_sim(self, name: str) -> Any:
+        sim = self._sims.get(name)
+        if sim is None:
+            sim = self._classes[name]()
+            limit = getattr(sim, "max_path_length", METAWORLD_MAX_PATH_LENGTH)
+            if self.max_episode_length > limit:
+                sim.close()
+                raise ValueError(
+                    f"max_episode_length={self.max_episode_length} exceeds the "
+                    f"{name} simulator's max_path_length={limit}"
+                )
+            self._seed_sim(name, sim)
+            self._sims[name] = sim
+        return sim
+
+    def _make_obs(self, obs: np.ndarray, first: bool) -> np.ndarray:
+        out = np.empty(METAWORLD_OBS_DIM + 1, dtype=np.float32)
+        out[:METAWORLD_OBS_DIM] = obs
+        out[METAWORLD_OBS_DIM] = 1.0 if first else 0.0
+        return out
+
+    def _start_attempt(self) -> np.ndarray:
+        obs, _ = self._sim.reset()
+        self._attempt += 1
+        self._t = 0
+        self._attempt_success = False
+        return self._make_obs(obs, first=True)
+
+    # -- gym API -------------------------------------------------------------
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)  # reseeds self.np_random (task sampling) if given
+        if seed is not None:
+            self._sim_seed = int(seed)
+            for name, sim in self._sims.items():
+                self._seed_sim(name, sim)
+        task = self._tasks[int(self.np_random.integers(len(self._tasks)))]
+        self._sim = self._get_sim(task.env_name)
+        self._sim.set_task(task)
+        self.current_task = task
+        self.env_name = task.env_name
+        self._attempt = 0
+        self._successes = []
+        self._done = False
+        obs = self._start_attempt()
+        return obs, {"attempt": self._attempt, "env_name": self.env_name}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self._sim is None:
+            raise RuntimeError("KEpisodeMetaworld.step() called before reset()")
+        if self._done:
+            raise RuntimeError("KEpisodeMetaworld.step() called after the last attempt ended; call reset()")
+        action = np.asarray(action, dtype=np.float32).reshape(-1)
+        if action.shape != (4,):
+            raise ValueError(f"expected an action of shape (4,), got {action.shape}")
+
+        obs, reward, sim_terminated, sim_truncated, sim_info = self._sim.step(action)
+        self._t += 1
+        info = dict(sim_info)
+        if float(info.get("success", 0.0)) > 0.0:
+            self._attempt_success = True
+
+        first = False
+        terminated = False
+        if sim_terminated or sim_truncated or self._t >= self.max_episode_length:
+            info[f"log/Trial {self._attempt} Success"] = float(self._attempt_success)
+            self._successes.append(self._attempt_success)
+            if self._attempt < self.k_episodes:
+                obs_out = self._start_attempt()  # same task, fresh simulator episode
+                first = True
+            else:
+                terminated = True
+                self._done = True
+                info["log/Total Successes"] = float(sum(self._successes))
+                info["log/Success"] = float(any(self._successes))
+        if not first:
+            obs_out = self._make_obs(obs, first=False)
+        info["attempt"] = self._attempt
+        return obs_out, float(reward), terminated, False, info
+
+    def close(self) -> None:
+        for sim in self._sims.values():
+            sim.close()
+        self._sims.clear()
+        self._sim = None
+        self._done = True
+        super().close()
+
+    def __repr__(self) -> str:
+        return (
+            f"KEpisodeMetaworld({self.benchmark_name!r}, split={self.split!r}, "
+            f"k_episodes={self.k_episodes}, max_episode_length={self.max_episode_length})"
+        )
+
+
+@gin.configurable
+def Metaworld(
+    benchmark_name: str,
+    split: str = "train",
+    k_episodes: int = 3,
+    max_episode_length: int = 500,
+):
+    """A :class:`KEpisodeMetaworld` wrapped in ``AMAGOEnv`` (named after the benchmark)."""
+    from amago_like.envs.wrapper import AMAGOEnv
+
+    env = KEpisodeMetaworld(
+        benchmark_name,
+        split=split,
+        k_episodes=k_episodes,
+        max_episode_length=max_episode_length,
+    )
+    return AMAGOEnv(env, env_name=env.benchmark_name)

@@ -1,0 +1,248 @@
+"""Fast CPU tests for amago_like.nets (toy sizes)."""
+
+import gin
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from amago_like.nets import FFTrajEncoder, FFTstepEncoder, GRUTrajEncoder, KVCache, TformerTrajEncoder
+
+TSTEP_DIM, ATOL = 6, 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Toy sizes gain nothing from intra-op threads, and spinning threads crawl on a busy 2-core box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _tformer(max_seq_len=8, n_layers=2, **kw) -> TformerTrajEncoder:
+    torch.manual_seed(0)
+    kw = dict(d_model=16, n_layers=n_layers, n_heads=2, d_ff=32, max_time_idx=100) | kw
+    return TformerTrajEncoder(TSTEP_DIM, max_seq_len, **kw).eval()
+
+
+def _gru() -> GRUTrajEncoder:
+    torch.manual_seed(0)
+    return GRUTrajEncoder(TSTEP_DIM, 8, d_hidden=12, n_layers=2, d_output=10).eval()
+
+
+def _times(B: int, L: int, start: int = 0) -> torch.Tensor:  # (B, L, 1)
+    return (torch.arange(L) + start).view(1, L, 1).expand(B, L, 1)
+
+
+def _spaces():
+    obs = gym.spaces.Dict(
+        {
+            "b_img": gym.spaces.Box(-1, 1, (2, 3)),
+            "a_vec": gym.spaces.Box(-1, 1, (4,)),
+        }
+    )
+    return obs, gym.spaces.Box(-1, 1, (3,))  # rl2 = reward + 2-dim action
+
+
+def _obs(B, L, scale=1.0, shift=0.0):
+    return {"a_vec": torch.randn(B, L, 4) * scale + shift, "b_img": torch.randn(B, L, 2, 3) * scale + shift}
+
+
+# ------------------------------------------------------------------ shapes
+def test_tstep_encoder_shape():
+    torch.manual_seed(0)
+    enc = FFTstepEncoder(*_spaces(), n_layers=2, d_hidden=16, d_output=8)
+    out = enc(_obs(3, 5), torch.randn(3, 5, 3))
+    assert out.shape == (3, 5, 8) and enc.emb_dim == 8
+
+
+@pytest.mark.parametrize("make", [_tformer, _gru, lambda: FFTrajEncoder(TSTEP_DIM, 8, d_hidden=12, d_output=10)])
+def test_traj_encoder_shapes(make):
+    enc = make()
+    B, L = 3, 7
+    out, h = enc(torch.randn(B, L, TSTEP_DIM), _times(B, L))
+    assert out.shape == (B, L, enc.emb_dim) and h is None
+    h = enc.init_hidden_state(B, torch.device("cpu"))
+    out, h = enc(torch.randn(B, 1, TSTEP_DIM), _times(B, 1), h)
+    assert out.shape == (B, 1, enc.emb_dim)
+    h = enc.reset_hidden_state(h, np.array([True, False, False]))
+    out, h = enc(torch.randn(B, 1, TSTEP_DIM), _times(B, 1), h)
+    assert out.shape == (B, 1, enc.emb_dim)
+
+
+def test_kv_cache_layout():
+    enc = _tformer(max_seq_len=8, n_layers=2)
+    cache = enc.init_hidden_state(5, torch.device("cpu"))
+    assert isinstance(cache, KVCache)
+    assert cache.k[0].shape == (5, 2, 8, 8) and cache.n.shape == (5,)
+
+
+# ------------------------------------------------------------------ causality
+@pytest.mark.parametrize("make", [_tformer, _gru])
+def test_causal(make):
+    enc = make()
+    seq = torch.randn(2, 8, TSTEP_DIM)
+    out1, _ = enc(seq, _times(2, 8))
+    seq2 = seq.clone()
+    seq2[:, 5:] = torch.randn(2, 3, TSTEP_DIM)
+    out2, _ = enc(seq2, _times(2, 8))
+    torch.testing.assert_close(out1[:, :5], out2[:, :5], atol=0, rtol=0)
+    assert not torch.allclose(out1[:, 5:], out2[:, 5:])
+
+
+# ------------------------------------------------------------------ rollout == full forward
+def _rollout(enc, seq, times, resets=None):
+    """Step through seq (B, T, d) one token at a time; resets[t] = (B,) bool applied before step t."""
+    B, T, _ = seq.shape
+    h = enc.init_hidden_state(B, torch.device("cpu"))
+    outs = []
+    with torch.no_grad():
+        for t in range(T):
+            if resets is not None and resets[t] is not None:
+                h = enc.reset_hidden_state(h, resets[t])
+            out, h = enc(seq[:, t : t + 1], times[:, t : t + 1], h)
+            outs.append(out)
+    return torch.cat(outs, 1)  # (B, T, emb)
+
+
+@pytest.mark.parametrize("make", [_tformer, _gru])
+def test_rollout_matches_full_forward_with_reset(make):
+    enc = make()
+    torch.manual_seed(1)
+    B, T, r = 3, 7, 3  # actor 1 resets before step r; no context overflow (T <= max_seq_len)
+    seq = torch.randn(B, T, TSTEP_DIM)
+    times = _times(B, T).clone()
+    times[1, r:] = torch.arange(T - r).view(-1, 1)  # env restarts its time index
+    resets = [None] * T
+    resets[r] = np.array([False, True, False])
+    roll = _rollout(enc, seq, times, resets)
+    with torch.no_grad():
+        full, _ = enc(seq, times)
+        post, _ = enc(seq[1:2, r:], times[1:2, r:])  # fresh forward over the post-reset history only
+    torch.testing.assert_close(roll[[0, 2]], full[[0, 2]], atol=ATOL, rtol=0)
+    torch.testing.assert_close(roll[1, :r], full[1, :r], atol=ATOL, rtol=0)
+    torch.testing.assert_close(roll[1:2, r:], post, atol=ATOL, rtol=0)
+
+
+def _windowed_full(enc, seq, times, S):
+    """Output at each t of a full forward over the last S timesteps ending at t."""
+    outs = []
+    with torch.no_grad():
+        for t in range(seq.shape[1]):
+            lo = max(0, t - S + 1)
+            out, _ = enc(seq[:, lo : t + 1], times[:, lo : t + 1])
+            outs.append(out[:, -1:])
+    return torch.cat(outs, 1)
+
+
+@pytest.mark.parametrize("n_layers,overflow", [(1, "slide"), (3, "recompute")])
+@pytest.mark.parametrize("pos_emb", ["learned", "fixed"])
+def test_rollout_past_context_limit(n_layers, overflow, pos_emb):
+    S, B, T = 5, 3, 14
+    enc = _tformer(max_seq_len=S, n_layers=n_layers, overflow=overflow, pos_emb=pos_emb)
+    torch.manual_seed(2)
+    seq = torch.randn(B, T, TSTEP_DIM)
+    times = _times(B, T)
+    resets = [None] * T
+    resets[4] = np.array([False, False, True])  # rows with different fill levels overflow at different steps
+    roll = _rollout(enc, seq, times.clone(), resets)
+    ref = _windowed_full(enc, seq[:2], times[:2], S)
+    torch.testing.assert_close(roll[:2], ref, atol=ATOL, rtol=0)
+    ref2 = _windowed_full(enc, seq[2:, 4:], times[2:, 4:], S)
+    torch.testing.assert_close(roll[2:, 4:], ref2, atol=ATOL, rtol=0)
+
+
+def test_slide_multilayer_is_exact_until_overflow():
+    """Documents the known limit: with >1 layer, 'slide' keeps upper-layer K/V computed with
+    older context, so it only equals the windowed full forward until the first overflow."""
+    S, T = 5, 10
+    enc = _tformer(max_seq_len=S, n_layers=2, overflow="slide")
+    seq, times = torch.randn(2, T, TSTEP_DIM), _times(2, T)
+    roll, ref = _rollout(enc, seq, times), _windowed_full(enc, seq, times, S)
+    torch.testing.assert_close(roll[:, :S], ref[:, :S], atol=ATOL, rtol=0)
+    assert (roll[:, S:] - ref[:, S:]).abs().max() > 1e-4
+
+
+def test_tformer_pos_embs_differ_and_time_idx_matters():
+    seq = torch.randn(2, 6, TSTEP_DIM)
+    for pos_emb in ["learned", "fixed"]:
+        enc = _tformer(pos_emb=pos_emb)
+        a, _ = enc(seq, _times(2, 6))
+        b, _ = enc(seq, _times(2, 6, start=200))  # clamped to max_time_idx=100, must not crash
+        assert torch.isfinite(a).all() and not torch.allclose(a, b)
+    assert isinstance(_tformer(pos_emb="fixed").pos, torch.nn.Module)
+    with pytest.raises(ValueError):
+        _tformer(pos_emb="rope")
+
+
+def test_tformer_backward():
+    enc = _tformer().train()
+    out, _ = enc(torch.randn(2, 6, TSTEP_DIM), _times(2, 6))
+    out.pow(2).mean().backward()
+    assert all(p.grad is not None for p in enc.parameters() if p.requires_grad)
+
+
+# ------------------------------------------------------------------ input normalisation
+def test_norm_ignores_padding_and_eval():
+    torch.manual_seed(0)
+    enc = FFTstepEncoder(*_spaces(), d_hidden=16, d_output=8)
+    B, L = 4, 6
+    obs, rl2 = _obs(B, L), torch.randn(B, L, 3)
+    mask = torch.ones(B, L, 1, dtype=torch.bool)
+    mask[:, 4:] = False
+    obs_pad = {k: v.clone() for k, v in obs.items()}
+    for v in obs_pad.values():
+        v[:, 4:] = 1e6  # garbage in padded slots
+    rl2_pad = rl2.clone()
+    rl2_pad[:, 4:] = -1e6
+
+    ref = FFTstepEncoder(*_spaces(), d_hidden=16, d_output=8)
+    enc.train(), ref.train()
+    enc(obs_pad, rl2_pad, pad_mask=mask)
+    ref({k: v[:, :4] for k, v in obs.items()}, rl2[:, :4])  # same real data, no padding
+    for name in ["mean", "var", "count"]:
+        torch.testing.assert_close(getattr(enc.norm, name), getattr(ref.norm, name))
+    assert enc.norm.count.item() == B * 4
+    flat = torch.cat(
+        [obs["a_vec"][:, :4].reshape(-1, 4), obs["b_img"][:, :4].reshape(-1, 6), rl2[:, :4].reshape(-1, 3)], -1
+    )
+    torch.testing.assert_close(enc.norm.mean, flat.mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(enc.norm.var, flat.var(0, unbiased=False), atol=1e-5, rtol=1e-5)
+
+    stats = {k: v.clone() for k, v in enc.norm.state_dict().items()}
+    enc.eval()
+    out = enc(_obs(B, L, scale=5.0, shift=3.0), torch.randn(B, L, 3))
+    for k, v in enc.norm.state_dict().items():
+        assert torch.equal(v, stats[k])
+    assert torch.isfinite(out).all()
+    assert "norm.mean" in enc.state_dict()
+
+
+def test_norm_running_update_and_clamp():
+    torch.manual_seed(0)
+    enc = FFTstepEncoder(*_spaces(), d_hidden=16, d_output=8).train()
+    chunks = [(_obs(2, 3, shift=s), torch.randn(2, 3, 3)) for s in (0.0, 4.0)]
+    for o, r in chunks:
+        enc(o, r)
+    allx = torch.cat([enc.flatten_inputs(o, r).reshape(-1, 13) for o, r in chunks])
+    torch.testing.assert_close(enc.norm.mean, allx.mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(enc.norm.var, allx.var(0, unbiased=False), atol=1e-4, rtol=1e-4)
+    big = enc.norm(torch.full((1, 13), 1e6))
+    assert big.max().item() == pytest.approx(10.0)
+
+
+def test_norm_disabled():
+    enc = FFTstepEncoder(*_spaces(), d_hidden=16, d_output=8, normalize_inputs=False)
+    assert enc.norm is None
+    assert enc(_obs(2, 3), torch.randn(2, 3, 3)).shape == (2, 3, 8)
+
+
+def test_gin_configurable():
+    gin.clear_config()
+    try:
+        gin.parse_config("TformerTrajEncoder.d_model = 32\nFFTstepEncoder.d_output = 7")
+        assert TformerTrajEncoder(TSTEP_DIM, 8, n_heads=2).emb_dim == 32
+        assert FFTstepEncoder(*_spaces()).emb_dim == 7
+    finally:
+        gin.clear_config()
