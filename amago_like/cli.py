@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 import gin
+
+# the repository root: gin `include 'configs/...'` lines resolve against it from any working directory
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_search_path_added = False
 
 # flag -> gin parameter it binds (only when the flag is given)
 FLAG_BINDINGS = {
@@ -58,6 +64,11 @@ def apply_gin(configs: list[str], bindings: list[str]) -> None:
     """Parse gin files then bindings (later ones win); a bad one fails at once, naming it."""
     import amago_like  # noqa: F401  (registers every configurable before parsing)
 
+    global _search_path_added
+    if not _search_path_added:
+        gin.add_config_file_search_path(REPO_ROOT)
+        _search_path_added = True
+
     for path in configs:
         try:
             gin.parse_config_file(path)
@@ -68,3 +79,12 @@ def apply_gin(configs: list[str], bindings: list[str]) -> None:
             gin.parse_config(binding)
         except (ValueError, KeyError, SyntaxError) as e:
             raise GinBindingError(f"bad gin binding {binding!r}: {e}") from None
+
+
+def configure_from_args(args: argparse.Namespace, default_configs: list[str], extra_bindings: list[str] = ()) -> None:
+    """Apply ``--configs`` (or ``default_configs``), then the flags, then ``--gin``; exit with the error on a bad one."""
+    configs = [os.path.abspath(c) for c in args.configs] if args.configs is not None else default_configs
+    try:
+        apply_gin(configs, flag_bindings(args) + list(extra_bindings) + args.gin)
+    except GinBindingError as e:
+        sys.exit(f"error: {e}")

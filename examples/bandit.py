@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from amago_like import DiskTrajDataset, Experiment, MetaBandit
-from amago_like.cli import GinBindingError, add_common_args, apply_gin, flag_bindings
+from amago_like.cli import add_common_args, configure_from_args
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -21,19 +20,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     add_common_args(parser)
     args = parser.parse_args(argv)
     buffer_dir = os.path.abspath(args.buffer_dir)
-    configs = (
-        [os.path.abspath(c) for c in args.configs]
-        if args.configs is not None
-        else [os.path.join(ROOT, "configs", "bandit.gin")]
-    )
-    cwd = os.getcwd()
-    os.chdir(ROOT)  # gin `include` paths are relative to the repo root
-    try:
-        apply_gin(configs, flag_bindings(args) + args.gin)
-    except GinBindingError as e:
-        sys.exit(f"error: {e}")
-    finally:
-        os.chdir(cwd)
+    configure_from_args(args, [os.path.join(ROOT, "configs", "bandit.gin")])
 
     run_name = args.run_name or "bandit"
     experiment = Experiment(

@@ -17,10 +17,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != HERE]
 
 from amago_like import DiskTrajDataset, Experiment, Metaworld  # noqa: E402
-from amago_like.cli import GinBindingError, add_common_args, apply_gin, flag_bindings  # noqa: E402
+from amago_like.cli import add_common_args, configure_from_args  # noqa: E402
 from amago_like.envs.builtin.metaworld import normalize_benchmark_name  # noqa: E402
 
-DEFAULT_CONFIG = os.path.join(HERE, "..", "configs", "metaworld", "quick.gin")
+ROOT = os.path.dirname(HERE)
+DEFAULT_CONFIG = os.path.join(ROOT, "configs", "metaworld", "quick.gin")
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -37,18 +38,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         normalize_benchmark_name(args.benchmark)
     except ValueError as e:
         sys.exit(f"error: {e}")
-    configs = args.configs if args.configs is not None else [DEFAULT_CONFIG]
-    bindings = (
-        flag_bindings(args) + ([f"Metaworld.k_episodes = {args.k_episodes}"] if args.k_episodes else []) + args.gin
+    configure_from_args(
+        args, [DEFAULT_CONFIG], [f"Metaworld.k_episodes = {args.k_episodes}"] if args.k_episodes else []
     )
-    os.chdir(os.path.join(HERE, ".."))  # gin `include` paths are relative to the repo root
-    try:
-        apply_gin([os.path.relpath(os.path.join(_cwd, c)) if not os.path.isabs(c) else c for c in configs], bindings)
-    except GinBindingError as e:
-        sys.exit(f"error: {e}")
 
     run_name = args.run_name or f"metaworld_{args.benchmark}"
-    buffer_dir = os.path.join(_cwd, args.buffer_dir)
+    buffer_dir = os.path.abspath(args.buffer_dir)
     experiment = Experiment(
         run_name=run_name,
         ckpt_base_dir=buffer_dir,
@@ -77,8 +72,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         )
     return metrics
 
-
-_cwd = os.getcwd()
 
 if __name__ == "__main__":
     main()

@@ -246,17 +246,18 @@ class SequenceSampler(torch.utils.data.Dataset):
         if padded_sampling not in PADDED_SAMPLING:
             raise ValueError(f"unknown padded_sampling {padded_sampling!r}; choose one of {PADDED_SAMPLING}")
         self.dataset, self.seq_len, self.mode, self.items = dataset, seq_len, padded_sampling, items_per_epoch
+        # a fresh stream per sampler (one per epoch), reproducible under torch.manual_seed
+        self._seed = int(torch.randint(0, 2**62, (1,)).item())
         self._rng: np.random.Generator | None = None
-        self._rng_pid = -1
 
     def __len__(self) -> int:
         return self.items
 
     def _generator(self) -> np.random.Generator:
-        # torch seeds each DataLoader worker differently; derive numpy's stream from that seed
-        if self._rng is None or self._rng_pid != os.getpid():
-            self._rng = np.random.default_rng([torch.initial_seed() % 2**63, os.getpid()])
-            self._rng_pid = os.getpid()
+        # each DataLoader worker gets its own copy of this object: give each its own stream
+        if self._rng is None:
+            info = torch.utils.data.get_worker_info()
+            self._rng = np.random.default_rng([self._seed, 0 if info is None else info.id + 1])
         return self._rng
 
     def __getitem__(self, _: int) -> dict:

@@ -12,7 +12,6 @@ import os
 import pickle
 import time
 import uuid
-import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +40,13 @@ class Trajectory:
 
     def validate(self) -> None:
         """Raise TrajectoryFileError if the arrays disagree in length or shape."""
+        if not self.obs:
+            raise TrajectoryFileError("no observation arrays")
+        arrays = {**{f"obs[{k!r}]": v for k, v in self.obs.items()}, "rl2s": self.rl2s, "time_idxs": self.time_idxs}
+        arrays.update(actions=self.actions, rews=self.rews, dones=self.dones)
+        for name, v in arrays.items():
+            if not isinstance(v, np.ndarray) or v.ndim < 1:
+                raise TrajectoryFileError(f"{name} is not an array with a time axis")
         n = len(self.time_idxs)
         if n < 1:
             raise TrajectoryFileError("trajectory has no timesteps")
@@ -112,21 +118,27 @@ def save_trajectory(traj: Trajectory, directory: str, env_name: str, fmt: str = 
 
 
 def load_trajectory(path: str) -> Trajectory:
-    """Read a trajectory file; any unreadable file raises TrajectoryFileError naming it."""
+    """Read a trajectory file. A missing file raises FileNotFoundError; any other unreadable file
+    (truncated, foreign, inconsistent) raises TrajectoryFileError naming it."""
     try:
-        if path.endswith(".traj"):
-            with open(path, "rb") as f:
+        with open(path, "rb") as f:
+            if path.endswith(".traj"):
                 traj = pickle.load(f)
-            if not isinstance(traj, Trajectory):
-                raise TrajectoryFileError(f"holds a {type(traj).__name__}, not a Trajectory")
-        elif path.endswith(".npz"):
-            with np.load(path, allow_pickle=False) as data:
-                traj = Trajectory.from_arrays({k: data[k] for k in data.files})
-        else:
-            raise TrajectoryFileError("unknown file suffix (expected .npz or .traj)")
+                if not isinstance(traj, Trajectory):
+                    raise TrajectoryFileError(f"holds a {type(traj).__name__}, not a Trajectory")
+            elif path.endswith(".npz"):
+                data = np.load(f, allow_pickle=False)
+                if not isinstance(data, np.lib.npyio.NpzFile):
+                    raise TrajectoryFileError("not an npz archive")
+                with data:
+                    traj = Trajectory.from_arrays({k: data[k] for k in data.files})
+            else:
+                raise TrajectoryFileError("unknown file suffix (expected .npz or .traj)")
         traj.validate()
         return traj
+    except FileNotFoundError:
+        raise
     except TrajectoryFileError as e:
         raise TrajectoryFileError(f"{path}: {e}") from None
-    except (OSError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile, AttributeError) as e:
+    except Exception as e:  # noqa: BLE001 - a corrupt file can make numpy, zipfile or pickle raise almost anything
         raise TrajectoryFileError(f"{path}: unreadable trajectory file ({type(e).__name__}: {e})") from None

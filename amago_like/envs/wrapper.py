@@ -103,13 +103,14 @@ class AMAGOEnv(gym.Wrapper):
 
     def _timestep(self, raw_obs, prev_action: np.ndarray, prev_reward: float) -> dict[str, np.ndarray]:
         obs = dict(raw_obs) if isinstance(raw_obs, dict) else {"observation": raw_obs}
-        obs = {k: np.asarray(v, dtype=self.observation_space[k].dtype) for k, v in obs.items()}
         for k, v in obs.items():
+            v = np.asarray(v)
             expected = self.observation_space[k].shape
             if v.shape != expected:
                 raise ValueError(f"{self.env_name}: observation {k!r} has shape {v.shape}, expected {expected}")
-            if not np.all(np.isfinite(v)):
+            if v.dtype.kind in "fc" and not np.all(np.isfinite(v)):  # checked before any cast hides it
                 raise ValueError(f"{self.env_name}: observation {k!r} contains NaN or inf at step {self._time}")
+        obs = {k: np.asarray(v, dtype=self.observation_space[k].dtype) for k, v in obs.items()}
         rl2 = np.concatenate([[prev_reward], prev_action]).astype(np.float32)
         self._obs.append(obs)
         self._rl2s.append(rl2)

@@ -1,0 +1,20 @@
+import gin
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _fresh_gin_config():
+    """Every test starts and ends with no gin bindings."""
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+@pytest.fixture
+def two_threads():
+    """Cap torch at 2 threads (the CI machine's cores) for the heavier end-to-end tests."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,59 @@
+"""The Meta-World example, end to end, with the settings cut down to seconds."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+SHORT = [
+    "--parallel_actors", "2",
+    "--epochs", "1",
+    "--gin", "Metaworld.max_episode_length = 20",
+    "--gin", "Experiment.train_timesteps_per_epoch = 60",
+    "--gin", "Experiment.val_timesteps_per_epoch = 60",
+    "--gin", "Experiment.train_batches_per_epoch = 3",
+    "--gin", "Experiment.max_seq_len = 16",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def example():
+    spec = importlib.util.spec_from_file_location("example_metaworld", os.path.join(ROOT, "examples", "metaworld.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "benchmark, test_tasks",
+    [
+        ("reach-v3", {"reach-v3"}),
+        ("ml10", {"drawer-open-v3", "door-close-v3", "shelf-place-v3", "sweep-into-v3", "lever-pull-v3"}),
+    ],
+)
+def test_metaworld_example_writes_checkpoint_metrics_and_per_task_success(example, tmp_path, benchmark, test_tasks):
+    metrics = example.main(["--benchmark", benchmark, "--buffer_dir", str(tmp_path), "--run_name", "mw", *SHORT])
+    run = tmp_path / "mw"
+    assert (run / "ckpts" / "training_states" / "epoch_1" / "state.pt").exists()
+    rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    assert rows and rows[-1]["epoch"] == 1
+    # 2 actors x 60 steps = 2 meta-episodes of 3 attempts x 20 steps, on held-out tasks, tagged by task name
+    tasks = {k.split("/")[1] for k in metrics if k.startswith("val/") and k.endswith("/Success") and k.count("/") == 2}
+    assert tasks and tasks <= test_tasks
+    for task in tasks:
+        for key in ("Trial 1 Success", "Trial 3 Success", "Total Successes", "return"):
+            assert f"val/{task}/{key}" in metrics
+    assert len(os.listdir(run / "buffer" / "fifo")) == 2
+
+
+def test_unknown_benchmark_fails_before_any_work(example, tmp_path, capsys):
+    with pytest.raises(SystemExit, match="Unknown Meta-World benchmark 'ml11'.*ml10"):
+        example.main(["--benchmark", "ml11", "--buffer_dir", str(tmp_path)])
+    assert not os.listdir(tmp_path)
+
+
+def test_bad_gin_binding_fails_with_its_name(example, tmp_path):
+    with pytest.raises(SystemExit, match="Experiment.epocs"):
+        example.main(["--benchmark", "reach-v3", "--buffer_dir", str(tmp_path), "--gin", "Experiment.epocs = 2"])

@@ -1,0 +1,165 @@
+"""Experiment end to end on the meta-bandit: epochs, run folder, checkpoints, evaluate_test, errors."""
+
+import functools
+import json
+import os
+
+import gin
+import numpy as np
+import pytest
+import torch
+
+from amago_like import CheckpointError, DiskTrajDataset, Experiment, MetaBandit
+from amago_like.cli import GinBindingError, apply_gin
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+TINY = os.path.join(ROOT, "configs", "models", "tiny.gin")
+
+
+def make_experiment(root, run_name="run", **overrides) -> Experiment:
+    kwargs = dict(
+        run_name=run_name,
+        ckpt_base_dir=str(root),
+        max_seq_len=7,
+        dataset=DiskTrajDataset(str(root), run_name),
+        make_train_env=MetaBandit,
+        make_val_env=MetaBandit,
+        val_timesteps_per_epoch=12,
+        parallel_actors=2,
+        env_mode="sync",
+        epochs=2,
+        train_timesteps_per_epoch=12,
+        train_batches_per_epoch=3,
+        batch_size=4,
+        val_interval=1,
+        ckpt_interval=1,
+        verbose=False,
+        seed=0,
+    )
+    kwargs.update(overrides)
+    return Experiment(**kwargs)
+
+
+@pytest.fixture
+def tiny_model():
+    apply_gin([TINY], [])
+
+
+@pytest.fixture
+def trained(tmp_path, tiny_model):
+    exp = make_experiment(tmp_path)
+    exp.start()
+    metrics = exp.learn()
+    yield exp, metrics
+    exp.close()
+
+
+def test_learn_writes_run_folder_buffer_and_metrics(trained, tmp_path):
+    exp, metrics = trained
+    run = tmp_path / "run"
+    assert (run / "config.gin").read_text().count("TformerTrajEncoder.d_model = 64") == 1
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows[-1]["grad_updates"] == 6 and rows[-1]["total_frames"] == 2 * 12 * 2
+    assert "val/return" in rows[0] and "learn/critic_loss" in rows[-1]
+    assert "val/Episode 1 Return" in metrics and "val/bandit-3arms/return" in metrics
+    assert sorted(os.listdir(run / "ckpts" / "training_states")) == ["epoch_1", "epoch_2"]
+    assert (run / "ckpts" / "policy_weights" / "policy_epoch_2.pt").exists()
+    assert (run / "ckpts" / "latest" / "policy.pt").exists()
+    assert list((run / "plots").glob("*.png"))
+    # 2 actors x 24 steps of 6-step meta-episodes = 8 finished episodes on disk
+    assert len(os.listdir(run / "buffer" / "fifo")) == 8
+
+
+def _greedy_actions(exp: Experiment) -> torch.Tensor:
+    g = torch.Generator().manual_seed(5)
+    N, L = 3, 5
+    policy = exp.policy.eval()
+    hidden = policy.init_hidden_state(N, exp.DEVICE)
+    out = []
+    obs = torch.zeros(N, L, 1)
+    rl2s = torch.rand(N, L, 4, generator=g)
+    for t in range(L):
+        a, hidden = policy.get_actions(
+            {"observation": obs[:, t : t + 1]}, rl2s[:, t : t + 1], torch.full((N, 1, 1), t), hidden, sample=False
+        )
+        out.append(a)
+    return torch.stack(out, 1)
+
+
+def test_checkpoint_round_trip_restores_actions_and_counters(trained, tmp_path):
+    exp, _ = trained
+    expected_actions = _greedy_actions(exp)
+    expected_state = {k: v.clone() for k, v in exp.policy.state_dict().items()}
+
+    fresh = make_experiment(tmp_path, seed=1)
+    fresh.start()
+    assert fresh.epoch == 0
+    fresh.load_checkpoint(2)
+    assert (fresh.epoch, fresh.grad_updates, fresh.total_frames) == (2, 6, 48)
+    for k, v in fresh.policy.state_dict().items():
+        torch.testing.assert_close(v, expected_state[k], rtol=0, atol=0)
+    assert torch.equal(_greedy_actions(fresh), expected_actions)
+    fresh.close()
+
+
+def test_load_checkpoint_errors_name_the_problem(trained, tmp_path):
+    exp, _ = trained
+    with pytest.raises(CheckpointError, match=r"no checkpoint for epoch 7 .*available epochs: \[1, 2\]"):
+        exp.load_checkpoint(7)
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        exp.load_checkpoint_from_path(str(tmp_path / "nowhere.pt"))
+    bad = tmp_path / "garbage.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        exp.load_checkpoint_from_path(str(bad))
+
+    gin.bind_parameter("TformerTrajEncoder.d_model", 32)  # a different model shape
+    other = make_experiment(tmp_path, run_name="other")
+    other.start()
+    with pytest.raises(CheckpointError, match="different model shape"):
+        other.load_checkpoint_from_path(str(tmp_path / "run" / "ckpts" / "training_states" / "epoch_2"))
+    other.close()
+
+
+def test_evaluate_test_saves_a_dataset_that_reads_back(trained, tmp_path):
+    exp, _ = trained
+    demos = DiskTrajDataset(str(tmp_path), "demos")
+    metrics = exp.evaluate_test(
+        functools.partial(MetaBandit, split="test"), timesteps=18, save_trajs_to=demos.protected_dir
+    )
+    assert metrics["test/episodes"] == 6 and 0 <= metrics["test/return"] <= 6
+    demos.refresh_files()
+    assert len(demos) == 6
+    traj = demos.sample_random_trajectory(np.random.default_rng(0))
+    assert len(traj) == 7 and traj.actions.shape == (6, 3) and traj.dones[-1, 0]
+    np.testing.assert_array_equal(traj.actions.sum(-1), np.ones(6))  # one-hot actions
+
+
+def test_evaluate_test_stops_after_requested_episodes(trained):
+    exp, _ = trained
+    metrics = exp.evaluate_test(MetaBandit, timesteps=600, episodes=3)
+    assert metrics["test/episodes"] == 3
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (dict(env_mode="threads"), "unknown env_mode 'threads'"),
+        (dict(save_trajs_as="csv"), "unknown save_trajs_as 'csv'"),
+        (dict(padded_sampling="middle"), "unknown padded_sampling"),
+        (dict(mixed_precision="fp8"), "unknown mixed_precision"),
+        (dict(max_seq_len=1), "max_seq_len must be >= 2"),
+        (dict(batch_size=0), "batch_size must be >= 1"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        make_experiment(tmp_path, **override)
+
+
+def test_unknown_gin_binding_names_the_offender():
+    with pytest.raises(GinBindingError, match="Experiment.epochz"):
+        apply_gin([], ["Experiment.epochz = 3"])
+    with pytest.raises(GinBindingError, match="NoSuchThing"):
+        apply_gin([], ["NoSuchThing.x = 1"])
