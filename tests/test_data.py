@@ -432,6 +432,68 @@ def test_traj_pickle_without_observations_is_rejected(tmp_path):
 
 
 # --------------------------------------------------------------------------- #
+# the fast reader for np.savez's layout
+# --------------------------------------------------------------------------- #
+
+
+def _fast_read(path: str) -> dict[str, np.ndarray] | None:
+    with open(path, "rb") as f:
+        return trajectory_module._read_stored_npz(f)
+
+
+def _numpy_read(path: str) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+@settings(max_examples=30, deadline=None)
+@given(T=st.integers(0, 12), A=st.integers(1, 4), discrete=st.booleans(), tid=st.integers(0, 99))
+def test_fast_npz_reader_matches_numpy(T, A, discrete, tid):
+    traj = make_traj(tid, T=T, A=A, discrete=discrete)
+    with tempfile.TemporaryDirectory() as d:
+        path = save_trajectory(traj, d, "env", "npz")
+        fast, slow = _fast_read(path), _numpy_read(path)
+        assert fast is not None, "files written by save_trajectory take the fast path"
+        assert fast.keys() == slow.keys()
+        for k in slow:
+            assert fast[k].dtype == slow[k].dtype and fast[k].shape == slow[k].shape, k
+            np.testing.assert_array_equal(fast[k], slow[k], err_msg=k)
+            assert fast[k].flags.writeable, "like numpy's arrays, the loaded arrays may be changed in place"
+        assert_same_traj(traj, load_trajectory(path))
+
+
+def test_other_npz_layouts_fall_back_to_numpy(tmp_path):
+    traj = make_traj(5, T=7)
+    # compressed members
+    compressed = save_trajectory(traj, str(tmp_path), "env", "npz-compressed")
+    # a Fortran-ordered array
+    arrays = traj.to_arrays()
+    arrays["obs/pos"] = np.asfortranarray(arrays["obs/pos"])
+    fortran = str(tmp_path / "fortran.npz")
+    np.savez(fortran, **arrays)
+    # a zip comment
+    commented = save_trajectory(traj, str(tmp_path), "env", "npz")
+    with zipfile.ZipFile(commented, "a") as z:
+        z.comment = b"written by hand"
+    for path in (compressed, fortran, commented):
+        assert _fast_read(path) is None
+        assert_same_traj(traj, load_trajectory(path))
+
+
+def test_flipped_data_byte_in_npz_is_caught_by_the_crc(tmp_path):
+    path = save_trajectory(make_traj(1, T=20), str(tmp_path), "env", "npz")
+    raw = bytearray(open(path, "rb").read())
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("obs/pos.npy")
+    raw[info.header_offset + 200] ^= 0x01  # inside the array data, past the local and .npy headers
+    with open(path, "wb") as f:
+        f.write(raw)
+    assert _fast_read(path) is None
+    with pytest.raises(TrajectoryFileError, match="CRC"):
+        load_trajectory(path)
+
+
+# --------------------------------------------------------------------------- #
 # FIFO bound
 # --------------------------------------------------------------------------- #
 

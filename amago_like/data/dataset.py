@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import os
 import shutil
+import time
 import warnings
 from dataclasses import dataclass, fields
 
@@ -15,6 +16,7 @@ import torch
 from amago_like.data.trajectory import Trajectory, TrajectoryFileError, load_trajectory
 
 PADDED_SAMPLING = ("none", "left", "right", "both")
+_REFRESHES_WHEN_DRY = 3  # times a sampler re-lists the folders before it reports an empty dataset
 
 
 class RLDataset(abc.ABC):
@@ -50,7 +52,9 @@ class DiskTrajDataset(RLDataset):
 
     ``fifo/`` holds at most ``dset_max_size`` files (oldest deleted first, by processes with
     edit rights); ``protected/`` is never deleted. Unreadable files are skipped with one
-    warning each and never count as data.
+    warning each and never count as data. Hidden ``.*.tmp`` files (writes in progress, or left
+    by a killed writer) are never listed; those older than ``stale_tmp_age_s`` are removed
+    from ``fifo/`` when the size bound is enforced.
     """
 
     def __init__(
@@ -60,12 +64,14 @@ class DiskTrajDataset(RLDataset):
         dset_max_size: int = 15_000,
         dset_min_size: int = 1,
         has_edit_rights: bool = True,
+        stale_tmp_age_s: float = 3600.0,
     ):
         if dset_max_size < 1 or dset_min_size < 0:
             raise ValueError(f"need dset_max_size >= 1 and dset_min_size >= 0, got {dset_max_size}, {dset_min_size}")
         self.dset_root, self.dset_name = dset_root, dset_name
         self.dset_max_size, self.dset_min_size = dset_max_size, dset_min_size
         self.has_edit_rights = has_edit_rights
+        self.stale_tmp_age_s = stale_tmp_age_s
         self.buffer_dir = os.path.join(dset_root, dset_name, "buffer")
         self.fifo_dir = os.path.join(self.buffer_dir, "fifo")
         self.protected_dir = os.path.join(self.buffer_dir, "protected")
@@ -102,7 +108,8 @@ class DiskTrajDataset(RLDataset):
         return {"buffer/trajectories": len(self), "buffer/deleted": deleted}
 
     def enforce_max_size(self) -> int:
-        """Delete the oldest fifo files beyond ``dset_max_size``; returns how many were deleted."""
+        """Delete the oldest fifo files beyond ``dset_max_size`` (and stale temporary files);
+        returns how many trajectory files were deleted."""
         fifo = self._list(self.fifo_dir)
         excess = fifo[: max(0, len(fifo) - self.dset_max_size)]
         for path in excess:
@@ -110,20 +117,41 @@ class DiskTrajDataset(RLDataset):
                 os.remove(path)
             except FileNotFoundError:  # another process got there first
                 pass
+        self.remove_stale_tmp_files()
         return len(excess)
 
-    def sample_random_trajectory(self, rng: np.random.Generator) -> Trajectory:
-        while self._files:
-            path = self._files[rng.integers(len(self._files))]
+    def remove_stale_tmp_files(self) -> int:
+        """Delete hidden ``.*.tmp`` files in ``fifo/`` older than ``stale_tmp_age_s`` (left by killed
+        writers; a live write is seconds old); returns how many were deleted."""
+        cutoff = time.time() - self.stale_tmp_age_s
+        removed = 0
+        for name in os.listdir(self.fifo_dir):
+            if not (name.startswith(".") and name.endswith(".tmp")):
+                continue
+            path = os.path.join(self.fifo_dir, name)
             try:
-                return self.relabel(load_trajectory(path))
-            except FileNotFoundError:
-                self._files.remove(path)  # deleted by the FIFO bound since the last refresh
-            except TrajectoryFileError as e:
-                if path not in self._bad_files:
-                    warnings.warn(f"skipping unreadable trajectory file: {e}", stacklevel=2)
-                self._bad_files.add(path)
-                self._files.remove(path)
+                if os.stat(path).st_mtime < cutoff:
+                    os.remove(path)
+                    removed += 1
+            except FileNotFoundError:  # renamed into place or removed by another process meanwhile
+                pass
+        return removed
+
+    def sample_random_trajectory(self, rng: np.random.Generator) -> Trajectory:
+        for attempt in range(_REFRESHES_WHEN_DRY + 1):
+            if attempt:  # every listed file vanished (the FIFO bound turned over): look at the disk again
+                self.refresh_files()
+            while self._files:
+                path = self._files[rng.integers(len(self._files))]
+                try:
+                    return self.relabel(load_trajectory(path))
+                except FileNotFoundError:
+                    self._files.remove(path)  # deleted by the FIFO bound since the last refresh
+                except TrajectoryFileError as e:
+                    if path not in self._bad_files:
+                        warnings.warn(f"skipping unreadable trajectory file: {e}", stacklevel=2)
+                    self._bad_files.add(path)
+                    self._files.remove(path)
         raise RuntimeError(f"no readable trajectories in {self.buffer_dir}")
 
     def delete_from_disk(self) -> None:
@@ -218,8 +246,9 @@ def sample_window(n: int, seq_len: int, mode: str, rng: np.random.Generator) -> 
     return max(start, 0), min(start + seq_len, n)
 
 
-def _pad(x: np.ndarray, length: int) -> np.ndarray:
-    out = np.zeros((length, *x.shape[1:]), dtype=x.dtype)
+def _pad(x: np.ndarray, length: int, dtype: np.dtype | type | None = None) -> np.ndarray:
+    """A new (length, ...) array of ``dtype`` (default x's) holding x, then zeros."""
+    out = np.zeros((length, *x.shape[1:]), dtype=dtype or x.dtype)
     out[: len(x)] = x
     return out
 
@@ -228,12 +257,12 @@ def window_of(traj: Trajectory, start: int, end: int, seq_len: int) -> dict:
     """Cut timesteps [start, end) and pad them on the right to seq_len (so causal attention never sees padding)."""
     return {
         "obs": {k: _pad(v[start:end], seq_len) for k, v in traj.obs.items()},
-        "rl2s": _pad(traj.rl2s[start:end].astype(np.float32), seq_len),
-        "time_idxs": _pad(traj.time_idxs[start:end].astype(np.int64), seq_len),
+        "rl2s": _pad(traj.rl2s[start:end], seq_len, np.float32),
+        "time_idxs": _pad(traj.time_idxs[start:end], seq_len, np.int64),
         "pad_mask": _pad(np.ones((end - start, 1), dtype=bool), seq_len),
-        "actions": _pad(traj.actions[start : end - 1].astype(np.float32), seq_len - 1),
-        "rews": _pad(traj.rews[start : end - 1].astype(np.float32), seq_len - 1),
-        "dones": _pad(traj.dones[start : end - 1].astype(np.float32), seq_len - 1),
+        "actions": _pad(traj.actions[start : end - 1], seq_len - 1, np.float32),
+        "rews": _pad(traj.rews[start : end - 1], seq_len - 1, np.float32),
+        "dones": _pad(traj.dones[start : end - 1], seq_len - 1, np.float32),
     }
 
 

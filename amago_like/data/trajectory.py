@@ -8,11 +8,16 @@ and the time index within the meta-episode. Transition t (``actions[t]``, ``rews
 
 from __future__ import annotations
 
+import ast
+import math
 import os
 import pickle
+import struct
 import time
 import uuid
+import zlib
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 
@@ -117,6 +122,87 @@ def save_trajectory(traj: Trajectory, directory: str, env_name: str, fmt: str = 
     return final
 
 
+# zip records as np.savez writes them (uncompressed members, no zip comment)
+# end of central directory: signature, 2 disk numbers, 2 entry counts, directory size and offset, comment length
+_EOCD = struct.Struct("<4s4H2LH")
+_CDIR = struct.Struct("<4s6H3L5H2L")  # central directory entry, fixed part (46 bytes)
+_LOCAL = struct.Struct("<4s5H3L2H")  # local file header, fixed part (30 bytes)
+_NPY_MAGIC = b"\x93NUMPY"
+# .npy header text -> (dtype, shape), or None when the header is not a plain C-ordered array
+_npy_headers: dict[bytes, tuple[np.dtype, tuple[int, ...]] | None] = {}
+
+
+def _npy_header(text: bytes) -> tuple[np.dtype, tuple[int, ...]] | None:
+    """(dtype, shape) of a C-ordered, non-object .npy header; None for anything else. Cached: a buffer's
+    files share a handful of distinct headers, and parsing one costs more than reading the array."""
+    if text not in _npy_headers:
+        parsed = None
+        try:
+            d = ast.literal_eval(text.decode("latin1"))
+            if isinstance(d, dict) and d.keys() == {"descr", "fortran_order", "shape"} and d["fortran_order"] is False:
+                dtype, shape = np.lib.format.descr_to_dtype(d["descr"]), d["shape"]
+                if not dtype.hasobject and isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape):
+                    parsed = (dtype, shape)
+        except Exception:  # noqa: BLE001 - anything odd goes to numpy's own reader
+            parsed = None
+        if len(_npy_headers) < 1024:
+            _npy_headers[text] = parsed
+        return parsed
+    return _npy_headers[text]
+
+
+def _read_stored_npz(f: BinaryIO) -> dict[str, np.ndarray] | None:
+    """The arrays of an uncompressed .npz laid out as ``np.savez`` writes it, read with one read,
+    CRC-checked, as views into one writable buffer. None if the file is laid out in any other
+    way (or is damaged): numpy's reader then decides, with its own errors."""
+    raw = bytearray(os.fstat(f.fileno()).st_size)
+    if f.readinto(raw) != len(raw) or len(raw) < _EOCD.size:
+        return None
+    try:
+        return _parse_stored_npz(raw)
+    except (struct.error, ValueError, IndexError, OverflowError):
+        return None
+
+
+def _parse_stored_npz(raw: bytearray) -> dict[str, np.ndarray] | None:
+    sig, _, _, _, entries, cd_size, cd_off, comment = _EOCD.unpack_from(raw, len(raw) - _EOCD.size)
+    if sig != b"PK\x05\x06" or comment or cd_off + cd_size != len(raw) - _EOCD.size:
+        return None
+    arrays, pos = {}, cd_off
+    for _ in range(entries):
+        if pos + _CDIR.size > len(raw):
+            return None
+        sig, _, _, _, method, _, _, crc, csize, usize, nlen, xlen, clen, _, _, _, offset = _CDIR.unpack_from(raw, pos)
+        name = bytes(raw[pos + _CDIR.size : pos + _CDIR.size + nlen])
+        pos += _CDIR.size + nlen + xlen + clen
+        if sig != b"PK\x01\x02" or method != 0 or csize != usize or not name.endswith(b".npy"):
+            return None
+        if offset + _LOCAL.size > cd_off:
+            return None
+        local = _LOCAL.unpack_from(raw, offset)
+        start = offset + _LOCAL.size + local[9] + local[10]
+        end = start + usize
+        if local[0] != b"PK\x03\x04" or end > cd_off or zlib.crc32(memoryview(raw)[start:end]) != crc:
+            return None
+        # .npy: magic, version (1: 2-byte header length; 2, 3: 4-byte), header text, data
+        major = raw[start + 6] if end - start > 8 else 0
+        if raw[start : start + 6] != _NPY_MAGIC or major not in (1, 2, 3):
+            return None
+        hlen_size = 2 if major == 1 else 4
+        hstart = start + 8 + hlen_size
+        hlen = int.from_bytes(raw[start + 8 : hstart], "little")
+        parsed = _npy_header(bytes(raw[hstart : hstart + hlen]))
+        if parsed is None:
+            return None
+        dtype, shape = parsed
+        count = math.prod(shape)
+        if hstart + hlen + count * dtype.itemsize != end:
+            return None
+        key = name[:-4].decode("utf-8", "replace")
+        arrays[key] = np.frombuffer(raw, dtype, count, hstart + hlen).reshape(shape)
+    return arrays if pos == cd_off + cd_size else None
+
+
 def load_trajectory(path: str) -> Trajectory:
     """Read a trajectory file. A missing file raises FileNotFoundError; any other unreadable file
     (truncated, foreign, inconsistent) raises TrajectoryFileError naming it."""
@@ -126,7 +212,10 @@ def load_trajectory(path: str) -> Trajectory:
                 traj = pickle.load(f)
                 if not isinstance(traj, Trajectory):
                     raise TrajectoryFileError(f"holds a {type(traj).__name__}, not a Trajectory")
+            elif path.endswith(".npz") and (arrays := _read_stored_npz(f)) is not None:
+                traj = Trajectory.from_arrays(arrays)  # the fast path for np.savez's layout
             elif path.endswith(".npz"):
+                f.seek(0)
                 data = np.load(f, allow_pickle=False)
                 if not isinstance(data, np.lib.npyio.NpzFile):
                     raise TrajectoryFileError("not an npz archive")
