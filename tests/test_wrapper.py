@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections import Counter
+from unittest import mock
 
 import gymnasium as gym
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from amago_like.data.trajectory import FORMATS, load_trajectory
+from amago_like.data.trajectory import FORMATS, Trajectory, load_trajectory
 from amago_like.envs import wrapper as wrapper_module
 from amago_like.envs.builtin.bandit import MetaBandit
 from amago_like.envs.vector import finished_episodes, make_vector_env, stack_obs
@@ -491,3 +495,293 @@ def test_saved_vector_trajectories_are_valid_files(tmp_path):
         assert len(traj) == 3 and traj.actions.shape == (2, 2)
     with pytest.raises(FileNotFoundError):  # a missing file is not a corrupt one
         load_trajectory(str(tmp_path / "nothing.traj"))
+
+
+# --------------------------------------------------------------------------- #
+# splitting long episodes into several files
+# --------------------------------------------------------------------------- #
+
+TRAJ_FIELDS = ("rl2s", "time_idxs", "actions", "rews", "dones")
+
+
+class CapturedSaves:
+    """Replaces the wrapper's save_trajectory: keeps every saved segment in memory, in order."""
+
+    def __init__(self):
+        self.trajs: list[Trajectory] = []
+
+    def __call__(self, traj, directory, env_name, fmt="npz"):
+        traj.validate()
+        self.trajs.append(traj)
+        return os.path.join(directory, f"{len(self.trajs)}.npz")
+
+
+def concat_segments(segments: list[Trajectory]) -> Trajectory:
+    """Glue consecutive segments of one episode back together (each shares its first timestep with the
+    previous segment's last one), checking that shared timestep on the way."""
+    for a, b in zip(segments, segments[1:]):
+        assert a.time_idxs[-1, 0] == b.time_idxs[0, 0]
+        np.testing.assert_array_equal(a.rl2s[-1], b.rl2s[0])
+        for k in a.obs:
+            np.testing.assert_array_equal(a.obs[k][-1], b.obs[k][0])
+    first, rest = segments[0], segments[1:]
+    cat = lambda xs: np.concatenate(xs, axis=0)  # noqa: E731
+    return Trajectory(
+        obs={k: cat([first.obs[k]] + [s.obs[k][1:] for s in rest]) for k in first.obs},
+        rl2s=cat([first.rl2s] + [s.rl2s[1:] for s in rest]),
+        time_idxs=cat([first.time_idxs] + [s.time_idxs[1:] for s in rest]),
+        actions=cat([s.actions for s in segments]),
+        rews=cat([s.rews for s in segments]),
+        dones=cat([s.dones for s in segments]),
+    )
+
+
+def assert_same_traj(a: Trajectory, b: Trajectory) -> None:
+    assert a.obs.keys() == b.obs.keys()
+    for name, x, y in [(f"obs[{k}]", a.obs[k], b.obs[k]) for k in a.obs] + [
+        (f, getattr(a, f), getattr(b, f)) for f in TRAJ_FIELDS
+    ]:
+        assert x.dtype == y.dtype and x.shape == y.shape, name
+        np.testing.assert_array_equal(x, y, err_msg=name)
+
+
+DICT_SPACE = gym.spaces.Dict(
+    {"a": gym.spaces.Box(-99, 99, (2,), np.float32), "b": gym.spaces.Box(0, 99, (1,), np.int64)}
+)
+
+
+def episode_segments(length, terminate, seed, **saving) -> tuple[list[Trajectory], EpisodeStats, list[dict]]:
+    """One ScriptedEnv episode with random actions; returns its saved segments, its stats and its timesteps."""
+    captured = CapturedSaves()
+    env = AMAGOEnv(ScriptedEnv(observation_space=DICT_SPACE, length=length, terminate=terminate), env_name="toy")
+    env.configure_saving(tempfile.gettempdir(), "npz", **saving)
+    actions = np.random.default_rng(seed).uniform(-1, 1, (length, 1))
+    with mock.patch.object(wrapper_module, "save_trajectory", captured):
+        observations, _, infos, _ = run_episode(env, actions, seed=seed)
+    return captured.trajs, infos[-1]["episode_stats"], observations
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    length=st.integers(1, 25),
+    save_every=st.integers(1, 8),
+    stagger=st.booleans(),
+    terminate=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_split_segments_concatenate_to_the_unsplit_episode(length, save_every, stagger, terminate, seed):
+    (whole,), stats, observations = episode_segments(length, terminate, seed)
+    segments, split_stats, split_obs = episode_segments(length, terminate, seed, save_every=save_every, stagger=stagger)
+    assert split_stats == stats, "metrics and EpisodeStats do not depend on file splitting"
+    for o1, o2 in zip(observations, split_obs):  # the timesteps the agent sees are unchanged too
+        for k in o1:
+            np.testing.assert_array_equal(o1[k], o2[k])
+    assert_same_traj(concat_segments(segments), whole)
+    lengths = [len(s) - 1 for s in segments]
+    assert all(1 <= n <= save_every for n in lengths)
+    if not stagger:
+        assert lengths[0] == min(save_every, length)
+    assert all(n == save_every for n in lengths[1:-1]), "only the first (staggered) and last segments are short"
+    for s in segments[:-1]:
+        assert not s.dones.any(), "a mid-episode segment never ends in a terminal"
+    assert segments[-1].dones[-1, 0] == terminate
+    if len(segments) > 1:  # a segment that starts mid-episode keeps the real previous reward and action
+        assert segments[1].time_idxs[0, 0] > 0 and segments[1].rl2s[0, 0] > 0
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_split_episode_files_on_disk(tmp_path, fmt):
+    env = AMAGOEnv(ScriptedEnv(observation_space=DICT_SPACE, length=9, terminate=True), env_name="toy")
+    env.configure_saving(str(tmp_path), fmt, save_every=3)
+    observations, rewards, infos, _ = run_episode(env, [[0.5]] * 9)
+    files = sorted(os.listdir(tmp_path))
+    assert len(files) == 3, "9 transitions in files of 3: no empty file at the end"
+    segments = [load_trajectory(str(tmp_path / f)) for f in files]
+    assert [s.time_idxs[0, 0] for s in segments] == [0, 3, 6]
+    traj = concat_segments(segments)
+    np.testing.assert_array_equal(traj.time_idxs, np.stack([o[TIME_KEY] for o in observations]))
+    np.testing.assert_array_equal(traj.rl2s, np.stack([o[RL2_KEY] for o in observations]))
+    np.testing.assert_array_equal(traj.rews[:, 0], np.array(rewards, np.float32))
+    assert [bool(s.dones[-1, 0]) for s in segments] == [False, False, True]
+    assert infos[-1]["episode_stats"].length == 9 and infos[-1]["episode_stats"].ret == pytest.approx(sum(rewards))
+    assert env.trajectory().time_idxs[0, 0] == 6, "trajectory() is the segment since the last cut"
+
+
+def first_segment_lengths(seed, episodes=25, save_every=5, stagger=True) -> list[int]:
+    captured = CapturedSaves()
+    env = AMAGOEnv(ScriptedEnv(length=12))
+    env.configure_saving(tempfile.gettempdir(), "npz", save_every=save_every, stagger=stagger)
+    with mock.patch.object(wrapper_module, "save_trajectory", captured):
+        for ep in range(episodes):
+            run_episode(env, [[0.0]] * 12, seed=seed if ep == 0 else None)
+    return [len(t) - 1 for t in captured.trajs if t.time_idxs[0, 0] == 0]
+
+
+def test_stagger_draws_varied_reproducible_first_lengths():
+    lengths = first_segment_lengths(seed=3)
+    assert len(lengths) == 25 and all(1 <= n <= 5 for n in lengths)
+    assert len(set(lengths)) >= 3, "staggered first segments should differ between episodes"
+    assert first_segment_lengths(seed=3) == lengths, "the draws follow the env's reset seed"
+    assert first_segment_lengths(seed=4) != lengths
+    assert set(first_segment_lengths(seed=3, stagger=False)) == {5}
+
+
+def test_configure_saving_rejects_bad_split_options(tmp_path):
+    env = AMAGOEnv(ScriptedEnv())
+    with pytest.raises(ValueError, match="save_every"):
+        env.configure_saving(str(tmp_path), "npz", save_every=0)
+    with pytest.raises(ValueError, match="save_every"):
+        env.configure_saving(str(tmp_path), "npz", stagger=True)
+
+
+# --------------------------------------------------------------------------- #
+# env_mode="already_vectorized"
+# --------------------------------------------------------------------------- #
+
+
+class LongVarBandit(MetaBandit):
+    """A MetaBandit whose meta-episode length (1-7 pulls) is drawn at reset."""
+
+    def __init__(self):
+        super().__init__(n_arms=3, k_episodes=7)
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed, options=options)
+        self.k = int(self.np_random.integers(1, 8))
+        return obs, info
+
+
+def saved_contents(folder) -> list[tuple]:
+    """Every saved trajectory as a comparable tuple of bytes, sorted (file names differ between runs)."""
+    out = []
+    for f in os.listdir(folder):
+        t = load_trajectory(os.path.join(folder, f))
+        out.append(
+            (
+                f.split("_")[1],
+                *(t.obs[k].tobytes() for k in sorted(t.obs)),
+                *(getattr(t, a).tobytes() for a in TRAJ_FIELDS),
+            )
+        )
+    return sorted(out)
+
+
+@pytest.mark.parametrize("inner_mode", [gym.vector.AutoresetMode.SAME_STEP, gym.vector.AutoresetMode.DISABLED])
+def test_already_vectorized_matches_sync(tmp_path, inner_mode):
+    results = {}
+    makers = {
+        "sync": LongVarBandit,
+        "already_vectorized": lambda: gym.vector.SyncVectorEnv([LongVarBandit] * N_ENVS, autoreset_mode=inner_mode),
+    }
+    for mode, make in makers.items():
+        env = make_vector_env(make, N_ENVS, mode, str(tmp_path / mode), "npz", save_every=3, stagger=True)
+        try:
+            assert env.single_observation_space == gym.spaces.Dict(
+                {
+                    "observation": gym.spaces.Box(0.0, 1.0, (1,), np.float32),
+                    RL2_KEY: gym.spaces.Box(-np.inf, np.inf, (4,), np.float32),
+                    TIME_KEY: gym.spaces.Box(0, np.iinfo(np.int64).max, (1,), np.int64),
+                }
+            )
+            assert env.single_action_space == gym.spaces.Discrete(3)
+            results[mode] = roll_vector(env, seed=21, steps=30)
+        finally:
+            env.close()
+    (sync_records, sync_finished), (vec_records, vec_finished) = results["sync"], results["already_vectorized"]
+    assert sync_finished == vec_finished and len(sync_finished) >= 10
+    for k in sync_records[0]:
+        np.testing.assert_array_equal(sync_records[0][k], vec_records[0][k])
+    for (o1, r1, te1, tr1), (o2, r2, te2, tr2) in zip(sync_records[1:], vec_records[1:]):
+        assert o1.keys() == o2.keys()
+        for k in o1:
+            assert o1[k].dtype == o2[k].dtype
+            np.testing.assert_array_equal(o1[k], o2[k])
+        for x, y in ((r1, r2), (te1, te2), (tr1, tr2)):
+            assert x.dtype == y.dtype
+            np.testing.assert_array_equal(x, y)
+    sync_files, vec_files = saved_contents(tmp_path / "sync"), saved_contents(tmp_path / "already_vectorized")
+    assert len(sync_files) > len(sync_finished), "long episodes were split into several files"
+    assert sync_files == vec_files
+
+
+class BatchedWalk(gym.vector.VectorEnv):
+    """A natively batched env (no sub-env objects): K walkers on a line, episode i ends after 2 + i % 3 steps.
+
+    Observation (K, 2) = [position, steps]; Box action in [0, 4] is added to the position; reward = action.
+    Resets finished walkers in the same step.
+    """
+
+    metadata = {"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}
+
+    def __init__(self, num_envs=3):
+        self.num_envs = num_envs
+        self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)
+        self.single_action_space = gym.spaces.Box(0.0, 4.0, (1,), np.float32)
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
+        self.env_name = [f"walker{i}" for i in range(num_envs)]
+        self.received = []
+
+    def _obs(self):
+        return np.stack([self.pos, self.steps], axis=1).astype(np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        self.pos, self.steps = np.zeros(self.num_envs), np.zeros(self.num_envs)
+        return self._obs(), {}
+
+    def step(self, actions):
+        self.received.append(np.array(actions))
+        self.pos += actions[:, 0]
+        self.steps += 1
+        done = self.steps >= 2 + np.arange(self.num_envs) % 3
+        infos = {}
+        if done.any():
+            final_obs = np.full(self.num_envs, None, dtype=object)
+            for i in np.flatnonzero(done):
+                final_obs[i] = self._obs()[i]
+            infos = {"final_obs": final_obs, "_final_obs": done.copy()}
+            infos["final_info"] = {"log/pos": self.pos.copy(), "_log/pos": done.copy()}
+            self.pos[done], self.steps[done] = 0.0, 0.0
+        return self._obs(), actions[:, 0].astype(np.float64), done, np.zeros_like(done), infos
+
+
+def test_already_vectorized_natively_batched_env(tmp_path):
+    inner = BatchedWalk(3)
+    env = make_vector_env(lambda: inner, 3, "already_vectorized", str(tmp_path), "traj")
+    assert env.single_action_space == gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    obs, _ = env.reset(seed=0)
+    assert obs["observation"].shape == (3, 2) and obs[RL2_KEY].shape == (3, 2) and obs[TIME_KEY].shape == (3, 1)
+    finished = []
+    for _ in range(4):
+        obs, rew, term, trunc, infos = env.step(np.full((3, 1), 0.5, np.float32))  # -> 3.0 in [0, 4]
+        finished += finished_episodes(infos)
+    np.testing.assert_allclose(np.concatenate(inner.received), 3.0)
+    np.testing.assert_array_equal(rew, [3.0, 3.0, 3.0])
+    # after 4 steps walkers 0 and 2 have just restarted; walker 1 is one step into its second episode
+    np.testing.assert_allclose(obs[RL2_KEY], [[0.0, 0.0], [3.0, 0.5], [0.0, 0.0]])
+    np.testing.assert_array_equal(obs[TIME_KEY][:, 0], [0, 1, 0])
+    assert infos["final_obs"][2][TIME_KEY][0] == 4 and infos["final_obs"][1] is None
+    assert [(s.env_name, s.length, s.ret, s.metrics) for s in finished] == [
+        ("walker0", 2, 6.0, {"log/pos": 6.0}),
+        ("walker1", 3, 9.0, {"log/pos": 9.0}),
+        ("walker0", 2, 6.0, {"log/pos": 6.0}),
+        ("walker2", 4, 12.0, {"log/pos": 12.0}),
+    ]
+    trajs = [load_trajectory(str(tmp_path / f)) for f in sorted(os.listdir(tmp_path))]
+    assert sorted(len(t) - 1 for t in trajs) == [2, 2, 3, 4] and all(t.dones[-1, 0] for t in trajs)
+    assert all(t.obs["observation"][-1, 0] == 3.0 * (len(t) - 1) for t in trajs)
+
+
+def test_already_vectorized_rejects_bad_envs():
+    with pytest.raises(ValueError, match="2 envs.*3 were asked"):
+        make_vector_env(lambda: gym.vector.SyncVectorEnv([MetaBandit] * 2), 3, "already_vectorized")
+    with pytest.raises(TypeError, match="VectorEnv"):
+        make_vector_env(MetaBandit, 1, "already_vectorized")
+    with pytest.raises(ValueError, match="autoreset_mode"):  # gymnasium's default resets one step late
+        make_vector_env(lambda: gym.vector.SyncVectorEnv([MetaBandit] * 2), 2, "already_vectorized")
+    with pytest.raises(TypeError, match="Box observations"):
+        bad = lambda: gym.spaces.Discrete(2)  # noqa: E731
+        env = gym.vector.SyncVectorEnv(
+            [lambda: ScriptedEnv(observation_space=bad())], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+        )
+        make_vector_env(lambda: env, 1, "already_vectorized")

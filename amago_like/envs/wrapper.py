@@ -1,9 +1,17 @@
-"""The sequence wrapper: any gymnasium env -> timesteps of (obs dict, prev action + reward, time index)."""
+"""The sequence wrapper: any gymnasium env -> timesteps of (obs dict, prev action + reward, time index).
+
+The per-episode bookkeeping (checked timesteps, running stats, trajectory files) lives in
+:class:`EpisodeRecorder`, shared by :class:`AMAGOEnv` (one env) and the vector wrapper in
+``amago_like.envs.vector`` (a user's batched env).
+"""
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import gin
 import gymnasium as gym
@@ -14,6 +22,7 @@ from amago_like.data.trajectory import FORMATS, Trajectory, save_trajectory
 RL2_KEY = "_rl2s"  # observation key of [prev reward, prev action]
 TIME_KEY = "_time_idx"  # observation key of the time index within the (meta-)episode
 LOG_PREFIX = "log/"  # info keys with this prefix are episode metrics (last value of the episode)
+_STAGGER_SALT = 0x57A6_6E12  # keeps the segment-length stream apart from the env's own seeding
 
 
 @dataclass
@@ -32,6 +41,265 @@ def split_timestep(obs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], n
     return env_obs, obs[RL2_KEY], obs[TIME_KEY]
 
 
+def box_observation_spaces(space: gym.Space) -> dict[str, gym.spaces.Box]:
+    """An env's observation space as named Boxes (a non-dict space is named ``"observation"``)."""
+    spaces = dict(space.spaces) if isinstance(space, gym.spaces.Dict) else {"observation": space}
+    if RL2_KEY in spaces or TIME_KEY in spaces:
+        raise ValueError(f"observation keys {RL2_KEY!r} and {TIME_KEY!r} are reserved by AMAGOEnv")
+    for k, s in spaces.items():
+        if not isinstance(s, gym.spaces.Box):
+            raise TypeError(
+                f"observation {k!r} is a {type(s).__name__}; AMAGOEnv needs Box observations "
+                "(wrap the env with a gymnasium observation wrapper such as FlattenObservation)"
+            )
+    return spaces
+
+
+def sequence_observation_space(obs_spaces: dict[str, gym.spaces.Box], action_dim: int) -> gym.spaces.Dict:
+    """The wrapped observation space: the env's Boxes plus ``_rl2s`` (1+A,) and ``_time_idx`` (1,)."""
+    return gym.spaces.Dict(
+        {
+            **obs_spaces,
+            RL2_KEY: gym.spaces.Box(-np.inf, np.inf, (1 + action_dim,), np.float32),
+            TIME_KEY: gym.spaces.Box(0, np.iinfo(np.int64).max, (1,), np.int64),
+        }
+    )
+
+
+class ActionAdapter:
+    """Turns policy actions into env actions and the form trajectories store.
+
+    Box actions are taken in [-1, 1] (clipped) and rescaled to the env's bounds (passed through
+    when unbounded); Discrete actions are integers in [0, n), stored one-hot.
+    """
+
+    def __init__(self, env_space: gym.Space):
+        if isinstance(env_space, gym.spaces.Discrete):
+            self.discrete, self.dim = True, int(env_space.n)
+            self.space: gym.Space = gym.spaces.Discrete(self.dim)
+            self._eye = np.eye(self.dim, dtype=np.float32)
+        elif isinstance(env_space, gym.spaces.Box) and len(env_space.shape) == 1:
+            self.discrete, self.dim = False, int(env_space.shape[0])
+            self.low, self.high = env_space.low.astype(np.float64), env_space.high.astype(np.float64)
+            self.bounded = bool(np.all(np.isfinite(self.low)) and np.all(np.isfinite(self.high)))
+            self.env_dtype = env_space.dtype
+            self.space = gym.spaces.Box(-1.0, 1.0, (self.dim,), np.float32)
+            # env action = stored * scale + offset, computed in the env's float dtype (float64 for integer Boxes)
+            self._math_dtype = self.env_dtype if self.env_dtype.kind == "f" else np.dtype(np.float64)
+            scale, offset = np.ones(self.dim), np.zeros(self.dim)  # unbounded: passed through
+            if self.bounded:
+                scale, offset = (self.high - self.low) / 2.0, (self.high + self.low) / 2.0
+            self._identity = bool(np.all(scale == 1.0) and np.all(offset == 0.0))
+            self._scale, self._offset = scale.astype(self._math_dtype), offset.astype(self._math_dtype)
+        else:
+            raise TypeError(f"unsupported action space {env_space}; AMAGOEnv takes Discrete or 1-D Box actions")
+
+    def _to_env(self, stored: np.ndarray) -> np.ndarray:
+        """Clipped [-1, 1] float32 actions -> env actions in the env's dtype (always a new array)."""
+        if self._identity:
+            return stored.astype(self.env_dtype)  # a copy: the env may not alter what the trajectory keeps
+        env_actions = stored.astype(self._math_dtype)
+        env_actions *= self._scale
+        env_actions += self._offset
+        return env_actions if env_actions.dtype == self.env_dtype else env_actions.astype(self.env_dtype)
+
+    def __call__(self, actions: Any, num: int) -> tuple[np.ndarray, np.ndarray]:
+        """``num`` policy actions -> (stored (num, A) float32, env actions (num,) int64 or (num, A))."""
+        if self.discrete:
+            a = np.asarray(actions).reshape(num, -1)[:, 0].astype(np.int64)
+            bad = (a < 0) | (a >= self.dim)
+            if bad.any():
+                raise ValueError(f"discrete action {a[bad][0]} outside [0, {self.dim})")
+            return self._eye[a], a
+        stored = np.maximum(np.asarray(actions, dtype=np.float32).reshape(num, self.dim), -1.0)
+        np.minimum(stored, 1.0, out=stored)
+        return stored, self._to_env(stored)
+
+    def single(self, action: Any) -> tuple[np.ndarray, Any]:
+        """One policy action -> (stored (A,) float32, env action: an int, or an (A,) array)."""
+        if self.discrete:
+            if isinstance(action, (int, np.integer)):
+                idx = int(action)
+            else:
+                a = np.asarray(action)
+                idx = int(a.flat[0] if a.ndim else a)  # the first entry, as __call__ reads it
+            if not 0 <= idx < self.dim:
+                raise ValueError(f"discrete action {idx} outside [0, {self.dim})")
+            return self._eye[idx].copy(), idx
+        a = np.asarray(action, dtype=np.float32)
+        if a.shape != (self.dim,):
+            a = a.reshape(self.dim)
+        stored = np.maximum(a, -1.0)  # a new array; two ufuncs cost half of np.clip on tiny arrays
+        np.minimum(stored, 1.0, out=stored)
+        return stored, self._to_env(stored)
+
+
+class _ObsCheck:
+    """How one observation key is checked and cast (precomputed per key, used every step)."""
+
+    __slots__ = ("key", "shape", "dtype", "zeros")
+
+    def __init__(self, key: str, space: gym.spaces.Box):
+        self.key, self.shape, self.dtype = key, space.shape, space.dtype
+        # a float array dotted with zeros is NaN exactly when it holds a NaN or inf (finite * 0 == 0, inf * 0 is
+        # NaN, and a sum of zeros never overflows): one BLAS call instead of isfinite + all
+        self.zeros = np.zeros(int(np.prod(space.shape)), self.dtype) if self.dtype.kind == "f" else None
+
+
+class EpisodeRecorder:
+    """One env's episode in progress: checked timesteps, running stats, and its trajectory files.
+
+    With saving on, the episode is written when it ends. With ``save_every=N`` a segment is also
+    written whenever it reaches N transitions; the next segment starts at that segment's last
+    timestep (so it appears in both files, with its real ``_rl2s`` and global time index). With
+    ``stagger`` the first segment of each episode has a random length in [1, N], drawn from a
+    stream seeded by :meth:`seed`, so parallel actors do not all write files at the same step.
+
+    The env's name (for files and stats) is ``env_name``, or ``name_source()`` when that is set;
+    it is read only when a file is written or an episode ends.
+    """
+
+    def __init__(self, obs_spaces: dict[str, gym.spaces.Box], action_dim: int, env_name: str):
+        self.obs_spaces, self.action_dim, self.env_name = obs_spaces, action_dim, env_name
+        self.name_source: Callable[[], str] | None = None
+        self._checks = [_ObsCheck(k, s) for k, s in obs_spaces.items()]
+        # a non-dict observation is stored as "observation": only possible when that is the one key
+        self._single = self._checks[0] if list(obs_spaces) == ["observation"] else None
+        self.save_dir: str | None = None
+        self.fmt = "npz"
+        self.save_every: int | None = None
+        self.stagger = False
+        self._rng = np.random.default_rng()
+        self._clear(first_len=None)
+
+    def configure_saving(
+        self, directory: str | None, fmt: str = "npz", save_every: int | None = None, stagger: bool = False
+    ) -> None:
+        """Save episodes to ``directory`` (None: off) in ``fmt``, cut every ``save_every`` transitions."""
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown trajectory format {fmt!r}; choose one of {FORMATS}")
+        if save_every is not None and save_every < 1:
+            raise ValueError(f"save_every must be >= 1 transitions (or None), got {save_every}")
+        if stagger and save_every is None:
+            raise ValueError("stagger=True staggers the first segment's length, so it needs save_every")
+        if directory is not None:
+            os.makedirs(directory, exist_ok=True)
+        self.save_dir, self.fmt, self.save_every, self.stagger = directory, fmt, save_every, stagger
+
+    def seed(self, seed: int | None) -> None:
+        """Reseed the segment-length stream (None keeps the current one)."""
+        if seed is not None:
+            self._rng = np.random.default_rng([int(seed), _STAGGER_SALT])
+
+    def _clear(self, first_len: int | None) -> None:
+        self._obs: dict[str, list[np.ndarray]] = {c.key: [] for c in self._checks}
+        self._rl2s: list[np.ndarray] = []
+        self._actions: list[np.ndarray] = []
+        self._rews: list[float] = []
+        self._metrics: dict[str, float] = {}
+        self._time = 0  # transitions so far in the episode
+        self._ret = 0.0
+        self._seg_start = 0  # time index of the segment's first timestep
+        self._seg_len = first_len  # transitions at which the current segment is cut (None: never)
+        self._terminated = False
+
+    def _name(self) -> str:
+        return self.env_name if self.name_source is None else self.name_source()
+
+    def begin(self, raw_obs: Any) -> dict[str, np.ndarray]:
+        """Start a new episode at the env's reset observation; returns its first timestep."""
+        first_len = self.save_every
+        if self.stagger and self.save_every is not None:
+            first_len = int(self._rng.integers(1, self.save_every + 1))
+        self._clear(first_len)
+        return self._timestep(raw_obs, np.zeros(self.action_dim, dtype=np.float32), 0.0)
+
+    def step(
+        self, raw_obs: Any, stored_action: np.ndarray, reward: float, terminated: bool, truncated: bool, info: dict
+    ) -> tuple[dict[str, np.ndarray], EpisodeStats | None]:
+        """Record one transition; returns the next timestep and, when the episode ended, its stats."""
+        reward = float(reward)
+        if not math.isfinite(reward):
+            raise ValueError(f"{self._name()}: reward is {reward} at step {self._time}")
+        self._actions.append(stored_action)
+        self._rews.append(reward)
+        self._time += 1
+        self._ret += reward
+        for k, v in info.items():
+            if k.startswith(LOG_PREFIX):
+                self._metrics[k] = float(v)
+        obs = self._timestep(raw_obs, stored_action, reward)
+        if terminated or truncated:
+            self._terminated = bool(terminated)
+            name = self._name()
+            if self.save_dir is not None:
+                save_trajectory(self.trajectory(), self.save_dir, name, self.fmt)
+            return obs, EpisodeStats(name, self._ret, self._time, dict(self._metrics))
+        if self.save_dir is not None and self._seg_len is not None and len(self._actions) >= self._seg_len:
+            save_trajectory(self.trajectory(), self.save_dir, self._name(), self.fmt)
+            self._obs = {k: v[-1:] for k, v in self._obs.items()}
+            self._rl2s = self._rl2s[-1:]
+            self._actions, self._rews = [], []
+            self._seg_start, self._seg_len = self._time, self.save_every
+        return obs, None
+
+    def _checked(self, value: Any, check: _ObsCheck) -> np.ndarray:
+        """``value`` as an array of its space's dtype, after its shape and finiteness were checked."""
+        v = value if type(value) is np.ndarray else np.asarray(value)
+        if v.shape != check.shape:
+            raise ValueError(f"{self._name()}: observation {check.key!r} has shape {v.shape}, expected {check.shape}")
+        if v.dtype is check.dtype or v.dtype == check.dtype:
+            if check.zeros is None:
+                bad = v.dtype.kind == "c" and not np.isfinite(v).all()
+            else:
+                bad = not math.isfinite((v if v.ndim == 1 else v.reshape(-1)).dot(check.zeros))
+        else:  # checked before the cast can hide it
+            bad = v.dtype.kind in "fc" and not np.isfinite(v).all()
+            if not bad:
+                v = v.astype(check.dtype)
+        if bad:
+            raise ValueError(f"{self._name()}: observation {check.key!r} contains NaN or inf at step {self._time}")
+        return v
+
+    def _timestep(self, raw_obs: Any, prev_action: np.ndarray, prev_reward: float) -> dict[str, np.ndarray]:
+        if isinstance(raw_obs, dict):
+            if raw_obs.keys() != self.obs_spaces.keys():
+                raise ValueError(
+                    f"{self._name()}: observation keys {sorted(raw_obs)}, expected {sorted(self.obs_spaces)}"
+                )
+            obs = {c.key: self._checked(raw_obs[c.key], c) for c in self._checks}
+        elif self._single is not None:
+            obs = {"observation": self._checked(raw_obs, self._single)}
+        else:
+            raise ValueError(f"{self._name()}: observation keys ['observation'], expected {sorted(self.obs_spaces)}")
+        for k, v in obs.items():
+            self._obs[k].append(v)
+        rl2 = np.empty(1 + self.action_dim, dtype=np.float32)
+        rl2[0] = prev_reward
+        rl2[1:] = prev_action
+        self._rl2s.append(rl2)
+        time_idx = np.empty(1, dtype=np.int64)
+        time_idx[0] = self._time
+        obs[RL2_KEY] = rl2
+        obs[TIME_KEY] = time_idx
+        return obs
+
+    def trajectory(self) -> Trajectory:
+        """The current segment (the whole episode so far unless it was cut) as a Trajectory record."""
+        n = len(self._actions)
+        dones = np.zeros((n, 1), dtype=bool)
+        if n and self._terminated:
+            dones[-1] = True
+        return Trajectory(
+            obs={k: np.stack(v) for k, v in self._obs.items()},
+            rl2s=np.stack(self._rl2s),
+            time_idxs=np.arange(self._seg_start, self._seg_start + n + 1, dtype=np.int64)[:, None],
+            actions=np.stack(self._actions) if n else np.zeros((0, self.action_dim), np.float32),
+            rews=np.asarray(self._rews, dtype=np.float32)[:, None].reshape(n, 1),
+            dones=dones,
+        )
+
+
 @gin.configurable
 class AMAGOEnv(gym.Wrapper):
     """Wraps a gymnasium env so every step yields a timestep the sequence model reads.
@@ -47,123 +315,48 @@ class AMAGOEnv(gym.Wrapper):
     def __init__(self, env: gym.Env, env_name: str | None = None):
         super().__init__(env)
         self._default_name = env_name or type(env.unwrapped).__name__
-        inner = env.observation_space
-        obs_spaces = dict(inner.spaces) if isinstance(inner, gym.spaces.Dict) else {"observation": inner}
-        if RL2_KEY in obs_spaces or TIME_KEY in obs_spaces:
-            raise ValueError(f"observation keys {RL2_KEY!r} and {TIME_KEY!r} are reserved by AMAGOEnv")
-        for k, space in obs_spaces.items():
-            if not isinstance(space, gym.spaces.Box):
-                raise TypeError(
-                    f"observation {k!r} is a {type(space).__name__}; AMAGOEnv needs Box observations "
-                    "(wrap the env with a gymnasium observation wrapper such as FlattenObservation)"
-                )
-        act = env.action_space
-        if isinstance(act, gym.spaces.Discrete):
-            self.discrete, self.action_dim = True, int(act.n)
-            self.action_space = gym.spaces.Discrete(self.action_dim)
-        elif isinstance(act, gym.spaces.Box) and len(act.shape) == 1:
-            self.discrete, self.action_dim = False, int(act.shape[0])
-            self._low, self._high = act.low.astype(np.float64), act.high.astype(np.float64)
-            self._bounded = bool(np.all(np.isfinite(self._low)) and np.all(np.isfinite(self._high)))
-            self.action_space = gym.spaces.Box(-1.0, 1.0, (self.action_dim,), np.float32)
-        else:
-            raise TypeError(f"unsupported action space {act}; AMAGOEnv takes Discrete or 1-D Box actions")
-        self.observation_space = gym.spaces.Dict(
-            {
-                **obs_spaces,
-                RL2_KEY: gym.spaces.Box(-np.inf, np.inf, (1 + self.action_dim,), np.float32),
-                TIME_KEY: gym.spaces.Box(0, np.iinfo(np.int64).max, (1,), np.int64),
-            }
-        )
-        self._save_dir: str | None = None
-        self._save_fmt = "npz"
-        self._reset_buffers()
+        obs_spaces = box_observation_spaces(env.observation_space)
+        self._adapter = ActionAdapter(env.action_space)
+        self.discrete, self.action_dim = self._adapter.discrete, self._adapter.dim
+        self.action_space = self._adapter.space
+        self.observation_space = sequence_observation_space(obs_spaces, self.action_dim)
+        self.recorder = EpisodeRecorder(obs_spaces, self.action_dim, self.env_name)
+        self.recorder.name_source = self._current_name  # read when a file is written or an episode ends
 
-    # ------------------------------------------------------------------ saving
-    def configure_saving(self, directory: str | None, fmt: str = "npz") -> None:
-        """Save each finished episode to ``directory`` in ``fmt`` (None turns saving off)."""
-        if fmt not in FORMATS:
-            raise ValueError(f"unknown trajectory format {fmt!r}; choose one of {FORMATS}")
-        if directory is not None:
-            os.makedirs(directory, exist_ok=True)
-        self._save_dir, self._save_fmt = directory, fmt
+    def configure_saving(
+        self, directory: str | None, fmt: str = "npz", save_every: int | None = None, stagger: bool = False
+    ) -> None:
+        """Save each finished episode to ``directory`` in ``fmt`` (None turns saving off).
+
+        ``save_every=N`` also writes a file whenever the current segment reaches N transitions
+        (consecutive files share one timestep); ``stagger`` draws the first segment's length of
+        each episode from [1, N] so parallel actors write at different steps.
+        """
+        self.recorder.configure_saving(directory, fmt, save_every, stagger)
+
+    def _current_name(self) -> str:
+        return self.env_name
 
     @property
     def env_name(self) -> str:
         return getattr(self.env.unwrapped, "env_name", None) or self._default_name
 
-    def _reset_buffers(self) -> None:
-        self._obs: list[dict[str, np.ndarray]] = []
-        self._rl2s: list[np.ndarray] = []
-        self._actions: list[np.ndarray] = []
-        self._rews: list[float] = []
-        self._metrics: dict[str, float] = {}
-        self._time = 0
-        self._terminated = False
-
-    def _timestep(self, raw_obs, prev_action: np.ndarray, prev_reward: float) -> dict[str, np.ndarray]:
-        obs = dict(raw_obs) if isinstance(raw_obs, dict) else {"observation": raw_obs}
-        for k, v in obs.items():
-            v = np.asarray(v)
-            expected = self.observation_space[k].shape
-            if v.shape != expected:
-                raise ValueError(f"{self.env_name}: observation {k!r} has shape {v.shape}, expected {expected}")
-            if v.dtype.kind in "fc" and not np.all(np.isfinite(v)):  # checked before any cast hides it
-                raise ValueError(f"{self.env_name}: observation {k!r} contains NaN or inf at step {self._time}")
-        obs = {k: np.asarray(v, dtype=self.observation_space[k].dtype) for k, v in obs.items()}
-        rl2 = np.concatenate([[prev_reward], prev_action]).astype(np.float32)
-        self._obs.append(obs)
-        self._rl2s.append(rl2)
-        return {**obs, RL2_KEY: rl2, TIME_KEY: np.array([self._time], dtype=np.int64)}
-
     # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         raw, info = self.env.reset(seed=seed, options=options)
-        self._reset_buffers()
-        return self._timestep(raw, np.zeros(self.action_dim, dtype=np.float32), 0.0), info
+        self.recorder.seed(seed)
+        self.recorder.env_name = self.env_name
+        return self.recorder.begin(raw), info
 
     def step(self, action):
-        if self.discrete:
-            a = int(np.asarray(action).reshape(-1)[0])
-            if not 0 <= a < self.action_dim:
-                raise ValueError(f"discrete action {a} outside [0, {self.action_dim})")
-            stored = np.zeros(self.action_dim, dtype=np.float32)
-            stored[a] = 1.0
-            env_action = a
-        else:
-            stored = np.clip(np.asarray(action, dtype=np.float32).reshape(self.action_dim), -1.0, 1.0)
-            env_action = (
-                self._low + (stored + 1.0) * 0.5 * (self._high - self._low)
-                if self._bounded
-                else stored.astype(np.float64)
-            ).astype(self.env.action_space.dtype)
+        stored, env_action = self._adapter.single(action)
         raw, reward, terminated, truncated, info = self.env.step(env_action)
         reward = float(reward)
-        if not np.isfinite(reward):
-            raise ValueError(f"{self.env_name}: reward is {reward} at step {self._time}")
-        self._actions.append(stored)
-        self._rews.append(reward)
-        self._time += 1
-        self._metrics.update({k: float(v) for k, v in info.items() if k.startswith(LOG_PREFIX)})
-        obs = self._timestep(raw, stored, reward)
-        if terminated or truncated:
-            self._terminated = bool(terminated)
-            info["episode_stats"] = EpisodeStats(self.env_name, sum(self._rews), self._time, dict(self._metrics))
-            if self._save_dir is not None:
-                save_trajectory(self.trajectory(), self._save_dir, self.env_name, self._save_fmt)
+        obs, stats = self.recorder.step(raw, stored, reward, terminated, truncated, info)
+        if stats is not None:
+            info["episode_stats"] = stats
         return obs, reward, terminated, truncated, info
 
     def trajectory(self) -> Trajectory:
-        """The episode so far as a Trajectory record."""
-        n = len(self._actions)
-        dones = np.zeros((n, 1), dtype=bool)
-        if n and self._terminated:
-            dones[-1] = True
-        return Trajectory(
-            obs={k: np.stack([o[k] for o in self._obs]) for k in self._obs[0]},
-            rl2s=np.stack(self._rl2s),
-            time_idxs=np.arange(n + 1, dtype=np.int64)[:, None],
-            actions=np.stack(self._actions) if n else np.zeros((0, self.action_dim), np.float32),
-            rews=np.asarray(self._rews, dtype=np.float32)[:, None].reshape(n, 1),
-            dones=dones,
-        )
+        """The episode so far (since the last saved segment) as a Trajectory record."""
+        return self.recorder.trajectory()

@@ -219,6 +219,10 @@ class KEpisodeMetaworld(gym.Env):
     and ``info["log/Success"]``.  ``info["attempt"]`` is the 1-based attempt the
     returned observation belongs to.
 
+    Of the simulator's own step info only the keys in ``info_keys`` are passed on (by default
+    ``"success"``): every info key costs a vector env a batching update per step, and nothing
+    downstream reads Meta-World's reward-shaping terms.
+
     ``self.env_name`` is the current task's class name (e.g. ``"reach-v3"``), set by
     :meth:`reset` (``None`` before the first reset).
 
@@ -231,6 +235,8 @@ class KEpisodeMetaworld(gym.Env):
         benchmark_seed: seed of the benchmark's goal sampling (which 50 goals each
             task class has).  Keep it fixed so that all processes agree on the task
             set; ``None`` draws fresh goals in every process.
+        info_keys: keys of the simulator's step info to pass on in ``info`` when present
+            (e.g. ``("success", "near_object", "obj_to_target")``).
     """
 
     metadata = {"render_modes": []}
@@ -242,8 +248,12 @@ class KEpisodeMetaworld(gym.Env):
         k_episodes: int = 3,
         max_episode_length: int = 500,
         benchmark_seed: int | None = 0,
+        info_keys: tuple[str, ...] = ("success",),
     ):
         super().__init__()
+        if isinstance(info_keys, str) or not all(isinstance(k, str) for k in info_keys):
+            raise ValueError(f"info_keys must be a tuple of strings, got {info_keys!r}")
+        self.info_keys = tuple(info_keys)
         self.benchmark_name = normalize_benchmark_name(benchmark)
         if split not in SPLITS:
             raise ValueError(
@@ -363,14 +373,19 @@ class KEpisodeMetaworld(gym.Env):
             raise RuntimeError("KEpisodeMetaworld.step() called before reset()")
         if self._done:
             raise RuntimeError("KEpisodeMetaworld.step() called after the last attempt ended; call reset()")
-        action = np.asarray(action, dtype=np.float32).reshape(-1)
+        action = np.asarray(action, dtype=np.float32)
         if action.shape != (4,):
-            raise ValueError(f"expected an action of shape (4,), got {action.shape}")
+            action = action.reshape(-1)
+            if action.shape != (4,):
+                raise ValueError(f"expected an action of shape (4,), got {action.shape}")
 
         obs, reward, sim_terminated, sim_truncated, sim_info = self._sim.step(action)
         self._t += 1
-        info = dict(sim_info)
-        if float(info.get("success", 0.0)) > 0.0:
+        info = {}
+        for key in self.info_keys:
+            if key in sim_info:
+                info[key] = sim_info[key]
+        if float(sim_info.get("success", 0.0)) > 0.0:
             self._attempt_success = True
 
         first = False

@@ -1,0 +1,200 @@
+"""Dark room: find an invisible goal cell by search, then remember where it was across episodes."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import gin
+import gymnasium as gym
+import numpy as np
+
+SPLITS = ("train", "test", "all")
+Cell = tuple[int, int]
+# action -> (dx, dy): stay, up, down, left, right
+MOVES = np.array([(0, 0), (0, 1), (0, -1), (-1, 0), (1, 0)], dtype=np.int64)
+
+
+def split_goals(size: int, split: str) -> tuple[Cell, ...]:
+    """Goal cells of ``split``: every cell but the centre, and of those the cells with
+    ``(x + y) % 4 == 1`` are held out as ``"test"`` (a fixed quarter for odd sizes)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown DarkRoom split {split!r}; valid splits are {', '.join(map(repr, SPLITS))}")
+    c = size // 2
+    cells = [(x, y) for y in range(size) for x in range(size) if (x, y) != (c, c)]
+    if split == "all":
+        return tuple(cells)
+    return tuple(p for p in cells if ((p[0] + p[1]) % 4 == 1) == (split == "test"))
+
+
+def move(pos: Cell, action: int, size: int) -> Cell:
+    """The cell reached from ``pos`` by ``action``; walls stop the agent."""
+    dx, dy = MOVES[action]
+    return min(max(pos[0] + int(dx), 0), size - 1), min(max(pos[1] + int(dy), 0), size - 1)
+
+
+@gin.configurable
+class DarkRoom(gym.Env):
+    """A ``size`` x ``size`` grid with an invisible goal, played for ``k_episodes`` episodes.
+
+    The goal cell is drawn per meta-episode from the split's goal cells (or ``goal_set``) and
+    stays put; every episode lasts ``episode_length`` steps and starts from the centre (a soft
+    reset returned as the observation of the episode's last step). Observation: ``[x, y]``
+    scaled to [0, 1] plus a flag that is 1.0 on the first step of each episode. Actions:
+    0 stay, 1 up (y + 1), 2 down (y - 1), 3 left (x - 1), 4 right (x + 1). Reward: 1.0 for each
+    step that ends on the goal. Only memory of earlier steps tells where the goal is, so a good
+    policy searches in the first episode and walks straight to the goal afterwards.
+
+    Each episode's last step reports ``log/Episode i Return``; the final step adds
+    ``log/Success`` (goal reached in any episode). ``reset(options={"goal": (x, y)})`` fixes
+    the goal of that meta-episode.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        size: int = 5,
+        episode_length: int = 12,
+        k_episodes: int = 3,
+        split: str = "train",
+        goal_set: Sequence[Sequence[int]] | None = None,
+    ):
+        if size < 3 or episode_length < 1 or k_episodes < 1:
+            raise ValueError(
+                f"need size >= 3, episode_length >= 1, k_episodes >= 1; got {size}, {episode_length}, {k_episodes}"
+            )
+        goals = split_goals(size, split)
+        if goal_set is not None:
+            goals = tuple((int(x), int(y)) for x, y in goal_set)
+            if not goals or any(not (0 <= x < size and 0 <= y < size) for x, y in goals):
+                raise ValueError(f"goal_set must be a non-empty list of cells inside the {size}x{size} grid")
+        self.size, self.episode_length, self.k, self.split = size, episode_length, k_episodes, split
+        self.goals = goals
+        self.centre: Cell = (size // 2, size // 2)
+        self.env_name = "dark-room"
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (3,), np.float32)
+        self.action_space = gym.spaces.Discrete(len(MOVES))
+        self.goal: Cell | None = None
+        self.position: Cell = self.centre
+        self._episode, self._t, self._ep_return, self._found, self._done = 0, 0, 0.0, False, True
+
+    def _obs(self, first: bool) -> np.ndarray:
+        x, y = self.position
+        return np.array([x / (self.size - 1), y / (self.size - 1), float(first)], dtype=np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        goal = (options or {}).get("goal")
+        if goal is None:
+            goal = self.goals[int(self.np_random.integers(len(self.goals)))]
+        elif not (0 <= goal[0] < self.size and 0 <= goal[1] < self.size):
+            raise ValueError(f"goal {goal} is outside the {self.size}x{self.size} grid")
+        self.goal = (int(goal[0]), int(goal[1]))
+        self.position = self.centre
+        self._episode, self._t, self._ep_return, self._found, self._done = 1, 0, 0.0, False, False
+        return self._obs(first=True), {"episode": 1}
+
+    def step(self, action):
+        if self._done:
+            raise RuntimeError("DarkRoom.step() called before reset() or after the meta-episode ended")
+        a = int(np.asarray(action).reshape(-1)[0])
+        if not 0 <= a < len(MOVES):
+            raise ValueError(f"action {a} outside [0, {len(MOVES)})")
+        self.position = move(self.position, a, self.size)
+        reward = float(self.position == self.goal)
+        self._found = self._found or reward > 0
+        self._ep_return += reward
+        self._t += 1
+        info: dict[str, Any] = {}
+        terminated, first = False, False
+        if self._t == self.episode_length:
+            info[f"log/Episode {self._episode} Return"] = self._ep_return
+            if self._episode < self.k:
+                self.position, first = self.centre, True
+                self._episode, self._t, self._ep_return = self._episode + 1, 0, 0.0
+            else:
+                terminated = self._done = True
+                info["log/Success"] = float(self._found)
+        info["episode"] = self._episode
+        return self._obs(first), reward, terminated, False, info
+
+    # ------------------------------------------------------------------ reference returns
+    def best_return(self) -> float:
+        """Expected return of a hand-written explore-then-exploit policy over this env's goals.
+
+        The policy walks to the nearest cell that could still hold the goal (skipping cells it has
+        stepped on), and once it was rewarded it walks to the goal and stays; later episodes go
+        straight there. It is run exactly through this env for every goal (8 tie-break variants,
+        the best kept), so the value is achievable: a lower bound on the Bayes-optimal return,
+        which :meth:`oracle_return` bounds from above.
+        """
+        return _best_return(self.size, self.episode_length, self.k, self.goals)
+
+    def oracle_return(self) -> float:
+        """Expected return when the goal is known from the start (upper bound on any policy)."""
+        per_goal = [
+            max(self.episode_length - abs(x - self.centre[0]) - abs(y - self.centre[1]) + 1, 0) for x, y in self.goals
+        ]
+        return self.k * float(np.mean(per_goal))
+
+    def random_return(self) -> float:
+        """Expected return of uniform random actions (Monte Carlo, 4000 meta-episodes, seed 0; cached)."""
+        return _random_return(self.size, self.episode_length, self.k, self.goals)
+
+
+def _step_toward(pos: Cell, target: Cell, x_first: bool) -> int:
+    dx, dy = target[0] - pos[0], target[1] - pos[1]
+    x_move = 4 if dx > 0 else 3 if dx < 0 else 0
+    y_move = 1 if dy > 0 else 2 if dy < 0 else 0
+    if x_first:
+        return x_move or y_move
+    return y_move or x_move
+
+
+def search_policy_return(env: DarkRoom, goal: Cell, x_first: bool, order: Sequence[Cell]) -> float:
+    """Return of the explore-then-exploit search policy in one meta-episode of ``env`` with ``goal``."""
+    env.reset(options={"goal": goal})
+    unchecked, known, total, done = list(order), None, 0.0, False
+    while not done:
+        pos = env.position
+        if known is None:
+            target = min(unchecked, key=lambda c: abs(c[0] - pos[0]) + abs(c[1] - pos[1]))
+        else:
+            target = known
+        a = _step_toward(pos, target, x_first)
+        reached = move(pos, a, env.size)
+        _, reward, done, _, _ = env.step(a)
+        total += reward
+        if reward > 0:
+            known = reached
+        if reached in unchecked:
+            unchecked.remove(reached)
+    return total
+
+
+@functools.lru_cache(maxsize=32)
+def _best_return(size: int, episode_length: int, k: int, goals: tuple[Cell, ...]) -> float:
+    env = DarkRoom(size, episode_length, k, goal_set=goals)
+    orders = [sorted(goals), sorted(goals, reverse=True), sorted(goals, key=lambda c: (c[1], c[0]))]
+    orders.append(sorted(goals, key=lambda c: (-c[1], c[0])))
+    values = [
+        float(np.mean([search_policy_return(env, g, x_first, order) for g in goals]))
+        for x_first in (True, False)
+        for order in orders
+    ]
+    return max(values)
+
+
+@functools.lru_cache(maxsize=32)
+def _random_return(size: int, episode_length: int, k: int, goals: tuple[Cell, ...], n: int = 4000) -> float:
+    rng = np.random.default_rng(0)
+    goal = np.asarray(goals, dtype=np.int64)[rng.integers(len(goals), size=n)]
+    total = np.zeros(n)
+    for _ in range(k):
+        pos = np.full((n, 2), size // 2, dtype=np.int64)
+        for _ in range(episode_length):
+            pos = np.clip(pos + MOVES[rng.integers(len(MOVES), size=n)], 0, size - 1)
+            total += np.all(pos == goal, axis=1)
+    return float(total.mean())

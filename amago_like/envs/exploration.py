@@ -1,0 +1,216 @@
+"""Exploration noise applied outside an AMAGOEnv, so saved trajectories hold the executed action.
+
+Wrap the sequence wrapper, not the raw env: ``EpsilonGreedy(AMAGOEnv(env))``. The noisy action
+then passes through ``AMAGOEnv.step``, which stores it in the trajectory and in the next
+timestep's previous-action input. Each wrapper counts its own env steps, so every actor
+process anneals its epsilon on the experience it collected itself.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import gin
+import gymnasium as gym
+import numpy as np
+
+from amago_like.envs.wrapper import LOG_PREFIX, AMAGOEnv, EpisodeStats
+
+EPSILON_KEY = f"{LOG_PREFIX}epsilon"  # info key (and episode metric) of the epsilon of the step
+_SEED_SALT = 0x5EED_E251  # keeps the wrapper's random stream apart from the env's own seeding
+
+
+def _require_amago_env(env: gym.Env) -> AMAGOEnv:
+    """The AMAGOEnv in ``env``'s wrapper chain (``env`` itself included); TypeError if none."""
+    layer = env
+    while True:
+        if isinstance(layer, AMAGOEnv):
+            return layer
+        if not isinstance(layer, gym.Wrapper):
+            raise TypeError(
+                f"{type(env).__name__} has no AMAGOEnv inside; wrap AMAGOEnv(env) with the exploration "
+                "wrapper, so the trajectory records the action that was executed"
+            )
+        layer = layer.env
+
+
+def linear_anneal(start: float, end: float, step: int, steps_anneal: int) -> float:
+    """``start`` moving linearly to ``end`` over ``steps_anneal`` steps, then held at ``end``."""
+    return start + (end - start) * min(step / steps_anneal, 1.0)
+
+
+def _check_eps(**values: float) -> None:
+    for name, v in values.items():
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1], got {v}")
+
+
+@gin.configurable
+class ExplorationWrapper(gym.Wrapper, abc.ABC):
+    """Base of epsilon-style exploration around an AMAGOEnv.
+
+    Discrete actions are replaced by a uniform random action with probability epsilon;
+    Box actions (AMAGOEnv's [-1, 1] space) get Gaussian noise of std epsilon and are clipped to
+    [-1, 1]. Subclasses define the schedule :meth:`epsilon_schedule`. With ``randomize_eps``
+    the schedule is scaled by a factor drawn once per wrapper from U[0, 1] (redrawn only when
+    ``reset`` gets a seed), so parallel actors explore at different rates.
+
+    The step that ends an episode reports the epsilon it used as ``info["log/epsilon"]`` and in
+    ``info["episode_stats"].metrics`` (the AMAGOEnv inside never sees this info key); other steps
+    add nothing to the info, since every key costs a vector env a batching update per step. Read
+    :attr:`current_epsilon` for the epsilon of the next step.
+    Bind gin parameters on the concrete classes (subclasses pass ``randomize_eps`` themselves).
+    """
+
+    def __init__(self, env: gym.Env, randomize_eps: bool = True):
+        super().__init__(env)
+        self.amago_env = _require_amago_env(env)  # configure trajectory saving here
+        space = env.action_space
+        if isinstance(space, gym.spaces.Discrete):
+            self.discrete = True
+            self._n, self._start = int(space.n), int(space.start)
+        elif (
+            isinstance(space, gym.spaces.Box)
+            and len(space.shape) == 1
+            and np.all(space.low == -1.0)
+            and np.all(space.high == 1.0)
+        ):
+            self.discrete = False
+        else:
+            raise TypeError(f"exploration needs a Discrete or Box(-1, 1, (A,)) action space, got {space}")
+        self.randomize_eps = randomize_eps
+        # AMAGOEnv right inside clips actions to [-1, 1] itself; other wrappers in between get clipped ones
+        self._clip = env is not self.amago_env
+        self.total_steps = 0  # env steps of this actor, across episodes
+        self.local_step = 0  # steps since the last reset
+        self._reseed(None)
+
+    def _reseed(self, seed: int | None) -> None:
+        entropy = None if seed is None else [int(seed), _SEED_SALT]
+        self._rng = np.random.default_rng(np.random.SeedSequence(entropy))
+        self.eps_multiplier = float(self._rng.uniform(0.0, 1.0)) if self.randomize_eps else 1.0
+
+    @abc.abstractmethod
+    def epsilon_schedule(self, total_steps: int, local_step: int) -> float:
+        """Unscaled epsilon after ``total_steps`` env steps, at step ``local_step`` of the episode."""
+
+    def epsilon(self, local_step: int) -> float:
+        """This actor's epsilon (multiplier applied) at its current step count."""
+        return self.eps_multiplier * self.epsilon_schedule(self.total_steps, local_step)
+
+    @property
+    def current_epsilon(self) -> float:
+        """The epsilon the next step will use."""
+        return self.epsilon(self.local_step)
+
+    def add_exploration_noise(self, action: Any, local_step: int) -> np.ndarray:
+        """``action`` with the noise of step ``local_step`` of the episode applied."""
+        return self._perturb(action, self.epsilon(local_step))
+
+    def _perturb(self, action: Any, eps: float) -> np.ndarray:
+        if self.discrete:
+            out = np.array(action, copy=True)
+            if eps > 0.0 and self._rng.random() < eps:
+                out[...] = self._start + self._rng.integers(self._n)
+            return out
+        a = np.asarray(action, dtype=np.float32)
+        noisy = self._rng.standard_normal(a.shape, dtype=np.float32)
+        noisy *= eps
+        noisy += a
+        return self._clipped(noisy)
+
+    def _clipped(self, noisy: np.ndarray) -> np.ndarray:
+        """``noisy`` clipped to [-1, 1] in place (about half the cost of np.clip on small arrays)."""
+        np.maximum(noisy, -1.0, out=noisy)
+        return np.minimum(noisy, 1.0, out=noisy)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self._reseed(seed)
+        self.local_step = 0
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action):
+        eps = self.epsilon(self.local_step)
+        if self.discrete:
+            action = self._perturb(action, eps)
+        else:  # _perturb, minus the clip that the AMAGOEnv right inside does anyway
+            a = np.asarray(action, dtype=np.float32)
+            noisy = self._rng.standard_normal(a.shape, dtype=np.float32)
+            noisy *= eps
+            noisy += a
+            action = self._clipped(noisy) if self._clip else noisy
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.total_steps += 1
+        self.local_step += 1
+        if terminated or truncated:
+            info[EPSILON_KEY] = eps
+            stats = info.get("episode_stats")
+            if isinstance(stats, EpisodeStats):
+                stats.metrics[EPSILON_KEY] = eps
+        return obs, reward, terminated, truncated, info
+
+
+@gin.configurable
+class EpsilonGreedy(ExplorationWrapper):
+    """Epsilon annealed linearly from ``eps_start`` to ``eps_end`` over this actor's first
+    ``steps_anneal`` env steps (then held)."""
+
+    def __init__(
+        self,
+        env: gym.Env,
+        eps_start: float = 1.0,
+        eps_end: float = 0.05,
+        steps_anneal: int = 1_000_000,
+        randomize_eps: bool = True,
+    ):
+        _check_eps(eps_start=eps_start, eps_end=eps_end)
+        if steps_anneal < 1:
+            raise ValueError(f"steps_anneal must be >= 1, got {steps_anneal}")
+        self.eps_start, self.eps_end, self.steps_anneal = eps_start, eps_end, steps_anneal
+        super().__init__(env, randomize_eps)
+
+    def epsilon_schedule(self, total_steps: int, local_step: int) -> float:
+        return linear_anneal(self.eps_start, self.eps_end, total_steps, self.steps_anneal)
+
+
+@gin.configurable
+class BilevelEpsilonGreedy(ExplorationWrapper):
+    """Epsilon annealed over training and, within each rollout, over its time index.
+
+    Parameter names read ``eps_<training phase>_<rollout phase>``: at the start of training
+    epsilon moves from ``eps_start_start`` (rollout step 0) to ``eps_start_end`` (rollout step
+    ``rollout_horizon`` and later); after ``steps_anneal`` env steps of this actor it moves from
+    ``eps_end_start`` to ``eps_end_end``. Both rollout endpoints anneal linearly in between.
+    So early steps of a meta-episode explore a lot, later ones exploit.
+    """
+
+    def __init__(
+        self,
+        env: gym.Env,
+        rollout_horizon: int,
+        eps_start_start: float = 1.0,
+        eps_start_end: float = 0.05,
+        eps_end_start: float = 0.8,
+        eps_end_end: float = 0.01,
+        steps_anneal: int = 1_000_000,
+        randomize_eps: bool = True,
+    ):
+        _check_eps(
+            eps_start_start=eps_start_start,
+            eps_start_end=eps_start_end,
+            eps_end_start=eps_end_start,
+            eps_end_end=eps_end_end,
+        )
+        if rollout_horizon < 1 or steps_anneal < 1:
+            raise ValueError(f"rollout_horizon and steps_anneal must be >= 1, got {rollout_horizon}, {steps_anneal}")
+        self.rollout_horizon, self.steps_anneal = rollout_horizon, steps_anneal
+        self.eps_start_start, self.eps_start_end = eps_start_start, eps_start_end
+        self.eps_end_start, self.eps_end_end = eps_end_start, eps_end_end
+        super().__init__(env, randomize_eps)
+
+    def epsilon_schedule(self, total_steps: int, local_step: int) -> float:
+        at_rollout_start = linear_anneal(self.eps_start_start, self.eps_end_start, total_steps, self.steps_anneal)
+        at_rollout_end = linear_anneal(self.eps_start_end, self.eps_end_end, total_steps, self.steps_anneal)
+        return linear_anneal(at_rollout_start, at_rollout_end, local_step, self.rollout_horizon)
