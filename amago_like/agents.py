@@ -7,11 +7,16 @@ Loss, per real (unpadded) transition t and discount factor gamma_g:
            + offline_coeff * -log pi(a_t | s_t) * 1[Q(s_t, a_t) > E_pi Q(s_t, .)]  (advantage-filtered BC)
            - entropy_coeff * H(pi(s_t))
 The critics learn every gamma at once (a cheap auxiliary signal); the actor follows ``actor_gamma``.
+
+With ``popart`` the critics predict values normalised by running per-gamma target statistics
+(the critic loss is then in normalised units and the actor maximises normalised Q).
+``MultiTaskAgent`` replaces the regression critic by a classification over symlog-value bins.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import gin
@@ -24,6 +29,9 @@ from amago_like.data.dataset import Batch
 from amago_like.nets.heads import Actor, CriticEnsemble
 from amago_like.nets.traj_encoders import TformerTrajEncoder, TrajEncoder
 from amago_like.nets.tstep_encoders import FFTstepEncoder, TstepEncoder
+from amago_like.nets.values import PopArt, ValueBins, symexp, symlog
+
+VALUE_TARGETS = ("two_hot", "hl_gauss")
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -34,6 +42,12 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 @gin.configurable
 class Agent(nn.Module):
+    """Actor + critic ensemble on a shared trunk; see the module docstring for the losses.
+
+    Discrete, MultiBinary and Box ([-1, 1]) action spaces. ``popart`` normalises the critics'
+    outputs by running per-gamma TD-target statistics (PopArt).
+    """
+
     def __init__(
         self,
         obs_space: gym.spaces.Dict,
@@ -51,12 +65,19 @@ class Agent(nn.Module):
         offline_coeff: float = 0.1,
         entropy_coeff: float = 0.0,
         num_actions_for_value: int = 4,
+        popart: bool = True,
     ):
         super().__init__()
         if actor_gamma not in gammas:
             raise ValueError(f"actor_gamma={actor_gamma} must be one of gammas={gammas}")
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
-        self.action_dim = int(action_space.n) if self.discrete else int(action_space.shape[0])
+        self.multi_binary = isinstance(action_space, gym.spaces.MultiBinary)
+        if self.discrete:
+            self.action_dim = int(action_space.n)
+        elif self.multi_binary:
+            self.action_dim = math.prod(action_space.shape)
+        else:
+            self.action_dim = int(action_space.shape[0])
         self.max_seq_len = max_seq_len
         self.tau, self.reward_multiplier = tau, reward_multiplier
         self.online_coeff, self.offline_coeff, self.entropy_coeff = online_coeff, offline_coeff, entropy_coeff
@@ -67,9 +88,10 @@ class Agent(nn.Module):
         self.tstep_encoder = tstep_encoder_type(obs_space, rl2_space)
         self.traj_encoder = traj_encoder_type(self.tstep_encoder.emb_dim, max_seq_len)
         d = self.traj_encoder.emb_dim
-        self.actor = Actor(d, self.action_dim, self.discrete)
-        self.critics = CriticEnsemble(d, self.action_dim, len(gammas), num_critics)
+        self.actor = Actor(d, self.action_dim, self.discrete, multi_binary=self.multi_binary)
+        self.critics = CriticEnsemble(d, self.action_dim, len(gammas), num_critics, num_bins=1)
         self.target_critics = copy.deepcopy(self.critics).requires_grad_(False)
+        self.popart = PopArt(len(gammas)) if popart else None
 
     # ------------------------------------------------------------------ trunk
     def encode(
@@ -83,18 +105,43 @@ class Agent(nn.Module):
         emb = self.tstep_encoder(obs, rl2s, pad_mask=pad_mask)  # (B, L, D_t)
         return self.traj_encoder(emb, time_idxs, hidden_state=hidden_state)  # (B, L, D), state
 
+    # ------------------------------------------------------------------ value heads
+    # Critics emit raw outputs; these hooks (overridden by MultiTaskAgent) turn them into values.
+    def q_values(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw critic outputs (C, ..., G) -> Q in reward units (C, ..., G)."""
+        return raw if self.popart is None else self.popart.unnormalize(raw)
+
+    def actor_values(self, raw: torch.Tensor) -> torch.Tensor:
+        """The values the actor maximises (normalised under PopArt, so the actor's scale does not grow with returns)."""
+        return raw
+
+    def critic_loss(self, raw: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """raw (C, B, L-1, G), target (B, L-1, G) in reward units, mask (B, L-1, 1)."""
+        y = target if self.popart is None else self.popart.normalize(target)
+        return masked_mean((raw - y.unsqueeze(0)) ** 2, mask.unsqueeze(0))
+
+    @torch.no_grad()
+    def update_value_stats(self, target: torch.Tensor, mask: torch.Tensor) -> None:
+        """PopArt: merge the real targets into the statistics and rescale the critics' last layers
+        so that their unnormalised predictions do not change. Training mode only."""
+        if self.popart is None or not self.training:
+            return
+        old_mean, old_std = self.popart.update(target, mask)
+        for critics in (self.critics, self.target_critics):
+            self.popart.rescale_(critics.out, old_mean, old_std)
+
     def _all_actions(self, like: torch.Tensor) -> torch.Tensor:
         """(A, 1, ..., 1, A) one-hot rows to evaluate critics on every discrete action."""
         eye = torch.eye(self.action_dim, device=like.device, dtype=like.dtype)
         return eye.view(self.action_dim, *([1] * (like.dim() - 1)), self.action_dim)
 
-    def _policy_values(self, critics: nn.Module, state: torch.Tensor, dist) -> tuple[torch.Tensor, torch.Tensor]:
-        """Q of on-policy actions: discrete (C, B, L, A, G) + probs, continuous (C, K, B, L, G) + None."""
+    def _policy_values(self, critics: nn.Module, state: torch.Tensor, dist, to_values) -> tuple[torch.Tensor, Any]:
+        """Values of on-policy actions: discrete (C, B, L, A, G) + probs, otherwise (C, K, B, L, G) + None."""
         if self.discrete:
-            q = critics(state.unsqueeze(0), self._all_actions(state))  # (C, A, B, L, G)
+            q = to_values(critics(state.unsqueeze(0), self._all_actions(state)))  # (C, A, B, L, G)
             return q.movedim(1, -2), dist.probs  # (C, B, L, A, G), (B, L, A)
         actions = dist.rsample(self.num_actions_for_value)  # (K, B, L, A)
-        return critics(state.unsqueeze(0), actions), None  # (C, K, B, L, G)
+        return to_values(critics(state.unsqueeze(0), actions)), None  # (C, K, B, L, G)
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
@@ -110,49 +157,49 @@ class Agent(nn.Module):
         # critic: TD targets from target heads on the (detached) next states
         with torch.no_grad():
             next_dist = self.actor(s_next.detach())
-            q_next, probs = self._policy_values(self.target_critics, s_next.detach(), next_dist)
+            q_next, probs = self._policy_values(self.target_critics, s_next.detach(), next_dist, self.q_values)
             if self.discrete:
                 v_next = (q_next.min(0).values * probs.unsqueeze(-1)).sum(-2)  # (B, L-1, G)
             else:
                 v_next = q_next.min(0).values.mean(0)  # (B, L-1, G)
             rews = batch.rews * self.reward_multiplier  # (B, L-1, 1)
             target = rews + self.gammas * (1.0 - batch.dones) * v_next  # (B, L-1, G)
-        q_taken = self.critics(s, batch.actions)  # (C, B, L-1, G)
-        critic_loss = masked_mean((q_taken - target.unsqueeze(0)) ** 2, mask.unsqueeze(0))
+            self.update_value_stats(target, mask)
+        raw_taken = self.critics(s, batch.actions)  # (C, B, L-1, G[, bins])
+        critic_loss = self.critic_loss(raw_taken, target, mask)
 
         # actor: policy gradient through frozen critics (on detached states) + filtered BC
         dist = self.actor(s)
         self.critics.requires_grad_(False)
-        q_pi, probs = self._policy_values(self.critics, s.detach(), dist)
+        q_pi, probs = self._policy_values(self.critics, s.detach(), dist, self.actor_values)
         self.critics.requires_grad_(True)
         if self.discrete:
             q_pi = q_pi.mean(0)[..., g]  # (B, L-1, A)
             value = (probs * q_pi).sum(-1, keepdim=True)  # (B, L-1, 1)
-            pg_loss = -value
-            entropy = dist.entropy().unsqueeze(-1)
         else:
-            q_pi = q_pi.mean(0)[..., g : g + 1]  # (K, B, L-1, 1)
-            value = q_pi.mean(0)  # (B, L-1, 1)
-            pg_loss = -value
-            entropy = dist.entropy_estimate().unsqueeze(-1)
+            value = q_pi.mean(0)[..., g : g + 1].mean(0)  # (B, L-1, 1)
+        entropy = dist.entropy().unsqueeze(-1)  # (B, L-1, 1)
         with torch.no_grad():
-            advantage = q_taken.mean(0)[..., g : g + 1] - value  # (B, L-1, 1)
+            advantage = self.actor_values(raw_taken).mean(0)[..., g : g + 1] - value  # (B, L-1, 1)
             bc_filter = (advantage > 0).float()
         logp = dist.log_prob(batch.actions.argmax(-1) if self.discrete else batch.actions).unsqueeze(-1)
         actor_loss = masked_mean(
-            self.online_coeff * pg_loss - self.offline_coeff * bc_filter * logp - self.entropy_coeff * entropy,
+            -self.online_coeff * value - self.offline_coeff * bc_filter * logp - self.entropy_coeff * entropy,
             mask,
         )
         with torch.no_grad():
             metrics = {
                 "critic_loss": critic_loss.item(),
                 "actor_loss": actor_loss.item(),
-                "q_mean": masked_mean(q_taken[..., g : g + 1], mask.unsqueeze(0)).item(),
+                "q_mean": masked_mean(self.q_values(raw_taken)[..., g : g + 1], mask.unsqueeze(0)).item(),
                 "td_target_mean": masked_mean(target[..., g : g + 1], mask).item(),
                 "bc_filter_rate": masked_mean(bc_filter, mask).item(),
                 "policy_entropy": masked_mean(entropy, mask).item(),
                 "reward_mean": masked_mean(batch.rews, mask).item(),
             }
+            if self.popart is not None:
+                metrics["popart_mean"] = self.popart.mean[g].item()
+                metrics["popart_std"] = self.popart.std[g].item()
         return critic_loss, actor_loss, metrics
 
     @torch.no_grad()
@@ -176,11 +223,75 @@ class Agent(nn.Module):
         hidden_state: Any,
         sample: bool = True,
     ) -> tuple[torch.Tensor, Any]:
-        """One step for N actors: inputs (N, 1, ...) -> actions (N,) long or (N, A), new hidden state."""
+        """One step for N actors: inputs (N, 1, ...) -> actions (N,) long, (N, A) long for
+        multi-binary, or (N, A) float; and the new hidden state."""
         states, hidden_state = self.encode(obs, rl2s, time_idxs, hidden_state=hidden_state)  # (N, 1, D)
         dist = self.actor(states[:, -1])
         if self.discrete:
-            actions = dist.sample() if sample else dist.probs.argmax(-1)
+            actions = dist.sample() if sample else dist.mode()
         else:
-            actions = dist.rsample(1)[0] if sample else dist.mode()
-        return actions, hidden_state
+            actions = dist.sample(1)[0] if sample else dist.mode()
+        return (actions.long() if self.multi_binary else actions), hidden_state
+
+
+@gin.configurable
+class MultiTaskAgent(Agent):
+    """Agent whose critics classify values instead of regressing them (AMAGO-2's multi-task critic).
+
+    Each critic output is a vector of logits over ``num_bins`` evenly spaced bins on
+    [-bin_limit, bin_limit] in symlog space, trained by cross-entropy against ``value_target``
+    ("two_hot" or "hl_gauss", the latter with std ``hl_gauss_sigma`` bin widths) of symlog(TD target).
+    Q = symexp(expected bin value); the actor maximises the expected bin value (symlog Q), which
+    keeps its scale comparable across tasks whose returns differ by orders of magnitude.
+    Every other argument goes to ``Agent`` (PopArt is not used: the loss is already scale-free).
+    """
+
+    def __init__(
+        self,
+        obs_space: gym.spaces.Dict,
+        rl2_space: gym.spaces.Box,
+        action_space: gym.Space,
+        max_seq_len: int,
+        tstep_encoder_type: type[TstepEncoder] = FFTstepEncoder,
+        traj_encoder_type: type[TrajEncoder] = TformerTrajEncoder,
+        num_bins: int = 128,
+        bin_limit: float = 10.0,
+        value_target: str = "two_hot",
+        hl_gauss_sigma: float = 0.75,
+        **agent_kwargs,
+    ):
+        if value_target not in VALUE_TARGETS:
+            raise ValueError(f"value_target must be one of {VALUE_TARGETS}, got {value_target!r}")
+        if agent_kwargs.pop("popart", False):
+            raise ValueError("MultiTaskAgent's classification critic does not use PopArt; set popart=False")
+        super().__init__(
+            obs_space=obs_space,
+            rl2_space=rl2_space,
+            action_space=action_space,
+            max_seq_len=max_seq_len,
+            tstep_encoder_type=tstep_encoder_type,
+            traj_encoder_type=traj_encoder_type,
+            popart=False,
+            **agent_kwargs,
+        )
+        self.value_target = value_target
+        self.bins = ValueBins(num_bins, bin_limit, hl_gauss_sigma)
+        d, G = self.traj_encoder.emb_dim, len(self.gammas)
+        self.critics = CriticEnsemble(d, self.action_dim, G, self.critics.num_critics, num_bins=num_bins)
+        self.target_critics = copy.deepcopy(self.critics).requires_grad_(False)
+
+    def symlog_values(self, raw: torch.Tensor) -> torch.Tensor:  # (C, ..., G, bins) -> (C, ..., G)
+        return self.bins.decode(raw.softmax(-1))
+
+    def q_values(self, raw: torch.Tensor) -> torch.Tensor:
+        return symexp(self.symlog_values(raw))
+
+    def actor_values(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.symlog_values(raw)
+
+    def critic_loss(self, raw: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of raw (C, B, L-1, G, bins) against the binned symlog(target (B, L-1, G))."""
+        encode = self.bins.two_hot if self.value_target == "two_hot" else self.bins.hl_gauss
+        target_probs = encode(symlog(target))  # (B, L-1, G, bins)
+        ce = -(target_probs.unsqueeze(0) * raw.log_softmax(-1)).sum(-1)  # (C, B, L-1, G)
+        return masked_mean(ce, mask.unsqueeze(0))

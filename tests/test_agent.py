@@ -1,28 +1,51 @@
-"""Agent losses, padding masks, target updates, rollout actions and the tanh-Gaussian policy."""
+"""Agent losses, padding masks, target updates, rollout actions, PopArt, policy distributions and the
+classification critic of MultiTaskAgent."""
 
+import copy
+
+import gin
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
-from amago_like.agents import Agent, masked_mean
+from amago_like.agents import Agent, MultiTaskAgent, masked_mean
 from amago_like.data.dataset import Batch
 from amago_like.nets.heads import TanhGaussian
-from amago_like.nets.traj_encoders import GRUTrajEncoder, TformerTrajEncoder
+from amago_like.nets.traj_encoders import GRUTrajEncoder, IdentityTrajEncoder, TformerTrajEncoder
+from amago_like.nets.tstep_encoders import CNNTstepEncoder
+from amago_like.nets.values import ValueBins
 
 OBS_DIM = 5
 
 
-def make_agent(discrete: bool, traj_encoder_type=TformerTrajEncoder, max_seq_len: int = 12) -> Agent:
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Toy sizes gain nothing from intra-op threads (and spinning threads crawl on a busy 2-core box)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_agent(
+    discrete: bool | str, traj_encoder_type=TformerTrajEncoder, max_seq_len: int = 12, agent_type=Agent, **kw
+) -> Agent:
+    """discrete: True (Discrete(3)), False (Box 2-d) or "multi_binary" (MultiBinary(3))."""
     torch.manual_seed(0)
-    action_space = gym.spaces.Discrete(3) if discrete else gym.spaces.Box(-1, 1, (2,), np.float32)
-    a_dim = 3 if discrete else 2
-    return Agent(
+    if discrete == "multi_binary":
+        action_space, a_dim = gym.spaces.MultiBinary(3), 3
+    elif discrete:
+        action_space, a_dim = gym.spaces.Discrete(3), 3
+    else:
+        action_space, a_dim = gym.spaces.Box(-1, 1, (2,), np.float32), 2
+    return agent_type(
         obs_space=gym.spaces.Dict({"observation": gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32)}),
         rl2_space=gym.spaces.Box(-np.inf, np.inf, (1 + a_dim,), np.float32),
         action_space=action_space,
         max_seq_len=max_seq_len,
         traj_encoder_type=traj_encoder_type,
+        **kw,
     )
 
 
@@ -31,6 +54,8 @@ def make_batch(agent: Agent, B: int = 4, L: int = 8, lengths=(8, 5, 3, 8), seed:
     a_dim = agent.action_dim
     if agent.discrete:
         actions = torch.nn.functional.one_hot(torch.randint(0, a_dim, (B, L - 1), generator=g), a_dim).float()
+    elif agent.multi_binary:
+        actions = torch.randint(0, 2, (B, L - 1, a_dim), generator=g).float()
     else:
         actions = torch.rand(B, L - 1, a_dim, generator=g) * 2 - 1
     pad_mask = torch.zeros(B, L, 1, dtype=torch.bool)
@@ -140,7 +165,7 @@ def test_soft_sync_moves_targets_by_tau():
 
 
 @pytest.mark.parametrize("discrete", [True, False])
-@pytest.mark.parametrize("encoder", [TformerTrajEncoder, GRUTrajEncoder])
+@pytest.mark.parametrize("encoder", [TformerTrajEncoder, GRUTrajEncoder, IdentityTrajEncoder])
 def test_rollout_actions_match_a_full_forward(discrete, encoder):
     """Step-by-step actions with the rollout hidden state equal the greedy actions of a full forward."""
     agent = make_agent(discrete, encoder).eval()
@@ -188,3 +213,219 @@ def test_actor_gamma_must_be_one_of_gammas():
             gammas=(0.9, 0.99),
             actor_gamma=0.95,
         )
+
+
+# ------------------------------------------------------------------ PopArt
+def _critic_probe(agent: Agent, seed: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    d = agent.traj_encoder.emb_dim
+    return torch.randn(6, 5, d, generator=g), torch.rand(6, 5, agent.action_dim, generator=g) * 2 - 1
+
+
+@torch.no_grad()
+def _unnormalised_q(agent: Agent, s, a):
+    return agent.q_values(agent.critics(s, a)), agent.q_values(agent.target_critics(s, a))  # 2 x (C, 6, 5, G)
+
+
+def test_popart_updates_preserve_unnormalised_predictions():
+    agent = make_agent(False)
+    assert agent.popart is not None and "popart.mean" in agent.state_dict() and "popart.sq_mean" in agent.state_dict()
+    with torch.no_grad():  # targets differ from the critics' outputs so the target heads matter too
+        agent.target_critics.out.bias.add_(0.3)
+    s, a = _critic_probe(agent)
+    batch = make_batch(agent)
+    for scale in (1.0, 40.0, 0.05):  # move the statistics a lot, both ways
+        batch.rews = batch.rews * scale
+        before = _unnormalised_q(agent, s, a)
+        stats = agent.popart.mean.clone(), agent.popart.std.clone()
+        _, _, metrics = agent(batch)
+        assert not torch.allclose(agent.popart.std, stats[1])
+        after = _unnormalised_q(agent, s, a)
+        for x, y in zip(before, after):
+            torch.testing.assert_close(y, x, atol=1e-4, rtol=1e-4)
+    assert {"popart_mean", "popart_std"} <= metrics.keys()
+    assert metrics["popart_std"] == pytest.approx(agent.popart.std[agent.actor_gamma_idx].item())
+
+
+def test_popart_first_update_is_the_batch_mean_and_the_loss_is_in_normalised_units():
+    agent = make_agent(True, gammas=(0.99,), actor_gamma=0.99)
+    agent.tstep_encoder.eval()  # keep the input statistics fixed: only PopArt's may move
+    plain = copy.deepcopy(agent)
+    plain.popart = None  # same weights, regression on unnormalised targets
+    batch = make_batch(agent)
+    batch.rews = batch.rews * 100.0 + 500.0
+    plain_loss, _, _ = plain(batch)
+    _, _, m = agent(batch)
+    assert m["popart_mean"] == pytest.approx(m["td_target_mean"], rel=1e-5)  # first step: exact average
+    assert agent.popart.updates.item() == 1
+    agent.eval()
+    stats = {k: v.clone() for k, v in agent.popart.state_dict().items()}
+    loss, _, _ = agent(batch)  # eval: statistics frozen
+    assert all(torch.equal(v, stats[k]) for k, v in agent.popart.state_dict().items())
+    # predictions were preserved, so the loss is the unnormalised squared error in units of std^2
+    assert loss.item() == pytest.approx(plain_loss.item() / agent.popart.std.item() ** 2, rel=1e-4)
+
+
+def test_popart_ignores_padded_transitions():
+    clean = make_agent(True)
+    noisy_agent = copy.deepcopy(clean)
+    batch, noisy = make_batch(clean), make_batch(clean)
+    pad = ~noisy.pad_mask[:, 1:]
+    noisy.rews += 1e4 * pad
+    noisy.dones += 1.0 * pad
+    noisy.obs["observation"] += 50.0 * ~noisy.pad_mask
+    clean(batch)
+    noisy_agent(noisy)
+    for k, v in clean.popart.state_dict().items():
+        torch.testing.assert_close(noisy_agent.popart.state_dict()[k], v)
+    # a real transition does move the statistics (the check above is not vacuous)
+    real = make_batch(clean)
+    real.rews[0, 0] += 1e4
+    other = copy.deepcopy(noisy_agent)
+    other(real), noisy_agent(make_batch(clean))
+    assert not torch.allclose(other.popart.mean, noisy_agent.popart.mean)
+
+
+def test_popart_skips_non_finite_targets():
+    agent = make_agent(False)
+    agent(make_batch(agent))
+    stats = {k: v.clone() for k, v in agent.popart.state_dict().items()}
+    out = [p.clone() for p in agent.critics.out.parameters()]
+    agent.reward_multiplier = float("nan")
+    agent(make_batch(agent))
+    for k, v in agent.popart.state_dict().items():
+        assert torch.equal(v, stats[k]), k
+    assert all(torch.equal(a, b) for a, b in zip(out, agent.critics.out.parameters()))
+
+
+def test_popart_off():
+    agent = make_agent(False, popart=False)
+    assert agent.popart is None and not any(k.startswith("popart") for k in agent.state_dict())
+    _, _, m = agent(make_batch(agent))
+    assert "popart_mean" not in m
+
+
+# ------------------------------------------------------------------ policy distributions in the agent
+@pytest.mark.parametrize("dist", ["beta", "gmm", "multi_binary"])
+def test_agent_trains_and_acts_with_each_distribution(dist):
+    if dist != "multi_binary":
+        gin.parse_config(f"Actor.continuous_dist = '{dist}'")
+    agent = make_agent("multi_binary" if dist == "multi_binary" else False)
+    critic_loss, actor_loss, m = agent(make_batch(agent))
+    assert torch.isfinite(critic_loss) and torch.isfinite(actor_loss) and np.isfinite(m["policy_entropy"])
+    (critic_loss + actor_loss).backward()
+    for name, p in agent.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+    agent.eval()
+    batch = make_batch(agent, lengths=(8, 8, 8, 8))
+    hidden = agent.init_hidden_state(4, torch.device("cpu"))
+    obs = {"observation": batch.obs["observation"][:, :1]}
+    for sample in (True, False):
+        a, _ = agent.get_actions(obs, batch.rl2s[:, :1], batch.time_idxs[:, :1], hidden, sample=sample)
+        assert a.shape == (4, agent.action_dim)
+        if dist == "multi_binary":
+            assert a.dtype == torch.long and set(a.unique().tolist()) <= {0, 1}
+        else:
+            assert a.abs().max() <= 1
+
+
+# ------------------------------------------------------------------ MultiTaskAgent (classification critic)
+def test_two_hot_round_trip_and_clipping():
+    bins = ValueBins(num_bins=41, limit=5.0)
+    x = torch.cat([torch.linspace(-7.0, 7.0, 301), torch.tensor([-5.0, 5.0, 0.0, 4.9999, -4.75])])
+    probs = bins.two_hot(x)  # (N, 41)
+    assert probs.shape == (x.shape[0], 41) and (probs >= 0).all()
+    torch.testing.assert_close(probs.sum(-1), torch.ones(x.shape[0]))
+    assert ((probs > 0).sum(-1) <= 2).all()
+    torch.testing.assert_close(bins.decode(probs), x.clamp(-5.0, 5.0), atol=1e-5, rtol=0)
+    edge = bins.two_hot(torch.tensor([5.0, 100.0, -100.0]))  # at and beyond the edges: all mass on the end bin
+    assert edge[0, -1] == 1.0 and edge[1, -1] == 1.0 and edge[2, 0] == 1.0
+
+
+def test_hl_gauss_target():
+    bins = ValueBins(num_bins=64, limit=8.0, sigma=0.75)
+    x = torch.linspace(-7.0, 7.0, 201)
+    probs = bins.hl_gauss(x)
+    assert (probs >= 0).all()
+    torch.testing.assert_close(probs.sum(-1), torch.ones_like(x))
+    torch.testing.assert_close(bins.decode(probs), x, atol=1e-3, rtol=0)
+    spread = (probs * (bins.centers - x[:, None]) ** 2).sum(-1).sqrt()  # std ~ sigma * bin width
+    assert spread.mean().item() == pytest.approx(0.75 * bins.width, rel=0.1)
+    far = bins.hl_gauss(torch.tensor([50.0]))  # clipped to the edge, still a distribution
+    assert far.sum().item() == pytest.approx(1.0) and far.argmax().item() == 63
+
+
+TINY = """
+TformerTrajEncoder.d_model = 16
+TformerTrajEncoder.n_layers = 1
+TformerTrajEncoder.n_heads = 2
+TformerTrajEncoder.d_ff = 32
+FFTstepEncoder.d_hidden = 16
+FFTstepEncoder.d_output = 16
+Actor.hidden = (32,)
+CriticEnsemble.hidden = (32, 32)
+"""
+
+
+@pytest.mark.parametrize("value_target,discrete", [("two_hot", False), ("hl_gauss", True)])
+def test_multitask_agent_trains_on_a_fixed_batch(value_target, discrete):
+    gin.parse_config(TINY)
+    agent = make_agent(discrete, agent_type=MultiTaskAgent, num_bins=32, bin_limit=5.0, value_target=value_target)
+    assert agent.popart is None and agent.critics.num_bins == 32
+    batch = make_batch(agent, seed=3)
+    batch.rews = batch.rews * 10.0  # returns beyond 1, so symlog matters
+    opt = torch.optim.Adam(agent.parameters(), lr=3e-3)
+    losses_seen, gaps = [], []
+    for _ in range(50):
+        critic_loss, actor_loss, m = agent(batch)
+        opt.zero_grad()
+        (critic_loss + actor_loss).backward()
+        opt.step()
+        agent.soft_sync_targets()
+        losses_seen.append(critic_loss.item())
+        gaps.append(abs(m["q_mean"] - m["td_target_mean"]))
+    assert np.isfinite(losses_seen).all()
+    assert np.mean(losses_seen[-5:]) < 0.6 * np.mean(losses_seen[:5]), losses_seen
+    assert gaps[-1] < 0.3 * gaps[0], gaps  # Q = symexp(E[bin]) moves to the (unnormalised) targets
+
+
+def test_multitask_agent_options():
+    with pytest.raises(ValueError, match="value_target"):
+        make_agent(False, agent_type=MultiTaskAgent, value_target="mse")
+    with pytest.raises(ValueError, match="PopArt"):
+        make_agent(False, agent_type=MultiTaskAgent, popart=True)
+    gin.parse_config("MultiTaskAgent.num_bins = 16\nMultiTaskAgent.bin_limit = 3.0\nAgent.num_critics = 3")
+    agent = make_agent(True, agent_type=MultiTaskAgent)
+    assert agent.bins.num_bins == 16 and agent.bins.limit == 3.0 and agent.critics.num_critics == 3
+    s, a = _critic_probe(agent)
+    assert agent.critics(s, a).shape == (3, 6, 5, 3, 16)  # (C, ..., G, bins)
+
+
+def test_agent_with_image_observations():
+    gin.parse_config(TINY + "CNNTstepEncoder.d_image = 16\nCNNTstepEncoder.d_hidden = 16")
+    torch.manual_seed(0)
+    agent = Agent(
+        obs_space=gym.spaces.Dict(
+            {"image": gym.spaces.Box(0, 255, (64, 64, 3), np.uint8), "state": gym.spaces.Box(-1, 1, (2,))}
+        ),
+        rl2_space=gym.spaces.Box(-np.inf, np.inf, (3,), np.float32),
+        action_space=gym.spaces.Discrete(2),
+        max_seq_len=4,
+        tstep_encoder_type=CNNTstepEncoder,
+    )
+    B, L = 2, 4
+    pad_mask = torch.ones(B, L, 1, dtype=torch.bool)
+    pad_mask[1, 3:] = False
+    batch = Batch(
+        obs={"image": torch.randint(0, 256, (B, L, 64, 64, 3), dtype=torch.uint8), "state": torch.randn(B, L, 2)},
+        rl2s=torch.randn(B, L, 3),
+        time_idxs=torch.arange(L).view(1, L, 1).expand(B, L, 1).clone(),
+        pad_mask=pad_mask,
+        actions=torch.nn.functional.one_hot(torch.randint(0, 2, (B, L - 1)), 2).float(),
+        rews=torch.rand(B, L - 1, 1),
+        dones=torch.zeros(B, L - 1, 1),
+    )
+    critic_loss, actor_loss, _ = agent(batch)
+    (critic_loss + actor_loss).backward()
+    assert torch.isfinite(critic_loss) and all(p.grad is not None for p in agent.tstep_encoder.cnn.parameters())

@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from amago_like.nets import FFTrajEncoder, FFTstepEncoder, GRUTrajEncoder, KVCache, TformerTrajEncoder
+from amago_like.nets import (
+    CNNTstepEncoder,
+    FFTrajEncoder,
+    FFTstepEncoder,
+    GRUTrajEncoder,
+    IdentityTrajEncoder,
+    KVCache,
+    SigmaReparamLinear,
+    TformerTrajEncoder,
+)
 
 TSTEP_DIM, ATOL = 6, 1e-5
 
@@ -166,14 +175,14 @@ def test_slide_multilayer_is_exact_until_overflow():
 
 def test_tformer_pos_embs_differ_and_time_idx_matters():
     seq = torch.randn(2, 6, TSTEP_DIM)
-    for pos_emb in ["learned", "fixed"]:
+    for pos_emb in ["learned", "fixed"]:  # (RoPE sees only relative time: test_rope_depends_only_on_relative_time)
         enc = _tformer(pos_emb=pos_emb)
         a, _ = enc(seq, _times(2, 6))
         b, _ = enc(seq, _times(2, 6, start=200))  # clamped to max_time_idx=100, must not crash
         assert torch.isfinite(a).all() and not torch.allclose(a, b)
     assert isinstance(_tformer(pos_emb="fixed").pos, torch.nn.Module)
     with pytest.raises(ValueError):
-        _tformer(pos_emb="rope")
+        _tformer(pos_emb="bogus")
 
 
 def test_tformer_backward():
@@ -246,3 +255,164 @@ def test_gin_configurable():
         assert FFTstepEncoder(*_spaces()).emb_dim == 7
     finally:
         gin.clear_config()
+
+
+# ------------------------------------------------------------------ transformer options
+OPTIONS = {
+    "rope": dict(pos_emb="rope"),
+    "normformer": dict(normformer_norms=True),
+    "sigma_reparam": dict(sigma_reparam=True),
+    "window": dict(attention_window=3),
+    "all": dict(pos_emb="rope", normformer_norms=True, sigma_reparam=True, attention_window=3),
+}
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+def test_tformer_option_cache_matches_full_forward(option):
+    """Each option keeps the KV-cache rollout equal to a full forward (with an actor reset mid-way)."""
+    enc = _tformer(max_seq_len=8, n_layers=2, **OPTIONS[option])
+    torch.manual_seed(1)
+    B, T, r = 3, 8, 3
+    seq = torch.randn(B, T, TSTEP_DIM)
+    times = _times(B, T).clone() + 5  # start away from 0: RoPE must rotate by the global index
+    times[1, r:] = torch.arange(T - r).view(-1, 1)
+    resets = [None] * T
+    resets[r] = np.array([False, True, False])
+    roll = _rollout(enc, seq, times, resets)
+    with torch.no_grad():
+        full, _ = enc(seq, times)
+        post, _ = enc(seq[1:2, r:], times[1:2, r:])
+    torch.testing.assert_close(roll[[0, 2]], full[[0, 2]], atol=ATOL, rtol=0)
+    torch.testing.assert_close(roll[1, :r], full[1, :r], atol=ATOL, rtol=0)
+    torch.testing.assert_close(roll[1:2, r:], post, atol=ATOL, rtol=0)
+    # the options change the network
+    with torch.no_grad():
+        plain, _ = _tformer(max_seq_len=8, n_layers=2)(seq, times)
+    assert not torch.allclose(full, plain, atol=1e-3)
+
+
+def test_rope_recompute_past_context_limit():
+    """overflow='recompute' re-rotates the stored window with its own time indices."""
+    S, B, T = 5, 2, 12
+    enc = _tformer(max_seq_len=S, n_layers=2, overflow="recompute", pos_emb="rope")
+    seq, times = torch.randn(B, T, TSTEP_DIM), _times(B, T)
+    torch.testing.assert_close(_rollout(enc, seq, times), _windowed_full(enc, seq, times, S), atol=ATOL, rtol=0)
+
+
+def test_rope_depends_only_on_relative_time():
+    enc = _tformer(pos_emb="rope")
+    seq = torch.randn(2, 6, TSTEP_DIM)
+    with torch.no_grad():
+        a, _ = enc(seq, _times(2, 6))
+        b, _ = enc(seq, _times(2, 6, start=37))
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    assert enc.pos is None and not any("pos" in k for k in enc.state_dict())
+
+
+def test_attention_window_is_exact_past_the_window_and_context():
+    """With a window the cache keeps only `window` tokens per layer, yet a rollout longer than the
+    window (and than max_seq_len) equals one full windowed forward over the whole history, at any depth."""
+    S, w, T = 8, 3, 14
+    enc = _tformer(max_seq_len=S, n_layers=3, attention_window=w)
+    assert enc.init_hidden_state(2, torch.device("cpu")).k.shape[3] == w
+    seq, times = torch.randn(2, T, TSTEP_DIM), _times(2, T)
+    with torch.no_grad():
+        full, _ = enc(seq, times)
+    torch.testing.assert_close(_rollout(enc, seq, times), full, atol=ATOL, rtol=0)
+
+
+def test_attention_window_limits_the_receptive_field():
+    enc = _tformer(n_layers=1, attention_window=3)
+    seq = torch.randn(1, 8, TSTEP_DIM)
+    seq2 = seq.clone()
+    seq2[:, 0] += 5.0
+    with torch.no_grad():
+        a, _ = enc(seq, _times(1, 8))
+        b, _ = enc(seq2, _times(1, 8))
+    assert not torch.allclose(a[:, :3], b[:, :3])  # tokens 0..2 see token 0
+    torch.testing.assert_close(a[:, 3:], b[:, 3:], atol=0, rtol=0)  # token 3 on does not
+    with pytest.raises(ValueError, match="recompute"):
+        _tformer(attention_window=3, overflow="recompute")
+
+
+def test_sigma_reparam_linear():
+    torch.manual_seed(0)
+    lin = SigmaReparamLinear(12, 7)
+    w_eff = lin.weight * lin.gamma / lin.sigma()
+    assert torch.linalg.matrix_norm(w_eff.detach(), ord=2).item() == pytest.approx(1.0, rel=1e-3)
+    lin.eval()
+    u = lin.u.clone()
+    lin(torch.randn(3, 12))
+    assert torch.equal(lin.u, u)  # eval: singular vectors frozen
+    lin.train()
+    with torch.no_grad():
+        lin.weight.mul_(3.0)  # the reparameterisation is invariant to the scale of W
+    y = lin(torch.randn(5, 12))
+    y.pow(2).sum().backward()
+    assert lin.gamma.grad is not None and lin.weight.grad is not None
+    assert "u" in lin.state_dict() and "v" in lin.state_dict()
+
+
+def test_identity_traj_encoder():
+    enc = IdentityTrajEncoder(TSTEP_DIM, 8)
+    seq = torch.randn(2, 5, TSTEP_DIM)
+    out, h = enc(seq, _times(2, 5))
+    assert enc.emb_dim == TSTEP_DIM and h is None and torch.equal(out, seq)
+    out, h = enc(seq[:, :1], _times(2, 1), enc.init_hidden_state(2, torch.device("cpu")))
+    assert out.shape == (2, 1, TSTEP_DIM)
+
+
+# ------------------------------------------------------------------ image observations
+def _image_spaces():
+    obs = gym.spaces.Dict(
+        {
+            "pixels": gym.spaces.Box(0, 255, (64, 64, 3), np.uint8),
+            "proprio": gym.spaces.Box(-1, 1, (4,)),
+        }
+    )
+    return obs, gym.spaces.Box(-1, 1, (3,))
+
+
+def _image_obs(B, L, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "pixels": torch.randint(0, 256, (B, L, 64, 64, 3), generator=g, dtype=torch.uint8),
+        "proprio": torch.randn(B, L, 4, generator=g),
+    }
+
+
+@pytest.mark.parametrize("cnn", ["nature", "impala"])
+def test_cnn_tstep_encoder_shapes(cnn):
+    torch.manual_seed(0)
+    enc = CNNTstepEncoder(*_image_spaces(), cnn=cnn, d_image=32, d_hidden=32, d_output=16)
+    assert enc.image_key == "pixels" and enc.keys == ["proprio"]
+    out = enc(_image_obs(2, 3), torch.randn(2, 3, 3))
+    assert out.shape == (2, 3, 16) and enc.emb_dim == 16 and torch.isfinite(out).all()
+    out.pow(2).mean().backward()
+    assert all(p.grad is not None for p in enc.cnn.parameters())
+
+
+def test_cnn_tstep_encoder_padding():
+    torch.manual_seed(0)
+    enc = CNNTstepEncoder(*_image_spaces(), d_image=32, d_hidden=32, d_output=16).train()
+    ref = CNNTstepEncoder(*_image_spaces(), d_image=32, d_hidden=32, d_output=16).train()
+    ref.load_state_dict(enc.state_dict())
+    B, L = 2, 4
+    obs, rl2 = _image_obs(B, L), torch.randn(B, L, 3)
+    mask = torch.ones(B, L, 1, dtype=torch.bool)
+    mask[1, 2:] = False
+    noisy = {k: v.clone() for k, v in obs.items()}
+    noisy["pixels"][1, 2:] = 255 - noisy["pixels"][1, 2:]
+    noisy["proprio"][1, 2:] = 1e6
+    a = enc(obs, rl2, pad_mask=mask)
+    b = ref(noisy, rl2, pad_mask=mask)
+    real = mask[..., 0]
+    torch.testing.assert_close(a[real], b[real])  # real outputs ignore padded content
+    for name in ["mean", "var", "count"]:
+        torch.testing.assert_close(getattr(enc.norm, name), getattr(ref.norm, name))
+    assert enc.norm.count.item() == 6
+    with torch.no_grad():  # real timesteps equal an unmasked forward
+        enc.eval()
+        torch.testing.assert_close(enc(obs, rl2, pad_mask=mask)[real], enc(obs, rl2)[real])
+    with pytest.raises(ValueError, match="image_key"):
+        CNNTstepEncoder(*_spaces())

@@ -1,4 +1,4 @@
-"""Actor and critic heads over the trajectory encoder's states, and the policy distributions."""
+"""Actor and critic heads over the trajectory encoder's states."""
 
 from __future__ import annotations
 
@@ -8,6 +8,12 @@ import gin
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from amago_like.nets.distributions import Discrete, MultiBinary, PolicyDist, ScaledBeta, TanhGaussian, TanhGMM
+
+__all__ = ["Actor", "CriticEnsemble", "EnsembleLinear", "TanhGaussian", "CONTINUOUS_DISTS", "mlp"]
+
+CONTINUOUS_DISTS = ("tanh_gaussian", "beta", "gmm")
 
 
 def mlp(d_in: int, hidden: tuple[int, ...], d_out: int) -> nn.Sequential:
@@ -19,34 +25,14 @@ def mlp(d_in: int, hidden: tuple[int, ...], d_out: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class TanhGaussian:
-    """Gaussian squashed by tanh into (-1, 1), with the change-of-variables log-prob."""
-
-    def __init__(self, mean: torch.Tensor, log_std: torch.Tensor):
-        self.mean, self.std = mean, log_std.exp()
-        self.normal = torch.distributions.Normal(mean, self.std)
-
-    def rsample(self, n: int) -> torch.Tensor:
-        return torch.tanh(self.normal.rsample((n,)))  # (n, *batch, A)
-
-    def log_prob(self, action: torch.Tensor) -> torch.Tensor:
-        a = action.clamp(-1 + 1e-5, 1 - 1e-5)
-        u = torch.atanh(a)
-        # log|d tanh(u)/du| = 2 (log 2 - u - softplus(-2u)), numerically stable
-        log_det = 2 * (math.log(2) - u - F.softplus(-2 * u))
-        return (self.normal.log_prob(u) - log_det).sum(-1)
-
-    def entropy_estimate(self) -> torch.Tensor:
-        """Entropy of the pre-tanh Gaussian (an upper bound; used only as a regulariser)."""
-        return self.normal.entropy().sum(-1)
-
-    def mode(self) -> torch.Tensor:
-        return torch.tanh(self.mean)
-
-
 @gin.configurable
 class Actor(nn.Module):
-    """state (..., D) -> a Categorical (discrete) or TanhGaussian (continuous) policy."""
+    """state (..., D) -> a policy distribution (see nets/distributions.py).
+
+    discrete -> Discrete (Categorical); multi_binary -> MultiBinary (independent Bernoulli);
+    otherwise ``continuous_dist``: "tanh_gaussian", "beta" (affinely mapped to [-1, 1]) or
+    "gmm" (``gmm_components`` tanh-squashed diagonal Gaussians).
+    """
 
     def __init__(
         self,
@@ -55,19 +41,42 @@ class Actor(nn.Module):
         discrete: bool,
         hidden: tuple[int, ...] = (256, 256),
         log_std_bounds: tuple[float, float] = (-5.0, 2.0),
+        continuous_dist: str = "tanh_gaussian",
+        gmm_components: int = 4,
+        multi_binary: bool = False,
     ):
         super().__init__()
-        self.discrete, self.action_dim, self.log_std_bounds = discrete, action_dim, log_std_bounds
-        self.net = mlp(state_dim, hidden, action_dim if discrete else 2 * action_dim)
+        if continuous_dist not in CONTINUOUS_DISTS:
+            raise ValueError(f"continuous_dist must be one of {CONTINUOUS_DISTS}, got {continuous_dist!r}")
+        self.discrete, self.multi_binary, self.action_dim = discrete, multi_binary, action_dim
+        self.log_std_bounds, self.continuous_dist, self.k = log_std_bounds, continuous_dist, gmm_components
+        if discrete or multi_binary:
+            d_out = action_dim
+        elif continuous_dist == "gmm":
+            d_out = gmm_components * (1 + 2 * action_dim)
+        else:
+            d_out = 2 * action_dim
+        self.net = mlp(state_dim, hidden, d_out)
 
-    def forward(self, state: torch.Tensor):
-        out = self.net(state).float()  # distributions in fp32 under autocast
-        if self.discrete:
-            return torch.distributions.Categorical(logits=out)
-        mean, log_std = out.chunk(2, dim=-1)
+    def _log_std(self, raw: torch.Tensor) -> torch.Tensor:
         lo, hi = self.log_std_bounds
-        log_std = lo + 0.5 * (hi - lo) * (torch.tanh(log_std) + 1)
-        return TanhGaussian(mean, log_std)
+        return lo + 0.5 * (hi - lo) * (torch.tanh(raw) + 1)
+
+    def forward(self, state: torch.Tensor) -> PolicyDist:
+        out = self.net(state).float()  # distributions in fp32 under autocast; (..., d_out)
+        if self.discrete:
+            return Discrete(out)
+        if self.multi_binary:
+            return MultiBinary(out)
+        if self.continuous_dist == "tanh_gaussian":
+            mean, log_std = out.chunk(2, dim=-1)  # (..., A) each
+            return TanhGaussian(mean, self._log_std(log_std))
+        if self.continuous_dist == "beta":
+            a, b = out.chunk(2, dim=-1)
+            return ScaledBeta(1.0 + F.softplus(a), 1.0 + F.softplus(b))  # concentrations > 1: unimodal
+        logits, rest = out.split([self.k, 2 * self.k * self.action_dim], dim=-1)  # (..., K), (..., 2KA)
+        mean, log_std = rest.unflatten(-1, (self.k, 2 * self.action_dim)).chunk(2, dim=-1)  # (..., K, A) each
+        return TanhGMM(logits, mean, self._log_std(log_std))
 
 
 class EnsembleLinear(nn.Module):
@@ -85,7 +94,10 @@ class EnsembleLinear(nn.Module):
 
 @gin.configurable
 class CriticEnsemble(nn.Module):
-    """C critics Q(s, a), each with one output per discount factor: -> (C, ..., G)."""
+    """C critics Q(s, a), each with one output per discount factor: -> (C, ..., G).
+
+    With ``num_bins > 1`` (set by the agent) each output is a vector of bin logits: -> (C, ..., G, num_bins).
+    """
 
     def __init__(
         self,
@@ -94,12 +106,13 @@ class CriticEnsemble(nn.Module):
         num_gammas: int,
         num_critics: int = 2,
         hidden: tuple[int, ...] = (256, 256),
+        num_bins: int = 1,
     ):
         super().__init__()
-        self.num_critics = num_critics
+        self.num_critics, self.num_gammas, self.num_bins = num_critics, num_gammas, num_bins
         dims = [state_dim + action_dim, *hidden]
         self.layers = nn.ModuleList(EnsembleLinear(num_critics, i, o) for i, o in zip(dims[:-1], dims[1:]))
-        self.out = EnsembleLinear(num_critics, dims[-1], num_gammas)
+        self.out = EnsembleLinear(num_critics, dims[-1], num_gammas * num_bins)
 
     def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         # state (..., D) and action (..., A) share leading dims
@@ -108,4 +121,7 @@ class CriticEnsemble(nn.Module):
         x = x.reshape(1, -1, x.shape[-1]).expand(self.num_critics, -1, -1)  # (C, N, D+A)
         for layer in self.layers:
             x = F.leaky_relu(layer(x))
-        return self.out(x).reshape(self.num_critics, *lead, -1).float()  # (C, ..., G)
+        out = self.out(x).float()  # (C, N, G * bins)
+        if self.num_bins == 1:
+            return out.reshape(self.num_critics, *lead, self.num_gammas)  # (C, ..., G)
+        return out.reshape(self.num_critics, *lead, self.num_gammas, self.num_bins)  # (C, ..., G, bins)

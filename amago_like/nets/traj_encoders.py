@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from amago_like.nets.transformer import FixedPosEmb, KVCache, LearnedPosEmb, TransformerBlock
+from amago_like.nets.transformer import FixedPosEmb, KVCache, LearnedPosEmb, RotaryEmb, TransformerBlock
 from amago_like.nets.tstep_encoders import make_mlp
 
 
@@ -104,11 +104,33 @@ class GRUTrajEncoder(TrajEncoder):
 
 
 @gin.configurable
+class IdentityTrajEncoder(TrajEncoder):
+    """No sequence model: passes the timestep embedding through (a memoryless policy)."""
+
+    @property
+    def emb_dim(self) -> int:
+        return self.tstep_dim
+
+    def forward(self, seq: Tensor, time_idxs: Tensor, hidden_state: Any = None) -> tuple[Tensor, None]:
+        return seq, None  # (B, L, tstep_dim)
+
+
+@gin.configurable
 class TformerTrajEncoder(TrajEncoder):
     """Causal pre-norm transformer over timestep embeddings.
 
-    Input projection + positional embedding of the global time index -> blocks -> LayerNorm.
+    Input projection (+ positional embedding of the global time index) -> blocks -> LayerNorm.
     Rollouts use a ring-buffer KVCache of max_seq_len tokens per actor.
+
+    Options:
+      pos_emb:          "learned" / "fixed" (added to the input) or "rope" (rotary, on queries
+                        and keys inside attention; the cache stores rotated keys).
+      normformer_norms: NormFormer's extra LayerNorms (after attention, inside the FF block).
+      sigma_reparam:    sigmaReparam linears in every block (W' = gamma / sigma(W) * W).
+      attention_window: sliding-window causal attention (each token sees itself and the
+                        window - 1 tokens before it); the rollout cache then keeps only the last
+                        window tokens, and rollouts equal a full (windowed) forward over the whole
+                        history, at any depth.
 
     overflow decides what happens once an actor has seen more than max_seq_len tokens:
       "slide":     drop the oldest cached K/V (O(S) per step). Exact vs. a full forward over
@@ -117,6 +139,7 @@ class TformerTrajEncoder(TrajEncoder):
                    even older tokens were still in context.
       "recompute": rows past the limit re-run the blocks over their stored window
                    (O(S^2) for those rows) -- exactly matches the full-forward window.
+                   Not available with an attention_window shorter than max_seq_len.
     Rollout steps are inference-only (no gradients) and attend to all cached tokens, i.e.
     they are causal even when causal=False.
     """
@@ -135,19 +158,30 @@ class TformerTrajEncoder(TrajEncoder):
         max_time_idx: int = 5000,
         causal: bool = True,
         overflow: str = "slide",
+        normformer_norms: bool = False,
+        sigma_reparam: bool = False,
+        attention_window: int | None = None,
+        rope_base: float = 10000.0,
     ):
         super().__init__(tstep_dim, max_seq_len)
-        pos_embs = {"learned": LearnedPosEmb, "fixed": FixedPosEmb}
+        pos_embs = {"learned": LearnedPosEmb, "fixed": FixedPosEmb, "rope": None}
         if pos_emb not in pos_embs:
             raise ValueError(f"pos_emb must be one of {sorted(pos_embs)}, got {pos_emb!r}")
         if overflow not in ("slide", "recompute"):
             raise ValueError(f"overflow must be 'slide' or 'recompute', got {overflow!r}")
+        self.window = attention_window if attention_window is not None and attention_window < max_seq_len else None
+        if self.window is not None and overflow == "recompute":
+            raise ValueError("overflow='recompute' cannot be combined with an attention_window < max_seq_len")
         self.d_model, self.n_heads, self.overflow = d_model, n_heads, overflow
         self.inp = nn.Linear(tstep_dim, d_model)
-        self.pos = pos_embs[pos_emb](d_model, max_time_idx)
+        self.pos = None if pos_emb == "rope" else pos_embs[pos_emb](d_model, max_time_idx)
+        self.rope = RotaryEmb(d_model // n_heads, rope_base) if pos_emb == "rope" else None
         self.drop = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            TransformerBlock(d_model, n_heads, d_ff, dropout, attn_dropout, causal) for _ in range(n_layers)
+            TransformerBlock(
+                d_model, n_heads, d_ff, dropout, attn_dropout, causal, normformer_norms, sigma_reparam, self.window
+            )
+            for _ in range(n_layers)
         )
         self.ln_f = nn.LayerNorm(d_model)
 
@@ -155,8 +189,19 @@ class TformerTrajEncoder(TrajEncoder):
     def emb_dim(self) -> int:
         return self.d_model
 
+    @property
+    def cache_len(self) -> int:
+        """Tokens kept per actor in the rollout cache."""
+        return self.max_seq_len if self.window is None else self.window
+
     def _embed(self, seq: Tensor, time_idxs: Tensor) -> Tensor:  # (B, L, tstep_dim), (B, L, 1) -> (B, L, D)
-        return self.drop(self.inp(seq) + self.pos(time_idxs[..., 0].long()))
+        x = self.inp(seq)
+        if self.pos is not None:
+            x = x + self.pos(time_idxs[..., 0].long())
+        return self.drop(x)
+
+    def _rope(self, time_idxs: Tensor) -> tuple[Tensor, Tensor] | None:  # (B, L) -> 2 x (B, 1, L, hd/2)
+        return None if self.rope is None else self.rope(time_idxs)
 
     def forward(
         self, seq: Tensor, time_idxs: Tensor, hidden_state: KVCache | None = None
@@ -164,21 +209,26 @@ class TformerTrajEncoder(TrajEncoder):
         if hidden_state is not None:
             return self._step(seq, time_idxs, hidden_state)
         x = self._embed(seq, time_idxs)  # (B, L, D)
+        rope = self._rope(time_idxs[..., 0])
         for block in self.blocks:
-            x = block(x)
+            x = block(x, rope)
         return self.ln_f(x), None
 
     def init_hidden_state(self, batch_size: int, device: torch.device) -> KVCache:
         dtype = self.inp.weight.dtype
-        shape = (len(self.blocks), batch_size, self.n_heads, self.max_seq_len, self.d_model // self.n_heads)
-        x0 = None
+        S = self.cache_len
+        shape = (len(self.blocks), batch_size, self.n_heads, S, self.d_model // self.n_heads)
+        x0 = t = None
         if self.overflow == "recompute":
-            x0 = torch.zeros(batch_size, self.max_seq_len, self.d_model, device=device, dtype=dtype)
+            x0 = torch.zeros(batch_size, S, self.d_model, device=device, dtype=dtype)
+            if self.rope is not None:
+                t = torch.zeros(batch_size, S, dtype=torch.long, device=device)
         return KVCache(
             k=torch.zeros(shape, device=device, dtype=dtype),
             v=torch.zeros(shape, device=device, dtype=dtype),
             n=torch.zeros(batch_size, dtype=torch.long, device=device),
             x0=x0,
+            t=t,
         )
 
     def reset_hidden_state(self, hidden_state: KVCache, dones: np.ndarray | Tensor) -> KVCache:
@@ -191,16 +241,21 @@ class TformerTrajEncoder(TrajEncoder):
         B, L, _ = seq.shape
         assert L == 1, "rollout with a KV cache takes exactly one timestep per call"
         S = cache.max_len
+        rows_all = torch.arange(B, device=seq.device)
         slot = cache.n % S  # (B,) ring-buffer slot for the new token (overwrites the oldest when full)
         n_after = cache.n + 1
         valid = torch.arange(S, device=seq.device)[None, :] < n_after.clamp(max=S)[:, None]  # (B, S)
         valid = valid[:, None, None, :]  # (B, 1, 1, S) broadcast over heads and the single query
 
         x = self._embed(seq, time_idxs)  # (B, 1, D)
+        t = time_idxs[..., 0].long()  # (B, 1)
         if cache.x0 is not None:
-            cache.x0[torch.arange(B, device=seq.device), slot] = x[:, 0].to(cache.x0.dtype)
+            cache.x0[rows_all, slot] = x[:, 0].to(cache.x0.dtype)
+        if cache.t is not None:
+            cache.t[rows_all, slot] = t[:, 0]
+        rope = self._rope(t)
         for i, block in enumerate(self.blocks):
-            x = block.step(x, cache.k[i], cache.v[i], slot, valid)
+            x = block.step(x, cache.k[i], cache.v[i], slot, valid, rope)
         cache.n.add_(1)
 
         if cache.x0 is not None:
@@ -208,7 +263,8 @@ class TformerTrajEncoder(TrajEncoder):
             if rows.numel() > 0:
                 order = (n_after[rows, None] + torch.arange(S, device=seq.device)) % S  # (R, S) oldest first
                 y = cache.x0[rows[:, None], order]  # (R, S, D)
+                rope_w = self._rope(cache.t[rows[:, None], order]) if cache.t is not None else None
                 for block in self.blocks:
-                    y = block(y)
+                    y = block(y, rope_w)
                 x[rows] = y[:, -1:].to(x.dtype)
         return self.ln_f(x), cache

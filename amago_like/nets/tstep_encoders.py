@@ -8,6 +8,7 @@ from abc import ABC, abstractmethod
 
 import gin
 import gymnasium as gym
+import numpy as np
 import torch
 from einops import rearrange
 from torch import Tensor, nn
@@ -132,3 +133,131 @@ class FFTstepEncoder(TstepEncoder):
                 self.norm.update(flat)
             x = self.norm(x)
         return self.out_norm(self.mlp(x))  # (B, L, d_output)
+
+
+# ---------------------------------------------------------------- image observations
+class NatureCNN(nn.Module):
+    """The DQN (Mnih et al., 2015) conv stack: (N, C, H, W) -> (N, flat)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, 32, 8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class _ImpalaResidual(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv2(torch.relu(self.conv1(torch.relu(x))))
+
+
+class ImpalaCNN(nn.Module):
+    """IMPALA's residual conv stack (Espeholt et al., 2018): per stage conv -> max-pool /2 ->
+    two residual blocks; (N, C, H, W) -> (N, flat)."""
+
+    def __init__(self, channels: int, stage_channels: tuple[int, ...] = (16, 32, 32)):
+        super().__init__()
+        stages: list[nn.Module] = []
+        for c in stage_channels:
+            stages += [
+                nn.Conv2d(channels, c, 3, padding=1),
+                nn.MaxPool2d(3, stride=2, padding=1),
+                _ImpalaResidual(c),
+                _ImpalaResidual(c),
+            ]
+            channels = c
+        self.net = nn.Sequential(*stages, nn.ReLU(), nn.Flatten())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+CNNS: dict[str, type[nn.Module]] = {"nature": NatureCNN, "impala": ImpalaCNN}
+
+
+@gin.configurable
+class CNNTstepEncoder(TstepEncoder):
+    """A conv net over one image key (uint8 (H, W, C), scaled to [0, 1]) -> Linear to d_image,
+    concatenated with the other keys (flattened, optionally normalised with running statistics)
+    and rl2s -> MLP -> LayerNorm.
+
+    image_key=None picks the only uint8 key of rank 3. With a pad_mask, the conv net runs on
+    real timesteps only; padded timesteps get zero image features.
+    """
+
+    def __init__(
+        self,
+        obs_space: gym.spaces.Dict,
+        rl2_space: gym.spaces.Box,
+        image_key: str | None = None,
+        cnn: str = "nature",
+        d_image: int = 256,
+        n_layers: int = 1,
+        d_hidden: int = 256,
+        d_output: int = 128,
+        normalize_inputs: bool = True,
+        activation: str = "leaky_relu",
+    ):
+        super().__init__(obs_space, rl2_space)
+        if image_key is None:
+            found = [k for k, s in obs_space.spaces.items() if s.dtype == np.uint8 and len(s.shape) == 3]
+            if len(found) != 1:
+                raise ValueError(f"set image_key: found {len(found)} uint8 (H, W, C) keys {found}")
+            image_key = found[0]
+        if cnn not in CNNS:
+            raise ValueError(f"cnn must be one of {sorted(CNNS)}, got {cnn!r}")
+        self.image_key = image_key
+        H, W, C = obs_space[image_key].shape
+        self.cnn = CNNS[cnn](C)
+        with torch.no_grad():
+            n_flat = self.cnn(torch.zeros(1, C, H, W)).shape[-1]
+        self.img_proj = nn.Sequential(nn.Linear(n_flat, d_image), nn.ReLU())
+        self.keys = sorted(k for k in obs_space.spaces if k != image_key)
+        d_vec = sum(math.prod(obs_space[k].shape) for k in self.keys) + math.prod(rl2_space.shape)
+        self.norm = RunningNorm(d_vec) if normalize_inputs else None
+        self.mlp = make_mlp(d_image + d_vec, d_hidden, d_output, n_layers, activation)
+        self.out_norm = nn.LayerNorm(d_output)
+        self.d_image, self._emb_dim = d_image, d_output
+
+    @property
+    def emb_dim(self) -> int:
+        return self._emb_dim
+
+    def image_features(self, img: Tensor, pad_mask: Tensor | None) -> Tensor:  # (B, L, H, W, C) -> (B, L, d_image)
+        B, L = img.shape[:2]
+        frames = rearrange(img, "b l h w c -> (b l) c h w")
+        if pad_mask is None:
+            return rearrange(self.img_proj(self.cnn(frames.float() / 255.0)), "(b l) d -> b l d", b=B)
+        real = rearrange(pad_mask, "b l 1 -> (b l)").bool()  # (B*L,)
+        out = self.img_proj(self.cnn(frames[real].float() / 255.0))  # (R, d_image) for the R real frames
+        feats = out.new_zeros(B * L, self.d_image)
+        feats[real] = out
+        return rearrange(feats, "(b l) d -> b l d", b=B)
+
+    def forward(self, obs: dict[str, Tensor], rl2s: Tensor, pad_mask: Tensor | None = None) -> Tensor:
+        """obs[image_key]: (B, L, H, W, C) uint8; pad_mask: optional (B, L, 1) bool, True = real."""
+        B, L = rl2s.shape[:2]
+        vec = torch.cat([obs[k].reshape(B, L, -1).float() for k in self.keys] + [rl2s.float()], dim=-1)
+        if self.norm is not None:
+            if self.training:
+                flat = rearrange(vec, "b l d -> (b l) d")
+                if pad_mask is not None:
+                    flat = flat[rearrange(pad_mask, "b l 1 -> (b l)").bool()]
+                self.norm.update(flat)
+            vec = self.norm(vec)
+        img = self.image_features(obs[self.image_key], pad_mask)  # (B, L, d_image)
+        return self.out_norm(self.mlp(torch.cat([img, vec.to(img.dtype)], dim=-1)))  # (B, L, d_output)
