@@ -2,7 +2,15 @@
 
 from amago_like.agents import Agent
 from amago_like.data import Batch, DiskTrajDataset, MixtureOfDatasets, RLDataset
-from amago_like.envs import AMAGOEnv, KEpisodeMetaworld, MetaBandit, Metaworld
+from amago_like.envs import (
+    AMAGOEnv,
+    BilevelEpsilonGreedy,
+    DarkRoom,
+    EpsilonGreedy,
+    KEpisodeMetaworld,
+    MetaBandit,
+    Metaworld,
+)
 from amago_like.experiment import CheckpointError, Experiment
 from amago_like.nets import (
     FFTrajEncoder,
@@ -13,6 +21,9 @@ from amago_like.nets import (
 
 __all__ = [
     "AMAGOEnv",
+    "BilevelEpsilonGreedy",
+    "DarkRoom",
+    "EpsilonGreedy",
     "Agent",
     "Batch",
     "CheckpointError",

@@ -22,6 +22,7 @@ FLAG_BINDINGS = {
     "batch_size": "Experiment.batch_size",
     "seed": "Experiment.seed",
     "log_to_wandb": "Experiment.log_to_wandb",
+    "mode": "Experiment.role",
 }
 
 
@@ -45,6 +46,13 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=None,
         help="log to wandb (WANDB_MODE=offline works without a key)",
     )
+    parser.add_argument(
+        "--mode",
+        choices=["both", "collect", "learn"],
+        default=None,
+        help="actor/learner split: run collect-only and learn-only processes with the same --run_name and --buffer_dir",
+    )
+    parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint of the run")
     return parser
 
 
@@ -88,3 +96,18 @@ def configure_from_args(args: argparse.Namespace, default_configs: list[str], ex
         apply_gin(configs, flag_bindings(args) + list(extra_bindings) + args.gin)
     except GinBindingError as e:
         sys.exit(f"error: {e}")
+
+
+def run(experiment, resume: bool = False) -> dict[str, float]:
+    """start -> (resume) -> learn -> final checkpoint -> close; returns the last epoch's metrics."""
+    try:
+        experiment.start()
+        if resume:
+            epoch = experiment.load_latest_checkpoint()
+            print(f"resuming from epoch {epoch}" if epoch is not None else "no checkpoint to resume: starting fresh")
+        metrics = experiment.learn()
+        if experiment.role != "collect" and experiment.epoch not in experiment.checkpoint_epochs():
+            experiment.save_checkpoint()
+    finally:
+        experiment.close()
+    return metrics

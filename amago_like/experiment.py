@@ -7,6 +7,7 @@ actor into the disk buffer -> ``train_batches_per_epoch`` gradient batches -> ch
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import shutil
@@ -20,22 +21,31 @@ import gymnasium as gym
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast, gather_object
 from tqdm import tqdm
 
 from amago_like.agents import Agent
+from amago_like.callbacks import Callback
 from amago_like.data.dataset import PADDED_SAMPLING, Batch, RLDataset, make_dataloader
 from amago_like.data.trajectory import FORMATS
-from amago_like.envs.vector import ENV_MODES, finished_episodes, make_vector_env
+from amago_like.envs.exploration import ExplorationWrapper
+from amago_like.envs.vector import ENV_MODES, as_amago_env, finished_episodes, make_vector_env
 from amago_like.envs.wrapper import RL2_KEY, TIME_KEY, EpisodeStats, split_timestep
 from amago_like.logging import RunLogger, plot_metrics
 from amago_like.nets.traj_encoders import TformerTrajEncoder, TrajEncoder
 from amago_like.nets.tstep_encoders import FFTstepEncoder, TstepEncoder
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+ROLES = ("both", "collect", "learn")
+NEVER = 2**62  # an epoch that never comes
 
 
 class CheckpointError(Exception):
     """A checkpoint that is missing or does not fit this experiment."""
+
+
+class DivergenceError(RuntimeError):
+    """Training produced non-finite losses or gradients too many updates in a row."""
 
 
 def summarize_episodes(episodes: list[EpisodeStats], prefix: str) -> dict[str, float]:
@@ -80,13 +90,17 @@ class Experiment:
         parallel_actors: int = 12,
         env_mode: str = "async",
         async_env_mp_context: str | None = None,
+        exploration_wrapper_type: type[ExplorationWrapper] | None = None,
         sample_actions: bool = True,
+        force_reset_train_envs_every: int | None = None,
         log_to_wandb: bool = False,
         wandb_project: str = "amago_like",
         wandb_entity: str | None = None,
         wandb_group_name: str | None = None,
         verbose: bool = True,
         log_interval: int = 250,
+        traj_save_len: int | None = None,
+        stagger_traj_file_lengths: bool = True,
         has_dset_edit_rights: bool = True,
         save_trajs_as: str = "npz",
         padded_sampling: str = "none",
@@ -109,11 +123,17 @@ class Experiment:
         l2_coeff: float = 1e-3,
         mixed_precision: str = "no",
         seed: int | None = None,
+        keep_checkpoints: int | None = None,
+        callbacks: tuple[Callback, ...] = (),
+        max_bad_updates_in_a_row: int = 20,
+        wait_for_data_seconds: float = 600.0,
+        role: str = "both",
     ):
         _check_choice("env_mode", env_mode, ENV_MODES)
         _check_choice("save_trajs_as", save_trajs_as, FORMATS)
         _check_choice("padded_sampling", padded_sampling, PADDED_SAMPLING)
         _check_choice("mixed_precision", mixed_precision, MIXED_PRECISION)
+        _check_choice("role", role, ROLES)
         for name, value in dict(
             max_seq_len=max_seq_len - 1,
             batch_size=batch_size,
@@ -133,11 +153,19 @@ class Experiment:
             agent_type,
         )
         self.parallel_actors, self.env_mode, self.async_env_mp_context = parallel_actors, env_mode, async_env_mp_context
+        self.exploration_wrapper_type = exploration_wrapper_type
         self.sample_actions = sample_actions
+        self.force_reset_train_envs_every = force_reset_train_envs_every
+        self._steps_since_train_reset = 0
         self.log_to_wandb, self.wandb_project = log_to_wandb, wandb_project
         self.wandb_entity, self.wandb_group_name = wandb_entity, wandb_group_name
         self.verbose, self.log_interval = verbose, log_interval
         self.has_dset_edit_rights, self.save_trajs_as = has_dset_edit_rights, save_trajs_as
+        if traj_save_len is not None and traj_save_len < 1:
+            raise ValueError(f"traj_save_len must be None (save whole episodes) or >= 1, got {traj_save_len}")
+        # long rollouts are saved in pieces; staggering only matters when there are pieces
+        self.traj_save_len = traj_save_len
+        self.stagger_traj_file_lengths = stagger_traj_file_lengths and traj_save_len is not None
         self.padded_sampling, self.dloader_workers = padded_sampling, dloader_workers
         self.epochs, self.start_learning_at_epoch = epochs, start_learning_at_epoch
         self.start_collecting_at_epoch = start_collecting_at_epoch
@@ -151,6 +179,21 @@ class Experiment:
         self.learning_rate, self.critic_loss_weight = learning_rate, critic_loss_weight
         self.lr_warmup_steps, self.grad_clip, self.l2_coeff = lr_warmup_steps, grad_clip, l2_coeff
         self.mixed_precision, self.seed = mixed_precision, seed
+        if keep_checkpoints is not None and keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be None (keep all) or >= 1, got {keep_checkpoints}")
+        self.keep_checkpoints = keep_checkpoints
+        self.callbacks = list(callbacks)
+        self.max_bad_updates_in_a_row = max_bad_updates_in_a_row
+        self.wait_for_data_seconds = wait_for_data_seconds
+        self.bad_updates = 0  # skipped for non-finite loss or gradients, over the whole run
+        # actor/learner split: processes sharing one run folder and buffer
+        self.role = role
+        if role == "collect":  # act with the newest policy the learner wrote; never train or prune
+            self.start_learning_at_epoch, self.always_load_latest = NEVER, True
+            self.always_save_latest, self.ckpt_interval, self.has_dset_edit_rights = False, None, False
+        elif role == "learn":  # train on what collectors write; publish the policy every epoch
+            self.start_collecting_at_epoch, self.always_save_latest, self.always_load_latest = NEVER, True, False
+        self._bad_in_a_row = 0
         self.run_dir = os.path.join(ckpt_base_dir, run_name)
         self.epoch = 0
         self.total_frames = 0
@@ -198,19 +241,24 @@ class Experiment:
         """Context manager for mixed-precision forward passes (a no-op at mixed_precision='no')."""
         return self.accelerator.autocast()
 
-    def init_envs(self) -> None:
-        save_dir = self.dataset.save_new_trajs_to
-        self.train_envs = make_vector_env(
-            self.make_train_env,
+    def _make_envs(self, make_env: Callable[[], gym.Env], save_dir: str | None) -> gym.vector.VectorEnv:
+        return make_vector_env(
+            make_env,
             self.parallel_actors,
             self.env_mode,
             save_dir,
             self.save_trajs_as,
             self.async_env_mp_context,
+            save_every=self.traj_save_len,
+            stagger=self.stagger_traj_file_lengths,
         )
-        self.val_envs = make_vector_env(
-            self.make_val_env, self.parallel_actors, self.env_mode, None, self.save_trajs_as, self.async_env_mp_context
-        )
+
+    def init_envs(self) -> None:
+        make_train_env = self.make_train_env
+        if self.exploration_wrapper_type is not None:  # training actors only; evaluation acts as the policy says
+            make_train_env = functools.partial(_explore, self.make_train_env, self.exploration_wrapper_type)
+        self.train_envs = self._make_envs(make_train_env, self.dataset.save_new_trajs_to)
+        self.val_envs = self._make_envs(self.make_val_env, None)
         space = self.train_envs.single_observation_space
         self.obs_space = gym.spaces.Dict({k: v for k, v in space.spaces.items() if k not in (RL2_KEY, TIME_KEY)})
         self.rl2_space = space[RL2_KEY]
@@ -250,7 +298,8 @@ class Experiment:
                     dir=self.run_dir,
                     config={"gin": gin.config_str()},
                 )
-        self.logger = RunLogger(self.run_dir, wandb_run)
+        filename = "metrics.jsonl" if self.role != "collect" else "metrics_collect.jsonl"
+        self.logger = RunLogger(self.run_dir, wandb_run, filename)
 
     @property
     def policy(self) -> Agent:
@@ -307,18 +356,36 @@ class Experiment:
         return episodes, (obs, hidden)
 
     def collect_new_training_data(self) -> dict[str, float]:
+        """Step the training envs ``train_timesteps_per_epoch`` times, continuing their episodes from the
+        last epoch (unless ``force_reset_train_envs_every`` steps have passed: then every env restarts)."""
+        if self.force_reset_train_envs_every and self._steps_since_train_reset >= self.force_reset_train_envs_every:
+            self._train_obs = None
+        if self._train_obs is None:
+            self._steps_since_train_reset = 0
+        self._steps_since_train_reset += self.train_timesteps_per_epoch
         episodes, self._train_obs = self.interact(
             self.train_envs, self.train_timesteps_per_epoch, self._train_obs, desc=f"epoch {self.epoch} collect"
         )
         self.total_frames += self.train_timesteps_per_epoch * self.parallel_actors * self.accelerator.num_processes
-        metrics = summarize_episodes(episodes, "train")
+        metrics = summarize_episodes(self._gather_episodes(episodes), "train")
         self.accelerator.wait_for_everyone()
         metrics.update(self.dataset.on_end_of_collection() if self.is_main else {})
         return metrics
 
     def evaluate_val(self) -> dict[str, float]:
         episodes, _ = self.interact(self.val_envs, self.val_timesteps_per_epoch, None, desc=f"epoch {self.epoch} val")
-        return summarize_episodes(episodes, "val")
+        return summarize_episodes(self._gather_episodes(episodes), "val")
+
+    def _gather_episodes(self, episodes: list[EpisodeStats]) -> list[EpisodeStats]:
+        """Every process's finished episodes (each process runs its own actors)."""
+        return gather_object(episodes) if self.accelerator.num_processes > 1 else episodes
+
+    def _mean_across_processes(self, metrics: dict[str, float]) -> dict[str, float]:
+        if self.accelerator.num_processes == 1 or not metrics:
+            return metrics
+        keys = sorted(metrics)
+        values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.DEVICE)
+        return dict(zip(keys, self.accelerator.reduce(values, reduction="mean").tolist()))
 
     def evaluate_test(
         self,
@@ -332,14 +399,7 @@ class Experiment:
         episodes finished); with ``save_trajs_to``, every finished episode is written there as a dataset."""
         if render:
             raise ValueError("render=True is not supported yet; evaluate without rendering")
-        envs = make_vector_env(
-            make_test_env,
-            self.parallel_actors,
-            self.env_mode,
-            save_trajs_to,
-            self.save_trajs_as,
-            self.async_env_mp_context,
-        )
+        envs = self._make_envs(make_test_env, save_trajs_to)
         try:
             finished: list[EpisodeStats] = []
             state = None
@@ -355,25 +415,47 @@ class Experiment:
 
     # ================================================================== learning
     def train_step(self, batch: Batch) -> dict[str, float]:
+        """One batch: forward, backward and (every ``batches_per_update`` batches) an optimizer step.
+
+        An update whose loss or gradient norm is not finite is skipped and counted
+        (``bad_updates``); ``max_bad_updates_in_a_row`` of them stop the run with DivergenceError.
+        """
         with self.accelerator.accumulate(self.agent):
             with self.caster():
                 critic_loss, actor_loss, metrics = self.agent(batch)
             loss = self.critic_loss_weight * critic_loss + actor_loss
             self.accelerator.backward(loss)
+            finite = bool(torch.isfinite(loss.detach()))
             if self.accelerator.sync_gradients:
-                metrics["grad_norm"] = float(self.accelerator.clip_grad_norm_(self.agent.parameters(), self.grad_clip))
-            self.optimizer.step()
-            self.scheduler.step()
+                grad_norm = self.accelerator.clip_grad_norm_(self.agent.parameters(), self.grad_clip)
+                finite = finite and bool(torch.isfinite(grad_norm))
+                metrics["grad_norm"] = float(grad_norm)
+            if not finite:
+                self._skip_update()
+            else:
+                self.optimizer.step()
+                self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-        if self.accelerator.sync_gradients:
+        if self.accelerator.sync_gradients and finite:
             self.policy.soft_sync_targets()
             self.grad_updates += 1
+            self._bad_in_a_row = 0
         metrics["lr"] = self.scheduler.get_last_lr()[0]
-        return metrics
+        metrics["bad_updates"] = self.bad_updates
+        return {k: v for k, v in metrics.items() if np.isfinite(v)}
+
+    def _skip_update(self) -> None:
+        self.bad_updates += 1
+        self._bad_in_a_row += 1
+        if self._bad_in_a_row >= self.max_bad_updates_in_a_row:
+            raise DivergenceError(
+                f"{self._bad_in_a_row} updates in a row had a non-finite loss or gradient (epoch {self.epoch}); "
+                "stopping before writing a broken checkpoint. Lower learning_rate, check rewards for huge values, "
+                "or resume from the last checkpoint."
+            )
 
     def learn_epoch(self) -> dict[str, float]:
-        self.dataset.refresh_files() if hasattr(self.dataset, "refresh_files") else None
-        if not self.dataset.ready_for_training:
+        if not self._wait_for_data():
             return {}
         loader = make_dataloader(
             self.dataset,
@@ -384,15 +466,37 @@ class Experiment:
             self.dloader_workers,
         )
         sums: dict[str, float] = defaultdict(float)
-        n = 0
-        for batch in tqdm(loader, desc=f"epoch {self.epoch} train", disable=self._no_bars, leave=False):
+        counts: dict[str, int] = defaultdict(int)
+        for i, batch in enumerate(tqdm(loader, desc=f"epoch {self.epoch} train", disable=self._no_bars, leave=False)):
             step_metrics = self.train_step(batch.to(self.DEVICE))
-            n += 1
             for k, v in step_metrics.items():
                 sums[k] += v
-            if self.log_interval and n % self.log_interval == 0:
+                counts[k] += 1
+            if self.log_interval and (i + 1) % self.log_interval == 0:
                 self.log({f"learn/{k}": v for k, v in step_metrics.items()})
-        return {f"learn/{k}": v / n for k, v in sums.items()} if n else {}
+        self._sync_buffers()
+        return self._mean_across_processes({f"learn/{k}": sums[k] / counts[k] for k in sums})
+
+    def _sync_buffers(self) -> None:
+        """Copy rank 0's buffers (input-normalisation statistics, ...) to every process, as DDP does
+        before each forward, so that rollouts and checkpoints agree across ranks."""
+        if self.accelerator.num_processes > 1:
+            for buf in self.policy.buffers():
+                buf.copy_(broadcast(buf.clone(), from_process=0))
+
+    def _wait_for_data(self) -> bool:
+        """True when the dataset can be sampled. A learner that collects nothing itself (actor/learner
+        split) waits up to ``wait_for_data_seconds`` for other processes to fill the buffer."""
+        collects = self.epoch >= self.start_collecting_at_epoch
+        deadline = time.time() + (0 if collects else self.wait_for_data_seconds)
+        while True:
+            if hasattr(self.dataset, "refresh_files"):
+                self.dataset.refresh_files()
+            if self.dataset.ready_for_training:
+                return True
+            if time.time() >= deadline:
+                return False
+            time.sleep(2.0)
 
     def learn(self) -> dict[str, float]:
         """Run epochs from the current one to ``epochs``; returns the last epoch's metrics."""
@@ -403,8 +507,10 @@ class Experiment:
             while self.epoch < self.epochs:
                 t0 = time.time()
                 metrics = {}
+                for cb in self.callbacks:
+                    cb.on_epoch_start(self)
                 if self.always_load_latest:
-                    self.read_latest_policy()
+                    metrics["latest_policy_loaded"] = float(self.read_latest_policy())
                 if self.val_interval and self.epoch % self.val_interval == 0:
                     metrics.update(self.evaluate_val())
                 if self.epoch >= self.start_collecting_at_epoch:
@@ -420,6 +526,10 @@ class Experiment:
                 self.log(metrics)
                 if self.verbose and self.is_main:
                     print(self._epoch_line(metrics))
+                if any([cb.on_epoch_end(self, metrics) for cb in self.callbacks]):
+                    if self.ckpt_interval and self.epoch % self.ckpt_interval != 0:
+                        self.save_checkpoint()
+                    break
         finally:
             if self._started and self.is_main:
                 plot_metrics(self.run_dir)
@@ -435,6 +545,15 @@ class Experiment:
     def x_axis_metrics(self) -> dict[str, float]:
         return {"epoch": self.epoch, "total_frames": self.total_frames, "grad_updates": self.grad_updates}
 
+    def policy_metrics(self) -> dict[str, float]:
+        """Size of the policy, for the summary and the logs."""
+        policy = self.policy
+        return {
+            "params/total": sum(p.numel() for p in policy.parameters() if p.requires_grad),
+            "params/traj_encoder": sum(p.numel() for p in policy.traj_encoder.parameters()),
+            "params/tstep_encoder": sum(p.numel() for p in policy.tstep_encoder.parameters()),
+        }
+
     def log(self, metrics: dict[str, float]) -> None:
         if self.is_main and metrics:
             self.logger.log({**metrics, **self.x_axis_metrics()}, step=self.grad_updates)
@@ -444,17 +563,39 @@ class Experiment:
     def ckpt_dir(self) -> str:
         return os.path.join(self.run_dir, "ckpts")
 
+    @property
+    def _states_dir(self) -> str:
+        return os.path.join(self.ckpt_dir, "training_states")
+
+    def checkpoint_epochs(self) -> list[int]:
+        """Epochs with a complete training-state checkpoint (half-written ``.tmp`` folders never count)."""
+        if not os.path.isdir(self._states_dir):
+            return []
+        return sorted(
+            int(n.removeprefix("epoch_"))
+            for n in os.listdir(self._states_dir)
+            if n.startswith("epoch_")
+            and n.removeprefix("epoch_").isdigit()
+            and os.path.exists(os.path.join(self._states_dir, n, "state.pt"))
+        )
+
     def save_checkpoint(self) -> str:
         """Full training state to ``ckpts/training_states/epoch_N`` and policy weights to
-        ``ckpts/policy_weights/policy_epoch_N.pt``; both written atomically."""
+        ``ckpts/policy_weights/policy_epoch_N.pt``. Written under a temporary name and renamed, so a
+        kill mid-write leaves the previous checkpoints intact; then ``keep_checkpoints`` prunes old ones."""
         self.accelerator.wait_for_everyone()
-        final = os.path.join(self.ckpt_dir, "training_states", f"epoch_{self.epoch}")
+        final = os.path.join(self._states_dir, f"epoch_{self.epoch}")
         if self.is_main:
             state = {
                 "agent": self.policy.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
-                "counters": {"epoch": self.epoch, "total_frames": self.total_frames, "grad_updates": self.grad_updates},
+                "counters": {
+                    "epoch": self.epoch,
+                    "total_frames": self.total_frames,
+                    "grad_updates": self.grad_updates,
+                    "bad_updates": self.bad_updates,
+                },
                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
             }
             tmp = final + ".tmp"
@@ -463,11 +604,21 @@ class Experiment:
             torch.save(state, os.path.join(tmp, "state.pt"))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
-            _atomic_torch_save(
-                self.policy.state_dict(), os.path.join(self.ckpt_dir, "policy_weights", f"policy_epoch_{self.epoch}.pt")
-            )
+            _atomic_torch_save(self.policy.state_dict(), self._policy_weights_path(self.epoch))
+            self._prune_checkpoints()
         self.accelerator.wait_for_everyone()
         return final
+
+    def _policy_weights_path(self, epoch: int) -> str:
+        return os.path.join(self.ckpt_dir, "policy_weights", f"policy_epoch_{epoch}.pt")
+
+    def _prune_checkpoints(self) -> None:
+        if self.keep_checkpoints is None:
+            return
+        for epoch in self.checkpoint_epochs()[: -self.keep_checkpoints]:
+            shutil.rmtree(os.path.join(self._states_dir, f"epoch_{epoch}"), ignore_errors=True)
+            if os.path.exists(self._policy_weights_path(epoch)):
+                os.remove(self._policy_weights_path(epoch))
 
     def load_checkpoint_from_path(self, path: str, resume_training_state: bool = True) -> None:
         """Load a training-state folder (``.../epoch_N``) or a policy-weights file (``.pt``)."""
@@ -483,37 +634,46 @@ class Experiment:
             self.policy.load_state_dict(weights)
         except RuntimeError as e:
             raise CheckpointError(
-                f"{file} was saved from a different model shape; use the gin config of the run that wrote it "
-                f"({os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(file))), 'config.gin')}?)\n{e}"
+                f"{file} was saved from a different model shape; build the experiment with the gin config "
+                f"of the run that wrote it (its config.gin).\n{e}"
             ) from None
         if resume_training_state and "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             c = state["counters"]
             self.epoch, self.total_frames, self.grad_updates = c["epoch"], c["total_frames"], c["grad_updates"]
+            self.bad_updates = c.get("bad_updates", 0)
             torch.set_rng_state(state["rng"]["torch"])
             np.random.set_state(state["rng"]["numpy"])
             random.setstate(state["rng"]["python"])
 
     def load_checkpoint(self, epoch: int, resume_training_state: bool = True) -> None:
-        path = os.path.join(self.ckpt_dir, "training_states", f"epoch_{epoch}")
-        if not os.path.isdir(path):
-            available = sorted(
-                int(n.split("_")[1])
-                for n in os.listdir(os.path.join(self.ckpt_dir, "training_states"))
-                if n.startswith("epoch_") and not n.endswith(".tmp")
+        if epoch not in self.checkpoint_epochs():
+            raise CheckpointError(
+                f"no checkpoint for epoch {epoch} in {self.ckpt_dir}; available epochs: {self.checkpoint_epochs()}"
             )
-            raise CheckpointError(f"no checkpoint for epoch {epoch} in {self.ckpt_dir}; available epochs: {available}")
-        self.load_checkpoint_from_path(path, resume_training_state)
+        self.load_checkpoint_from_path(os.path.join(self._states_dir, f"epoch_{epoch}"), resume_training_state)
+
+    def load_latest_checkpoint(self) -> int | None:
+        """Resume from the newest complete checkpoint of this run; returns its epoch (None: fresh start)."""
+        epochs = self.checkpoint_epochs()
+        if not epochs:
+            return None
+        self.load_checkpoint(epochs[-1])
+        self._train_obs = None  # envs restart their episodes
+        return epochs[-1]
 
     def write_latest_policy(self) -> None:
         if self.is_main:
             _atomic_torch_save(self.policy.state_dict(), os.path.join(self.ckpt_dir, "latest", "policy.pt"))
 
-    def read_latest_policy(self) -> None:
+    def read_latest_policy(self) -> bool:
+        """Load ``ckpts/latest/policy.pt`` if a learner has written one; returns whether it did."""
         path = os.path.join(self.ckpt_dir, "latest", "policy.pt")
-        if os.path.exists(path):
-            self.load_checkpoint_from_path(path, resume_training_state=False)
+        if not os.path.exists(path):
+            return False
+        self.load_checkpoint_from_path(path, resume_training_state=False)
+        return True
 
     def delete_buffer_from_disk(self) -> None:
         if self.is_main and self.has_dset_edit_rights:
@@ -525,6 +685,11 @@ class Experiment:
                 envs.close()
         if getattr(self, "logger", None) is not None:
             self.logger.finish()
+
+
+def _explore(make_env: Callable[[], gym.Env], wrapper_type: type[ExplorationWrapper]) -> gym.Env:
+    """Module-level (so async workers can unpickle it): an exploration wrapper around the sequence wrapper."""
+    return wrapper_type(as_amago_env(make_env()))
 
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:

@@ -11,11 +11,11 @@ PLOT_PREFIXES = ("train/", "val/", "learn/")
 
 
 class RunLogger:
-    """Appends one JSON line per ``log`` call to ``{run_dir}/metrics.jsonl`` and mirrors it to wandb."""
+    """Appends one JSON line per ``log`` call to ``{run_dir}/{filename}`` and mirrors it to wandb."""
 
-    def __init__(self, run_dir: str, wandb_run=None):
+    def __init__(self, run_dir: str, wandb_run=None, filename: str = "metrics.jsonl"):
         self.run_dir = run_dir
-        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.path = os.path.join(run_dir, filename)
         self.wandb_run = wandb_run
 
     def log(self, metrics: dict[str, float], step: int) -> None:

@@ -17,7 +17,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != HERE]
 
 from amago_like import DiskTrajDataset, Experiment, Metaworld  # noqa: E402
-from amago_like.cli import add_common_args, configure_from_args  # noqa: E402
+from amago_like.cli import add_common_args, configure_from_args, run  # noqa: E402
 from amago_like.envs.builtin.metaworld import normalize_benchmark_name  # noqa: E402
 
 ROOT = os.path.dirname(HERE)
@@ -51,12 +51,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         make_train_env=functools.partial(Metaworld, args.benchmark, "train"),
         make_val_env=functools.partial(Metaworld, args.benchmark, "test"),
     )
-    try:
-        experiment.start()
-        metrics = experiment.learn()
-        experiment.save_checkpoint()
-    finally:
-        experiment.close()
+    metrics = run(experiment, resume=args.resume)
     run_dir = experiment.run_dir
     print(f"\nresults in {run_dir}:")
     print(f"  metrics  {os.path.join(run_dir, 'metrics.jsonl')}  (plots in {os.path.join(run_dir, 'plots')})")

@@ -1,47 +1,48 @@
-"""Train the transformer agent on the built-in meta-bandit and print the return of each pull.
+"""Train the transformer agent on a built-in meta-RL env and print the return of each episode.
 
-python examples/bandit.py                      # configs/bandit.gin, about a minute on CPU
-python examples/bandit.py --gin "MetaBandit.n_arms = 4" --epochs 12
+python examples/toy.py                          # meta-bandit, configs/bandit.gin, about a minute on CPU
+python examples/toy.py --env dark_room          # dark room, configs/dark_room.gin
+python examples/toy.py --gin "MetaBandit.n_arms = 4" --epochs 12
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 
-from amago_like import DiskTrajDataset, Experiment, MetaBandit
-from amago_like.cli import add_common_args, configure_from_args
+from amago_like import DarkRoom, DiskTrajDataset, Experiment, MetaBandit
+from amago_like.cli import add_common_args, configure_from_args, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENVS = {"bandit": (MetaBandit, "bandit.gin"), "dark_room": (DarkRoom, "dark_room.gin")}
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", choices=sorted(ENVS), default="bandit")
     add_common_args(parser)
     args = parser.parse_args(argv)
+    env_type, config = ENVS[args.env]
     buffer_dir = os.path.abspath(args.buffer_dir)
-    configure_from_args(args, [os.path.join(ROOT, "configs", "bandit.gin")])
+    configure_from_args(args, [os.path.join(ROOT, "configs", config)])
 
-    run_name = args.run_name or "bandit"
+    run_name = args.run_name or args.env
     experiment = Experiment(
         run_name=run_name,
         ckpt_base_dir=buffer_dir,
         dataset=DiskTrajDataset(dset_root=buffer_dir, dset_name=run_name),
-        make_train_env=MetaBandit,
-        make_val_env=MetaBandit,
+        make_train_env=functools.partial(env_type, split="train"),
+        make_val_env=functools.partial(env_type, split="test"),  # held-out tasks where the env has them
     )
-    try:
-        experiment.start()
-        metrics = experiment.learn()
-        experiment.save_checkpoint()
-    finally:
-        experiment.close()
-    env = MetaBandit()
-    pulls = sorted((k for k in metrics if k.startswith("val/Episode ")), key=lambda k: int(k.split()[1]))
+    metrics = run(experiment, resume=args.resume)
+    env = env_type(split="test")
+    episodes = sorted((k for k in metrics if k.startswith("val/Episode ")), key=lambda k: int(k.split()[1]))
     print(
-        f"\nval return {metrics.get('val/return', float('nan')):.2f} (random {env.random_return():.2f}, best {env.best_return():.2f})"
+        f"\nheld-out return {metrics.get('val/return', float('nan')):.2f} "
+        f"(random {env.random_return():.2f}, best {env.best_return():.2f})"
     )
-    print("return per pull: " + ", ".join(f"{k.split('/')[1].replace(' Return', '')} {metrics[k]:.2f}" for k in pulls))
+    print("return per episode: " + ", ".join(f"{k.split()[1]} {metrics[k]:.2f}" for k in episodes))
     print(f"results in {experiment.run_dir}")
     return metrics
 

@@ -163,3 +163,44 @@ def test_unknown_gin_binding_names_the_offender():
         apply_gin([], ["Experiment.epochz = 3"])
     with pytest.raises(GinBindingError, match="NoSuchThing"):
         apply_gin([], ["NoSuchThing.x = 1"])
+
+
+def test_exploration_wraps_training_actors_only(tmp_path, tiny_model):
+    from amago_like import EpsilonGreedy
+
+    gin.bind_parameter("EpsilonGreedy.eps_start", 0.5)
+    gin.bind_parameter("EpsilonGreedy.eps_end", 0.5)
+    exp = make_experiment(tmp_path, exploration_wrapper_type=EpsilonGreedy, epochs=1)
+    exp.start()
+    metrics = exp.learn()
+    assert 0.0 <= metrics["train/epsilon"] <= 0.5  # per-actor randomised epsilon reaches the logs
+    assert "val/epsilon" not in metrics
+    exp.close()
+
+
+def test_traj_save_len_splits_episodes_into_segments(tmp_path, tiny_model):
+    exp = make_experiment(tmp_path, traj_save_len=2, stagger_traj_file_lengths=False, epochs=1)
+    exp.start()
+    exp.collect_new_training_data()
+    exp.dataset.refresh_files()
+    # 2 actors x 12 steps: four 6-step episodes, each saved as three 2-transition files
+    assert len(exp.dataset) == 12
+    lengths = {len(exp.dataset.sample_random_trajectory(np.random.default_rng(i))) for i in range(20)}
+    assert lengths == {3}
+    with pytest.raises(ValueError, match="traj_save_len"):
+        make_experiment(tmp_path, traj_save_len=0)
+    exp.close()
+
+
+def test_force_reset_restarts_training_episodes(tmp_path, tiny_model):
+    # 4-step collections never finish a 6-step episode unless the envs keep their state across epochs
+    exp = make_experiment(tmp_path, train_timesteps_per_epoch=4, force_reset_train_envs_every=4, epochs=1)
+    exp.start()
+    for _ in range(3):
+        assert exp.collect_new_training_data()["train/episodes"] == 0
+    exp.close()
+    exp = make_experiment(tmp_path, run_name="keep", train_timesteps_per_epoch=4, epochs=1)
+    exp.start()
+    finished = sum(exp.collect_new_training_data()["train/episodes"] for _ in range(3))
+    assert finished == 2 * 2  # 12 steps per actor: two 6-step episodes each
+    exp.close()

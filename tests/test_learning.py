@@ -18,7 +18,7 @@ def load_example(name: str):
 
 def test_bandit_agent_learns_to_explore_then_exploit(tmp_path, two_threads):
     """configs/bandit.gin (about 30-60 s on 2 cores): random play earns 2.0 of a best 5.0."""
-    bandit = load_example("bandit")
+    bandit = load_example("toy")
     final = bandit.main(["--buffer_dir", str(tmp_path), "--run_name", "learn"])
     env = MetaBandit()
     rows = [json.loads(line) for line in open(tmp_path / "learn" / "metrics.jsonl")]

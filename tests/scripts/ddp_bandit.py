@@ -1,0 +1,54 @@
+"""Run by tests/test_distributed.py under `accelerate launch --multi_gpu --num_processes 2` on CPU.
+
+Trains the tiny meta-bandit experiment for two epochs, then every rank writes a fingerprint of its
+weights so the test can check that DDP kept the ranks identical.
+"""
+
+import json
+import os
+import sys
+
+import torch
+
+from amago_like import DiskTrajDataset, Experiment, MetaBandit
+from amago_like.cli import REPO_ROOT, apply_gin
+
+out = sys.argv[1]
+apply_gin([os.path.join(REPO_ROOT, "configs", "models", "tiny.gin")], [])
+exp = Experiment(
+    run_name="ddp",
+    ckpt_base_dir=out,
+    max_seq_len=7,
+    dataset=DiskTrajDataset(out, "ddp"),
+    make_train_env=MetaBandit,
+    make_val_env=MetaBandit,
+    val_timesteps_per_epoch=12,
+    parallel_actors=2,
+    env_mode="sync",
+    epochs=2,
+    train_timesteps_per_epoch=12,
+    train_batches_per_epoch=4,
+    batch_size=4,
+    val_interval=1,
+    ckpt_interval=2,
+    verbose=False,
+    seed=0,
+)
+exp.start()
+exp.learn()
+params = torch.cat([p.detach().flatten().double() for p in exp.policy.parameters()])
+buffers = torch.cat([b.detach().flatten().double() for b in exp.policy.buffers() if b.is_floating_point()])
+rank = exp.accelerator.process_index
+with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+    json.dump(
+        {
+            "num_processes": exp.accelerator.num_processes,
+            "distributed_type": str(exp.accelerator.distributed_type),
+            "params": params.tolist(),
+            "buffers": buffers.tolist(),
+            "grad_updates": exp.grad_updates,
+            "total_frames": exp.total_frames,
+        },
+        f,
+    )
+exp.close()

@@ -1,0 +1,154 @@
+"""Run lifecycle: kill and resume, actor/learner split, numerical guards, checkpoint retention, early stop."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from amago_like import DiskTrajDataset, Experiment, MetaBandit
+from amago_like.callbacks import EarlyStopping
+from amago_like.cli import REPO_ROOT, apply_gin
+from amago_like.data import load_trajectory
+from amago_like.experiment import DivergenceError
+
+BANDIT = os.path.join(REPO_ROOT, "examples", "toy.py")
+FAST = ["--gin", "Experiment.train_batches_per_epoch = 10", "--gin", "Experiment.val_interval = 100"]
+
+
+def bandit_cmd(buffer_dir, *extra):
+    return [sys.executable, BANDIT, "--buffer_dir", str(buffer_dir), "--run_name", "life", *FAST, *extra]
+
+
+def rows(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def small_experiment(root, **overrides) -> Experiment:
+    apply_gin([os.path.join(REPO_ROOT, "configs", "models", "tiny.gin")], [])
+    kwargs = dict(
+        run_name="run", ckpt_base_dir=str(root), max_seq_len=7, dataset=DiskTrajDataset(str(root), "run"),
+        make_train_env=MetaBandit, make_val_env=MetaBandit, val_timesteps_per_epoch=6, parallel_actors=2,
+        env_mode="sync", epochs=3, train_timesteps_per_epoch=12, train_batches_per_epoch=3, batch_size=4,
+        val_interval=1, ckpt_interval=1, verbose=False, seed=0,
+    )  # fmt: skip
+    kwargs.update(overrides)
+    return Experiment(**kwargs)
+
+
+def test_sigkill_then_resume_keeps_counters_and_every_trajectory(tmp_path):
+    run = tmp_path / "life"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(bandit_cmd(tmp_path, "--epochs", "6", "--gin", "Experiment.ckpt_interval = 1"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    target = run / "ckpts" / "training_states" / "epoch_2" / "state.pt"
+    deadline = time.time() + 120
+    while not target.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert target.exists(), "the run never reached its second checkpoint"
+    # a writer killed mid-save leaves at most a hidden .tmp file, which readers never list
+    visible = [f for f in os.listdir(run / "buffer" / "fifo") if not f.startswith(".")]
+    before = {f: load_trajectory(str(run / "buffer" / "fifo" / f)) for f in visible}
+    assert before
+    killed_at = max(r["epoch"] for r in rows(run / "metrics.jsonl"))
+
+    done = subprocess.run(bandit_cmd(tmp_path, "--epochs", "6", "--resume"), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming from epoch" in done.stdout
+    after = rows(run / "metrics.jsonl")
+    resumed = [r for r in after if r["epoch"] > killed_at or r is after[-1]]
+    assert after[-1]["epoch"] == 6
+    # counters only move forward and the last one counts every epoch exactly once
+    assert all(a["grad_updates"] < b["grad_updates"] for a, b in zip(resumed, resumed[1:]))
+    assert after[-1]["grad_updates"] == 6 * 10
+    # nothing written before the kill is lost or damaged
+    fifo = set(os.listdir(run / "buffer" / "fifo"))
+    assert set(before) <= fifo
+    for name, traj in before.items():
+        np.testing.assert_array_equal(load_trajectory(str(run / "buffer" / "fifo" / name)).actions, traj.actions)
+    assert not [n for n in os.listdir(run / "ckpts" / "training_states") if n.endswith(".tmp")]
+
+
+def test_actor_learner_split_shares_buffer_and_policy(tmp_path):
+    run = tmp_path / "life"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # the learner starts first and waits for the collector's data
+    learner = subprocess.Popen(bandit_cmd(tmp_path, "--mode", "learn", "--epochs", "3"), env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    first = subprocess.run(bandit_cmd(tmp_path, "--mode", "collect", "--epochs", "4"), env=env,
+                           capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-2000:]
+    _, err = learner.communicate(timeout=240)
+    assert learner.returncode == 0, err[-2000:]
+    # a collector started after the learner published its policy acts with it
+    second = subprocess.run(bandit_cmd(tmp_path, "--mode", "collect", "--epochs", "2"), env=env,
+                            capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert second.returncode == 0, second.stderr[-2000:]
+
+    learned = rows(run / "metrics.jsonl")
+    assert learned[-1]["grad_updates"] == 3 * 10 and learned[-1]["total_frames"] == 0
+    assert all("learn/critic_loss" in r for r in learned)
+    collected = rows(run / "metrics_collect.jsonl")
+    assert [r["total_frames"] for r in collected] == [240, 480, 720, 960, 240, 480]  # 30 steps x 8 actors
+    assert all(r["grad_updates"] == 0 for r in collected)
+    assert [r["latest_policy_loaded"] for r in collected[-2:]] == [1.0, 1.0]
+    assert (run / "ckpts" / "latest" / "policy.pt").exists()
+    assert (run / "ckpts" / "training_states" / "epoch_3" / "state.pt").exists()  # only the learner checkpoints
+
+
+def test_non_finite_updates_are_skipped_counted_then_stop_the_run(tmp_path):
+    exp = small_experiment(tmp_path, max_bad_updates_in_a_row=1000)
+    exp.start()
+    exp.collect_new_training_data()
+    before = [p.detach().clone() for p in exp.policy.parameters()]
+    exp.policy.reward_multiplier = float("nan")
+    metrics = exp.learn_epoch()
+    assert exp.bad_updates == 3 and exp.grad_updates == 0 and metrics["learn/bad_updates"] >= 1
+    for b, p in zip(before, exp.policy.parameters()):
+        assert torch.equal(b, p), "a skipped update changed the weights"
+    exp.close()
+
+    exp = small_experiment(tmp_path / "b", max_bad_updates_in_a_row=2)
+    exp.start()
+    exp.policy.reward_multiplier = float("nan")
+    with pytest.raises(DivergenceError, match="2 updates in a row"):
+        exp.learn()
+    assert exp.checkpoint_epochs() == []
+    exp.close()
+
+
+def test_keep_checkpoints_prunes_the_oldest(tmp_path):
+    exp = small_experiment(tmp_path, keep_checkpoints=2, epochs=4, val_interval=None)
+    exp.start()
+    exp.learn()
+    assert exp.checkpoint_epochs() == [3, 4]
+    assert sorted(os.listdir(tmp_path / "run" / "ckpts" / "policy_weights")) == [
+        "policy_epoch_3.pt",
+        "policy_epoch_4.pt",
+    ]
+    exp.close()
+    with pytest.raises(ValueError, match="keep_checkpoints"):
+        small_experiment(tmp_path, keep_checkpoints=0)
+
+
+def test_early_stopping_ends_the_run_and_checkpoints(tmp_path):
+    stopper = EarlyStopping(metric="val/return", patience=1, mode="min")  # returns rarely fall: stops quickly
+    exp = small_experiment(tmp_path, epochs=50, ckpt_interval=100, callbacks=(stopper,))
+    exp.start()
+    exp.learn()
+    assert exp.epoch < 50
+    assert exp.checkpoint_epochs() == [exp.epoch]
+    exp.close()
+
+
+def test_early_stopping_rule():
+    stop = EarlyStopping(metric="m", patience=2, mode="max")
+    assert [stop.on_epoch_end(None, {"m": v}) for v in (1.0, 2.0, 1.5, 1.9)] == [False, False, False, True]
+    assert not stop.on_epoch_end(None, {})
