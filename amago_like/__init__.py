@@ -1,6 +1,6 @@
 """amago_like: a gin-configured sequence-model meta-RL trainer."""
 
-from amago_like.agents import Agent
+from amago_like.agents import Agent, MultiTaskAgent
 from amago_like.data import Batch, DiskTrajDataset, MixtureOfDatasets, RLDataset
 from amago_like.envs import (
     AMAGOEnv,
@@ -13,29 +13,34 @@ from amago_like.envs import (
 )
 from amago_like.experiment import CheckpointError, Experiment
 from amago_like.nets import (
+    CNNTstepEncoder,
     FFTrajEncoder,
     FFTstepEncoder,
     GRUTrajEncoder,
+    IdentityTrajEncoder,
     TformerTrajEncoder,
 )
 
 __all__ = [
     "AMAGOEnv",
-    "BilevelEpsilonGreedy",
-    "DarkRoom",
-    "EpsilonGreedy",
     "Agent",
     "Batch",
+    "BilevelEpsilonGreedy",
+    "CNNTstepEncoder",
     "CheckpointError",
+    "DarkRoom",
     "DiskTrajDataset",
+    "EpsilonGreedy",
     "Experiment",
     "FFTrajEncoder",
     "FFTstepEncoder",
     "GRUTrajEncoder",
+    "IdentityTrajEncoder",
     "KEpisodeMetaworld",
     "MetaBandit",
     "Metaworld",
     "MixtureOfDatasets",
+    "MultiTaskAgent",
     "RLDataset",
     "TformerTrajEncoder",
 ]

@@ -144,14 +144,19 @@ class Agent(nn.Module):
         return to_values(critics(state.unsqueeze(0), actions)), None  # (C, K, B, L, G)
 
     # ------------------------------------------------------------------ training
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    def forward(
+        self, batch: Batch, critic_mask: torch.Tensor | None = None, actor_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         """(critic_loss, actor_loss, metrics) of a batch; the caller weighs and sums the losses.
 
-        Training goes through ``forward`` so that a DDP-wrapped agent synchronises gradients.
+        ``critic_mask`` / ``actor_mask`` (B, L-1, 1) bool choose the transitions each loss averages
+        over (default: every real transition). Training goes through ``forward`` so that a
+        DDP-wrapped agent synchronises gradients.
         """
         states, _ = self.encode(batch.obs, batch.rl2s, batch.time_idxs, pad_mask=batch.pad_mask)  # (B, L, D)
         s, s_next = states[:, :-1], states[:, 1:]  # (B, L-1, D)
-        mask = batch.transition_mask  # (B, L-1, 1)
+        mask = batch.transition_mask if critic_mask is None else critic_mask  # (B, L-1, 1)
+        actor_mask = batch.transition_mask if actor_mask is None else actor_mask
         g = self.actor_gamma_idx
 
         # critic: TD targets from target heads on the (detached) next states
@@ -185,7 +190,7 @@ class Agent(nn.Module):
         logp = dist.log_prob(batch.actions.argmax(-1) if self.discrete else batch.actions).unsqueeze(-1)
         actor_loss = masked_mean(
             -self.online_coeff * value - self.offline_coeff * bc_filter * logp - self.entropy_coeff * entropy,
-            mask,
+            actor_mask,
         )
         with torch.no_grad():
             metrics = {
@@ -193,8 +198,8 @@ class Agent(nn.Module):
                 "actor_loss": actor_loss.item(),
                 "q_mean": masked_mean(self.q_values(raw_taken)[..., g : g + 1], mask.unsqueeze(0)).item(),
                 "td_target_mean": masked_mean(target[..., g : g + 1], mask).item(),
-                "bc_filter_rate": masked_mean(bc_filter, mask).item(),
-                "policy_entropy": masked_mean(entropy, mask).item(),
+                "bc_filter_rate": masked_mean(bc_filter, actor_mask).item(),
+                "policy_entropy": masked_mean(entropy, actor_mask).item(),
                 "reward_mean": masked_mean(batch.rews, mask).item(),
             }
             if self.popart is not None:

@@ -414,6 +414,22 @@ class Experiment:
         return summarize_episodes(finished[:episodes] if episodes else finished, "test")
 
     # ================================================================== learning
+    def compute_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """critic_loss_weight * critic loss + actor loss, over the transitions the mask hooks keep."""
+        critic_mask = self.edit_critic_mask(batch, batch.transition_mask.clone())
+        actor_mask = self.edit_actor_mask(batch, batch.transition_mask.clone())
+        with self.caster():
+            critic_loss, actor_loss, metrics = self.agent(batch, critic_mask=critic_mask, actor_mask=actor_mask)
+        return self.critic_loss_weight * critic_loss + actor_loss, metrics
+
+    def edit_critic_mask(self, batch: Batch, mask: torch.Tensor) -> torch.Tensor:
+        """Hook: which transitions (B, L-1, 1) bool train the critics. Default: every real one."""
+        return mask
+
+    def edit_actor_mask(self, batch: Batch, mask: torch.Tensor) -> torch.Tensor:
+        """Hook: which transitions (B, L-1, 1) bool train the actor (e.g. drop exploratory or demo steps)."""
+        return mask
+
     def train_step(self, batch: Batch) -> dict[str, float]:
         """One batch: forward, backward and (every ``batches_per_update`` batches) an optimizer step.
 
@@ -421,9 +437,7 @@ class Experiment:
         (``bad_updates``); ``max_bad_updates_in_a_row`` of them stop the run with DivergenceError.
         """
         with self.accelerator.accumulate(self.agent):
-            with self.caster():
-                critic_loss, actor_loss, metrics = self.agent(batch)
-            loss = self.critic_loss_weight * critic_loss + actor_loss
+            loss, metrics = self.compute_loss(batch)
             self.accelerator.backward(loss)
             finite = bool(torch.isfinite(loss.detach()))
             if self.accelerator.sync_gradients:
@@ -530,6 +544,13 @@ class Experiment:
                     if self.ckpt_interval and self.epoch % self.ckpt_interval != 0:
                         self.save_checkpoint()
                     break
+            if self.val_interval and self.epoch >= self.epochs and self.epochs > self.start_learning_at_epoch:
+                # evaluations run at the start of an epoch: this one sees the policy after the last updates
+                final = self.evaluate_val()
+                self.log(final)
+                metrics.update(final)
+                if self.verbose and self.is_main:
+                    print("final evaluation | " + self._epoch_line(final))
         finally:
             if self._started and self.is_main:
                 plot_metrics(self.run_dir)

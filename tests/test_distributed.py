@@ -41,8 +41,8 @@ def test_two_ranks_train_in_lockstep_with_identical_weights(ddp_run):
 def test_metrics_gather_episodes_from_both_ranks(ddp_run):
     out, _ = ddp_run
     rows = [json.loads(line) for line in open(out / "ddp" / "metrics.jsonl")]
-    # 2 ranks x 2 actors x 12 val steps / 6-step meta-episodes
-    assert [r["val/episodes"] for r in rows] == [8, 8]
+    # 2 ranks x 2 actors x 12 val steps / 6-step meta-episodes; two epochs and the final evaluation
+    assert [r["val/episodes"] for r in rows] == [8, 8, 8]
     assert len(os.listdir(out / "ddp" / "buffer" / "fifo")) == 2 * 2 * 2 * 2
 
 

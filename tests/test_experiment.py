@@ -59,9 +59,10 @@ def test_learn_writes_run_folder_buffer_and_metrics(trained, tmp_path):
     run = tmp_path / "run"
     assert (run / "config.gin").read_text().count("TformerTrajEncoder.d_model = 64") == 1
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2]
+    assert [r["epoch"] for r in rows] == [1, 2, 2]  # two epochs, then the final policy's evaluation
+    assert "val/return" in rows[-1] and "learn/critic_loss" not in rows[-1]
     assert rows[-1]["grad_updates"] == 6 and rows[-1]["total_frames"] == 2 * 12 * 2
-    assert "val/return" in rows[0] and "learn/critic_loss" in rows[-1]
+    assert "val/return" in rows[0] and "learn/critic_loss" in rows[1]
     assert "val/Episode 1 Return" in metrics and "val/bandit-3arms/return" in metrics
     assert sorted(os.listdir(run / "ckpts" / "training_states")) == ["epoch_1", "epoch_2"]
     assert (run / "ckpts" / "policy_weights" / "policy_epoch_2.pt").exists()
@@ -204,3 +205,42 @@ def test_force_reset_restarts_training_episodes(tmp_path, tiny_model):
     finished = sum(exp.collect_new_training_data()["train/episodes"] for _ in range(3))
     assert finished == 2 * 2  # 12 steps per actor: two 6-step episodes each
     exp.close()
+
+
+def test_mask_hooks_choose_the_transitions_each_loss_sees(trained):
+    exp, _ = trained
+    batch = next(iter(_loader(exp)))
+    exp.policy.eval()  # frozen normalisation statistics, so only the masks differ between calls
+
+    torch.manual_seed(0)
+    base, _ = exp.compute_loss(batch)
+    exp.edit_actor_mask = lambda b, m: torch.zeros_like(m)  # the actor learns from nothing
+    exp.edit_critic_mask = lambda b, m: torch.zeros_like(m)
+    torch.manual_seed(0)
+    none, metrics = exp.compute_loss(batch)
+    assert none.item() == 0.0 and metrics["critic_loss"] == 0.0 and metrics["actor_loss"] == 0.0
+    exp.edit_critic_mask = lambda b, m: m  # the critic back on every real transition
+    torch.manual_seed(0)
+    critic_only, metrics = exp.compute_loss(batch)
+    assert metrics["actor_loss"] == 0.0 and critic_only.item() == pytest.approx(
+        exp.critic_loss_weight * metrics["critic_loss"]
+    )
+    assert base.item() != critic_only.item()
+
+
+def _loader(exp):
+    from amago_like.data import make_dataloader
+
+    exp.dataset.refresh_files()
+    return make_dataloader(exp.dataset, exp.max_seq_len, 4, 1)
+
+
+def test_wandb_offline_needs_no_key(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    exp = make_experiment(tmp_path, log_to_wandb=True, epochs=1, val_interval=None)
+    exp.start()
+    exp.learn()
+    exp.close()
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
