@@ -218,3 +218,19 @@ def test_wrapper_needs_an_amago_env_inside():
         EpsilonGreedy(_dark_room(), eps_start=1.5)
     with pytest.raises(ValueError):
         BilevelEpsilonGreedy(_dark_room(), rollout_horizon=0)
+
+
+def test_noise_stream_is_one_standard_normal_draw_per_step():
+    """Noise drawn in blocks (for speed) equals one ``standard_normal`` call per step from the seeded stream,
+    across block boundaries; the executed action is the clipped noisy one."""
+    from amago_like.envs.exploration import _NOISE_ROWS, _SEED_SALT
+
+    box = BoxEnv(dim=2, length=10_000)
+    env = _fixed(EpsilonGreedy, AMAGOEnv(box), eps_start=0.7, eps_end=0.7)
+    env.reset(seed=9)
+    reference = np.random.default_rng(np.random.SeedSequence([9, _SEED_SALT]))
+    policy = np.array([0.5, -0.25], np.float32)
+    for _ in range(_NOISE_ROWS + 5):
+        env.step(policy)
+        expected = np.clip(policy + np.float32(0.7) * reference.standard_normal(2, dtype=np.float32), -1.0, 1.0)
+        np.testing.assert_array_equal(box.received[-1], expected)

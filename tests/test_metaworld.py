@@ -361,3 +361,22 @@ def test_metaworld_factory_wraps_in_amago_env():
         assert env.unwrapped.split == "test" and env.unwrapped.k_episodes == 2
     finally:
         env.close()
+
+
+def test_step_info_passes_only_the_chosen_simulator_keys():
+    """By default only ``success`` of Meta-World's seven info keys is passed on (each key costs vector
+    envs a batching update every step); ``info_keys`` picks others."""
+    env = KEpisodeMetaworld(ML1, k_episodes=2, max_episode_length=3)
+    steps = run_episode(env, seed=0)
+    for t, (*_, info) in enumerate(steps[1:], start=1):
+        extra = {k for k in info if k.startswith("log/")}
+        assert set(info) - extra == {"success", "attempt"}, t
+        assert isinstance(info["success"], float)
+    env.close()
+    env = KEpisodeMetaworld(ML1, k_episodes=1, max_episode_length=2, info_keys=("near_object", "not-a-key"))
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(np.zeros(4, np.float32))
+    assert set(info) == {"near_object", "attempt"}
+    env.close()
+    with pytest.raises(ValueError, match="info_keys"):
+        KEpisodeMetaworld(ML1, info_keys="success")

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from amago_like.data.trajectory import FORMATS, Trajectory, load_trajectory
 from amago_like.envs import wrapper as wrapper_module
 from amago_like.envs.builtin.bandit import MetaBandit
-from amago_like.envs.vector import finished_episodes, make_vector_env, stack_obs
+from amago_like.envs.vector import LeanSyncVectorEnv, finished_episodes, make_vector_env, stack_obs
 from amago_like.envs.wrapper import RL2_KEY, TIME_KEY, AMAGOEnv, EpisodeStats, split_timestep
 
 # --------------------------------------------------------------------------- #
@@ -299,6 +299,20 @@ def test_bad_dict_observation_names_the_key():
     env.reset()
     with pytest.raises(ValueError, match=r"observation 'a' contains NaN"):
         env.step([0.0])
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_non_finite_observation_values_raise_and_huge_finite_ones_do_not(value, dtype):
+    space = gym.spaces.Box(-np.inf, np.inf, (2, 3), dtype)
+    env = AMAGOEnv(ScriptedEnv(observation_space=space))
+    env.reset()
+    huge = np.full((2, 3), np.finfo(dtype).max, dtype)  # sums overflow; the check must not
+    env.recorder.step(huge, np.zeros(1, np.float32), 0.0, False, False, {})
+    bad = huge.copy()
+    bad[1, 2] = value
+    with pytest.raises(ValueError, match="NaN or inf"):
+        env.recorder.step(bad, np.zeros(1, np.float32), 0.0, False, False, {})
 
 
 def test_infinite_reward_raises_value_error():
@@ -632,6 +646,86 @@ def test_configure_saving_rejects_bad_split_options(tmp_path):
         env.configure_saving(str(tmp_path), "npz", save_every=0)
     with pytest.raises(ValueError, match="save_every"):
         env.configure_saving(str(tmp_path), "npz", stagger=True)
+
+
+def assert_same_infos(a: dict, b: dict, path: str = "infos") -> None:
+    """Batched vector-env infos hold the same keys, dtypes and values (final_obs: per-env timestep dicts)."""
+    assert a.keys() == b.keys(), path
+    for k in a:
+        x, y, where = a[k], b[k], f"{path}[{k!r}]"
+        if isinstance(x, dict):
+            assert_same_infos(x, y, where)
+        elif k == "final_obs":
+            assert x.dtype == y.dtype == object and len(x) == len(y), where
+            for ox, oy in zip(x, y):
+                assert (ox is None) == (oy is None), where
+                if ox is not None:
+                    assert ox.keys() == oy.keys(), where
+                    for key in ox:
+                        assert ox[key].dtype == oy[key].dtype, where
+                        np.testing.assert_array_equal(ox[key], oy[key], err_msg=where)
+        else:
+            assert x.dtype == y.dtype and x.shape == y.shape, where
+            assert list(x) == list(y), where  # also compares the EpisodeStats objects in object arrays
+
+
+def scripted_factories(obs_space=None) -> list:
+    """Sub-envs whose episodes differ in length and kind of ending, with Box actions in [0, 10]."""
+    return [
+        lambda length=length, terminate=terminate: AMAGOEnv(
+            ScriptedEnv(observation_space=obs_space, length=length, terminate=terminate), env_name=f"s{length}"
+        )
+        for length, terminate in ((2, True), (3, False), (5, True))
+    ]
+
+
+@pytest.mark.parametrize("obs_space", [None, DICT_SPACE], ids=["box", "dict"])
+def test_lean_sync_vector_env_matches_gymnasium_sync(obs_space):
+    """make_vector_env's sync mode returns exactly what gymnasium's SyncVectorEnv (same-step) returns,
+    infos included, and every step's observations are new arrays (no buffer shared between steps)."""
+    lean = LeanSyncVectorEnv(scripted_factories(obs_space))
+    ref = gym.vector.SyncVectorEnv(scripted_factories(obs_space), autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    assert lean.single_observation_space == ref.single_observation_space
+    assert lean.observation_space == ref.observation_space and lean.action_space == ref.action_space
+    assert lean.num_envs == 3 and lean.metadata["autoreset_mode"] == gym.vector.AutoresetMode.SAME_STEP
+    actions = np.random.default_rng(0).uniform(-1.5, 1.5, (12, 3, 1)).astype(np.float32)
+    try:
+        (_, i1), (_, i2) = lean.reset(seed=3), ref.reset(seed=3)
+        assert_same_infos(i1, i2)
+        kept, copies, finished = [], [], 0
+        for a in actions:
+            out, want = lean.step(a), ref.step(a)
+            obs, (rew, term, trunc), infos = out[0], out[1:4], out[4]
+            assert obs.keys() == want[0].keys()
+            for k in obs:
+                assert obs[k].dtype == want[0][k].dtype
+                np.testing.assert_array_equal(obs[k], want[0][k])
+            for x, y in zip((rew, term, trunc), want[1:4]):
+                assert x.dtype == y.dtype
+                np.testing.assert_array_equal(x, y)
+            assert_same_infos(infos, want[4])
+            finished += len(finished_episodes(infos))
+            kept.append(obs)
+            copies.append(stack_obs(obs))
+        assert finished == 12 // 2 + 12 // 3 + 12 // 5
+        for obs, copy in zip(kept, copies):  # later steps left earlier results alone
+            for k in obs:
+                np.testing.assert_array_equal(obs[k], copy[k])
+        assert lean.call("spec") == ref.call("spec") and lean.get_attr("env_name") == ("s2", "s3", "s5")
+    finally:
+        lean.close()
+        ref.close()
+
+
+def test_make_vector_env_sync_is_lean():
+    env = make_vector_env(MetaBandit, 2, "sync")
+    try:
+        assert type(env) is LeanSyncVectorEnv and isinstance(env, gym.vector.SyncVectorEnv)
+        env.reset(seed=0)
+        with pytest.raises(ValueError, match="2 envs"):
+            env.step(np.zeros(3, np.int64))
+    finally:
+        env.close()
 
 
 # --------------------------------------------------------------------------- #

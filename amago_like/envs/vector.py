@@ -101,16 +101,15 @@ def make_vector_env(
 class LeanSyncVectorEnv(gym.vector.SyncVectorEnv):
     """gymnasium's ``SyncVectorEnv`` (same-step autoreset) with a leaner ``step`` for wrapped envs.
 
-    The results are those of ``SyncVectorEnv(env_fns, autoreset_mode=SAME_STEP)``: observations
-    batched (N, ...) per key, float64 rewards, bool flags, and infos batched with ``_key`` masks
-    (a finished env's last observation and info in ``final_obs`` / ``final_info``, the info of
-    its reset at the top level). What ``step`` leaves out is generic machinery that costs about a
-    tenth of a Meta-World step per env: the observation space's recursive ``concatenate`` plus a
-    ``deepcopy`` of the result (``step`` writes every observation into new (N, ...) arrays, so no
-    buffer is shared with the env or with earlier results) and the full ``_add_info`` for info
-    keys seen before in the same step. ``reset`` and everything else is gymnasium's. Observation
-    spaces other than a Dict of Boxes and action spaces other than Box / Discrete take
-    gymnasium's ``step``.
+    ``step`` returns what ``SyncVectorEnv(env_fns, autoreset_mode=SAME_STEP)`` returns:
+    observations batched (N, ...) per key, float64 rewards, bool flags, and infos batched with
+    ``_key`` masks (a finished env's last observation and info in ``final_obs`` / ``final_info``,
+    the info of its reset at the top level). It skips generic machinery that cost about a tenth
+    of a Meta-World step per env: the space-generic ``concatenate`` of the observations and the
+    ``deepcopy`` after it (each step writes them into new (N, ...) arrays, so no buffer is shared
+    with the envs or with earlier results), and ``_add_info`` calls for plain int / float / bool
+    info values. ``reset`` and the rest are gymnasium's; observation spaces other than a Dict of
+    Boxes and action spaces other than Box / Discrete take gymnasium's ``step``.
     """
 
     def __init__(self, env_fns: Sequence[Callable[[], gym.Env]]):
@@ -141,23 +140,27 @@ class LeanSyncVectorEnv(gym.vector.SyncVectorEnv):
             if terminated or truncated:
                 infos = self._add_info(infos, {"final_obs": obs, "final_info": info}, i)
                 obs, info = env.reset()
-            if info:
-                self._add_step_info(infos, info, i)
+            for key, value in info.items():  # self._add_info(infos, info, i), short paths inlined
+                batch = infos.get(key)
+                if batch is None:
+                    kind, mask_key = type(value), "_" + key
+                    if (kind is float or kind is int or kind is bool) and mask_key not in infos and key != "final_obs":
+                        batch = infos[key] = np.zeros(num, dtype=kind)
+                        mask = infos[mask_key] = np.zeros(num, dtype=np.bool_)
+                    else:
+                        self._add_info(infos, {key: value}, i)
+                        continue
+                else:
+                    mask = infos.get("_" + key)
+                    if mask is None or isinstance(value, dict):
+                        self._add_info(infos, {key: value}, i)
+                        continue
+                batch[i] = value
+                mask[i] = True
             self._env_obs[i] = obs  # what gymnasium's reset(options={"reset_mask": ...}) batches from
             for k, batch in observations.items():
                 batch[i] = obs[k]
         return observations, rewards, terminations, truncations, infos
-
-    def _add_step_info(self, infos: dict[str, Any], info: dict[str, Any], i: int) -> None:
-        """``self._add_info(infos, info, i)``, with a short path for keys that another env already added."""
-        for key, value in info.items():
-            batch = infos.get(key)
-            mask = None if batch is None else infos.get("_" + key)
-            if mask is None or isinstance(value, dict):
-                self._add_info(infos, {key: value}, i)
-            else:  # what _add_info does for an existing key: fill the env's slot and its mask
-                batch[i] = value
-                mask[i] = True
 
 
 def finished_episodes(infos: dict) -> list[EpisodeStats]:

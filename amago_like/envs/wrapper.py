@@ -23,6 +23,8 @@ RL2_KEY = "_rl2s"  # observation key of [prev reward, prev action]
 TIME_KEY = "_time_idx"  # observation key of the time index within the (meta-)episode
 LOG_PREFIX = "log/"  # info keys with this prefix are episode metrics (last value of the episode)
 _STAGGER_SALT = 0x57A6_6E12  # keeps the segment-length stream apart from the env's own seeding
+# clip bounds as 0-d float32 arrays: numpy 2 ufuncs take these about twice as fast as Python floats
+_MINUS_ONE, _ONE = np.array(-1.0, np.float32), np.array(1.0, np.float32)
 
 
 @dataclass
@@ -90,14 +92,16 @@ class ActionAdapter:
             if self.bounded:
                 scale, offset = (self.high - self.low) / 2.0, (self.high + self.low) / 2.0
             self._identity = bool(np.all(scale == 1.0) and np.all(offset == 0.0))
+            self._copy_only = self._identity and self.env_dtype == np.float32
+            self._shape = (self.dim,)
             self._scale, self._offset = scale.astype(self._math_dtype), offset.astype(self._math_dtype)
         else:
             raise TypeError(f"unsupported action space {env_space}; AMAGOEnv takes Discrete or 1-D Box actions")
 
     def _to_env(self, stored: np.ndarray) -> np.ndarray:
         """Clipped [-1, 1] float32 actions -> env actions in the env's dtype (always a new array)."""
-        if self._identity:
-            return stored.astype(self.env_dtype)  # a copy: the env may not alter what the trajectory keeps
+        if self._identity:  # a copy: the env may not alter what the trajectory keeps
+            return stored.copy() if self._copy_only else stored.astype(self.env_dtype)
         env_actions = stored.astype(self._math_dtype)
         env_actions *= self._scale
         env_actions += self._offset
@@ -111,8 +115,8 @@ class ActionAdapter:
             if bad.any():
                 raise ValueError(f"discrete action {a[bad][0]} outside [0, {self.dim})")
             return self._eye[a], a
-        stored = np.maximum(np.asarray(actions, dtype=np.float32).reshape(num, self.dim), -1.0)
-        np.minimum(stored, 1.0, out=stored)
+        stored = np.maximum(np.asarray(actions, dtype=np.float32).reshape(num, self.dim), _MINUS_ONE)
+        np.minimum(stored, _ONE, out=stored)
         return stored, self._to_env(stored)
 
     def single(self, action: Any) -> tuple[np.ndarray, Any]:
@@ -127,23 +131,31 @@ class ActionAdapter:
                 raise ValueError(f"discrete action {idx} outside [0, {self.dim})")
             return self._eye[idx].copy(), idx
         a = np.asarray(action, dtype=np.float32)
-        if a.shape != (self.dim,):
-            a = a.reshape(self.dim)
-        stored = np.maximum(a, -1.0)  # a new array; two ufuncs cost half of np.clip on tiny arrays
-        np.minimum(stored, 1.0, out=stored)
-        return stored, self._to_env(stored)
+        if a.shape != self._shape:
+            a = a.reshape(self._shape)
+        stored = np.maximum(a, _MINUS_ONE)  # a new array; two ufuncs cost half of np.clip on tiny arrays
+        np.minimum(stored, _ONE, out=stored)
+        return stored, stored.copy() if self._copy_only else self._to_env(stored)
+
+
+def _stack(arrays: list[np.ndarray]) -> np.ndarray:
+    """``np.stack`` of same-shape, same-dtype arrays, several times faster for long episodes."""
+    if arrays[0].ndim == 0:
+        return np.array(arrays)
+    return np.concatenate(arrays).reshape(len(arrays), *arrays[0].shape)
 
 
 class _ObsCheck:
     """How one observation key is checked and cast (precomputed per key, used every step)."""
 
-    __slots__ = ("key", "shape", "dtype", "zeros")
+    __slots__ = ("key", "shape", "dtype", "inexact", "size", "finite")
 
     def __init__(self, key: str, space: gym.spaces.Box):
         self.key, self.shape, self.dtype = key, space.shape, space.dtype
-        # a float array dotted with zeros is NaN exactly when it holds a NaN or inf (finite * 0 == 0, inf * 0 is
-        # NaN, and a sum of zeros never overflows): one BLAS call instead of isfinite + all
-        self.zeros = np.zeros(int(np.prod(space.shape)), self.dtype) if self.dtype.kind == "f" else None
+        self.inexact = self.dtype.kind in "fc"  # NaN and inf exist only in float / complex arrays
+        self.size = int(np.prod(space.shape))
+        # np.isfinite into this buffer + count_nonzero: a third of the cost of np.isfinite(v).all()
+        self.finite = np.empty(space.shape, bool)
 
 
 class EpisodeRecorder:
@@ -248,18 +260,11 @@ class EpisodeRecorder:
         v = value if type(value) is np.ndarray else np.asarray(value)
         if v.shape != check.shape:
             raise ValueError(f"{self._name()}: observation {check.key!r} has shape {v.shape}, expected {check.shape}")
-        if v.dtype is check.dtype or v.dtype == check.dtype:
-            if check.zeros is None:
-                bad = v.dtype.kind == "c" and not np.isfinite(v).all()
-            else:
-                bad = not math.isfinite((v if v.ndim == 1 else v.reshape(-1)).dot(check.zeros))
-        else:  # checked before the cast can hide it
-            bad = v.dtype.kind in "fc" and not np.isfinite(v).all()
-            if not bad:
-                v = v.astype(check.dtype)
-        if bad:
+        same_dtype = v.dtype is check.dtype or v.dtype == check.dtype
+        inexact = check.inexact if same_dtype else v.dtype.kind in "fc"  # checked before a cast could hide it
+        if inexact and np.count_nonzero(np.isfinite(v, out=check.finite)) != check.size:
             raise ValueError(f"{self._name()}: observation {check.key!r} contains NaN or inf at step {self._time}")
-        return v
+        return v if same_dtype else v.astype(check.dtype)
 
     def _timestep(self, raw_obs: Any, prev_action: np.ndarray, prev_reward: float) -> dict[str, np.ndarray]:
         if isinstance(raw_obs, dict):
@@ -291,10 +296,10 @@ class EpisodeRecorder:
         if n and self._terminated:
             dones[-1] = True
         return Trajectory(
-            obs={k: np.stack(v) for k, v in self._obs.items()},
-            rl2s=np.stack(self._rl2s),
+            obs={k: _stack(v) for k, v in self._obs.items()},
+            rl2s=_stack(self._rl2s),
             time_idxs=np.arange(self._seg_start, self._seg_start + n + 1, dtype=np.int64)[:, None],
-            actions=np.stack(self._actions) if n else np.zeros((0, self.action_dim), np.float32),
+            actions=_stack(self._actions) if n else np.zeros((0, self.action_dim), np.float32),
             rews=np.asarray(self._rews, dtype=np.float32)[:, None].reshape(n, 1),
             dones=dones,
         )
