@@ -32,7 +32,37 @@ def summarize(run_dir: str) -> str:
             "per attempt: " + ", ".join(f"{k.split('/')[1].rsplit(' ', 1)[0]} {last[k]:.2f}" for k in per_attempt)
         )
     plot_metrics(run_dir, x_key="total_frames")
+    if per_attempt:
+        plot_adaptation(run_dir, evals, per_attempt)
     return " | ".join(parts)
+
+
+def plot_adaptation(run_dir: str, evals: list[dict], keys: list[str]) -> str:
+    """Held-out result per attempt (the in-context adaptation curve), untrained vs final policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    attempts = [int(k.split()[1]) for k in keys]
+    for row, label in ((evals[0], "before training"), (evals[-1], f"after {row_frames(evals[-1])} env steps")):
+        ax.plot(attempts, [row.get(k, float("nan")) for k in keys], marker="o", label=label)
+    ax.set_xlabel("attempt within the meta-episode")
+    ax.set_ylabel(keys[0].split("/")[1].split(" ", 2)[-1])
+    ax.set_xticks(attempts)
+    ax.set_title("held-out adaptation")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = f"{run_dir}/plots/adaptation.png"
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
+
+
+def row_frames(row: dict) -> str:
+    return f"{row['total_frames'] / 1000:.0f}k"
 
 
 if __name__ == "__main__":
