@@ -306,16 +306,13 @@ class Experiment:
         return self.accelerator.unwrap_model(self.agent)
 
     def summary(self) -> str:
-        n_params = sum(p.numel() for p in self.policy.parameters() if p.requires_grad)
-        parts = {
-            "trunk": sum(p.numel() for p in self.policy.traj_encoder.parameters()),
-            "tstep encoder": sum(p.numel() for p in self.policy.tstep_encoder.parameters()),
-        }
+        """The start-up description of the run: model size, envs, dataset, devices, schedule."""
+        sizes = self.policy_metrics()
         return "\n".join(
             [
                 f"== amago_like run '{self.run_name}' -> {self.run_dir}",
-                f"agent: {type(self.policy).__name__} {n_params / 1e6:.2f}M trainable parameters "
-                + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in parts.items()),
+                f"agent: {type(self.policy).__name__} {sizes['params/total'] / 1e6:.2f}M trainable parameters, "
+                f"trunk {sizes['params/traj_encoder'] / 1e6:.2f}M, tstep encoder {sizes['params/tstep_encoder'] / 1e6:.2f}M",
                 f"  {type(self.policy.tstep_encoder).__name__} -> {type(self.policy.traj_encoder).__name__}, max_seq_len {self.max_seq_len}",
                 f"envs: {self.parallel_actors} x {self.env_mode}, obs {dict(self.obs_space.spaces)}, actions {self.action_space}",
                 f"dataset: {self.dataset.get_description()}",
