@@ -134,15 +134,27 @@ class Experiment:
         _check_choice("padded_sampling", padded_sampling, PADDED_SAMPLING)
         _check_choice("mixed_precision", mixed_precision, MIXED_PRECISION)
         _check_choice("role", role, ROLES)
-        for name, value in dict(
-            max_seq_len=max_seq_len - 1,
+        counts = dict(
+            max_seq_len=max_seq_len,
             batch_size=batch_size,
             batches_per_update=batches_per_update,
             parallel_actors=parallel_actors,
             epochs=epochs,
-        ).items():
-            if value < 1:
-                raise ValueError(f"{name} must be >= {2 if name == 'max_seq_len' else 1}")
+            train_timesteps_per_epoch=train_timesteps_per_epoch,
+            train_batches_per_epoch=train_batches_per_epoch,
+            val_timesteps_per_epoch=val_timesteps_per_epoch,
+        )
+        for name, value in counts.items():
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"Experiment.{name} must be an integer, got {value!r} ({type(value).__name__})")
+        for name, value in dict(learning_rate=learning_rate, grad_clip=grad_clip, l2_coeff=l2_coeff).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"Experiment.{name} must be a number, got {value!r} ({type(value).__name__})")
+        for name in ("batch_size", "batches_per_update", "parallel_actors", "epochs"):
+            if counts[name] < 1:
+                raise ValueError(f"{name} must be >= 1, got {counts[name]}")
+        if max_seq_len < 2:
+            raise ValueError(f"max_seq_len must be >= 2 (a timestep and the next one), got {max_seq_len}")
         self.run_name, self.ckpt_base_dir, self.max_seq_len = run_name, ckpt_base_dir, max_seq_len
         self.dataset = dataset
         self.make_train_env, self.make_val_env = make_train_env, make_val_env

@@ -159,6 +159,24 @@ def test_bad_arguments_fail_at_construction(tmp_path, override, message):
         make_experiment(tmp_path, **override)
 
 
+@pytest.mark.parametrize(
+    "binding, message",
+    [
+        ('Experiment.epochs = "ten"', "Experiment.epochs must be an integer, got 'ten'"),
+        ("Experiment.batch_size = 2.5", "Experiment.batch_size must be an integer, got 2.5"),
+        ('Experiment.learning_rate = "fast"', "Experiment.learning_rate must be a number"),
+    ],
+)
+def test_wrong_type_gin_binding_fails_naming_the_parameter(tmp_path, binding, message):
+    apply_gin([], [binding])
+    with pytest.raises(TypeError, match=message):
+        Experiment(
+            run_name="t", ckpt_base_dir=str(tmp_path), max_seq_len=7, dataset=DiskTrajDataset(str(tmp_path), "t"),
+            make_train_env=MetaBandit, make_val_env=MetaBandit, val_timesteps_per_epoch=6,
+        )  # fmt: skip
+    assert not (tmp_path / "t" / "ckpts").exists()  # nothing written before the check
+
+
 def test_unknown_gin_binding_names_the_offender():
     with pytest.raises(GinBindingError, match="Experiment.epochz"):
         apply_gin([], ["Experiment.epochz = 3"])
