@@ -27,7 +27,7 @@ import numpy as np
 
 from amago_like.envs.builtin.metaworld import KEpisodeMetaworld, Metaworld, get_benchmark
 from amago_like.envs.exploration import EpsilonGreedy, ExplorationWrapper
-from amago_like.envs.vector import LeanSyncVectorEnv, make_vector_env
+from amago_like.envs.vector import LeanSyncVectorEnv, find_amago_env, make_vector_env
 from amago_like.envs.wrapper import AMAGOEnv
 
 SECONDS: dict[str, float] = {}  # inclusive time per instrumented layer, this process only
@@ -91,10 +91,6 @@ def make_wrapped(task: str, explore: bool) -> gym.Env:
     return EpsilonGreedy(env) if explore else env
 
 
-def inner_amago_env(env: gym.Env) -> AMAGOEnv:
-    return env.amago_env if isinstance(env, ExplorationWrapper) else env
-
-
 def run_mode(mode: Mode, task: str, steps: int, seed: int) -> Result:
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,34 +100,24 @@ def run_mode(mode: Mode, task: str, steps: int, seed: int) -> Result:
             env = bench.train_classes[task]()
             env.set_task(bench.train_tasks[0])
             env.reset()
-            actions = rng.uniform(-1, 1, (steps, 4)).astype(np.float32)
-            SECONDS.clear()
-            t0 = time.perf_counter()
-            for a in actions:
-                _, _, term, trunc, _ = env.step(a)
-                if term or trunc:
-                    env.reset()
         elif mode.vector is None:
             env = make_wrapped(task, mode.explore)
-            inner_amago_env(env).configure_saving(save_dir)
+            find_amago_env(env).configure_saving(save_dir)
             env.reset(seed=seed)
-            actions = rng.uniform(-1, 1, (steps, 4)).astype(np.float32)
-            SECONDS.clear()
-            t0 = time.perf_counter()
-            for a in actions:
-                _, _, term, trunc, _ = env.step(a)
-                if term or trunc:
-                    env.reset()
         else:
             env = make_vector_env(
                 functools.partial(make_wrapped, task, mode.explore), mode.num_envs, mode.vector, save_dir
             )
             env.reset(seed=seed)
-            actions = rng.uniform(-1, 1, (steps // mode.num_envs, mode.num_envs, 4)).astype(np.float32)
-            SECONDS.clear()
-            t0 = time.perf_counter()
-            for a in actions:
-                env.step(a)
+        single = mode.vector is None  # vector envs reset themselves
+        shape = (steps, 4) if single else (steps // mode.num_envs, mode.num_envs, 4)
+        actions = rng.uniform(-1, 1, shape).astype(np.float32)
+        SECONDS.clear()
+        t0 = time.perf_counter()
+        for a in actions:
+            _, _, term, trunc, _ = env.step(a)
+            if single and (term or trunc):
+                env.reset()
         seconds = time.perf_counter() - t0
         sim = None if mode.vector == "async" else SECONDS.get("sim", 0.0)
         env.close()
