@@ -673,9 +673,19 @@ class Experiment:
             c = state["counters"]
             self.epoch, self.total_frames, self.grad_updates = c["epoch"], c["total_frames"], c["grad_updates"]
             self.bad_updates = c.get("bad_updates", 0)
+            self._restore_exploration_schedule()
             torch.set_rng_state(state["rng"]["torch"])
             np.random.set_state(state["rng"]["numpy"])
             random.setstate(state["rng"]["python"])
+
+    def _restore_exploration_schedule(self) -> None:
+        """Move each training actor's exploration schedule to where the checkpointed run left it.
+
+        Actors step in lockstep, so each one took total_frames / (actors x processes) exploring steps."""
+        if self.exploration_wrapper_type is None or self.env_mode == "already_vectorized":
+            return
+        steps = self.total_frames // (self.parallel_actors * self.accelerator.num_processes)
+        self.train_envs.set_attr("total_steps", [steps] * self.parallel_actors)
 
     def load_checkpoint(self, epoch: int, resume_training_state: bool = True) -> None:
         if epoch not in self.checkpoint_epochs():

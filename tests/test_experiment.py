@@ -197,6 +197,25 @@ def test_exploration_wraps_training_actors_only(tmp_path, tiny_model):
     exp.close()
 
 
+def test_resume_continues_the_exploration_schedule(tmp_path, tiny_model):
+    from amago_like import EpsilonGreedy
+
+    gin.bind_parameter("EpsilonGreedy.steps_anneal", 1000)
+    exp = make_experiment(tmp_path, exploration_wrapper_type=EpsilonGreedy, epochs=2)
+    exp.start()
+    exp.learn()
+    before = exp.train_envs.get_attr("total_steps")
+    exp.close()
+    assert before == (24, 24)  # 2 epochs x 12 steps per actor
+
+    resumed = make_experiment(tmp_path, exploration_wrapper_type=EpsilonGreedy, epochs=3)
+    resumed.start()
+    assert resumed.train_envs.get_attr("total_steps") == (0, 0)
+    resumed.load_latest_checkpoint()
+    assert resumed.train_envs.get_attr("total_steps") == before  # epsilon does not restart at eps_start
+    resumed.close()
+
+
 def test_traj_save_len_splits_episodes_into_segments(tmp_path, tiny_model):
     exp = make_experiment(tmp_path, traj_save_len=2, stagger_traj_file_lengths=False, epochs=1)
     exp.start()
