@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import inspect
 import os
+import re
 import sys
+from typing import TYPE_CHECKING
 
 import gin
+
+from amago_like.checks import DiskFullError
+
+if TYPE_CHECKING:
+    from amago_like.experiment import Experiment
 
 # the repository root: gin `include 'configs/...'` lines resolve against it from any working directory
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,12 +90,34 @@ def apply_gin(configs: list[str], bindings: list[str]) -> None:
         try:
             gin.parse_config_file(path)
         except (ValueError, KeyError, OSError, SyntaxError) as e:
-            raise GinBindingError(f"in gin file {path}: {e}") from None
+            raise GinBindingError(f"in gin file {path}: {e}{_gin_hint(str(e))}") from None
     for binding in bindings:
         try:
             gin.parse_config(binding)
         except (ValueError, KeyError, SyntaxError) as e:
-            raise GinBindingError(f"bad gin binding {binding!r}: {e}") from None
+            raise GinBindingError(f"bad gin binding {binding!r}: {e}{_gin_hint(str(e))}") from None
+
+
+def _gin_hint(message: str) -> str:
+    """What to write instead, for gin's "no such configurable / parameter" errors ("" for others)."""
+    registry = gin.config._REGISTRY  # gin has no public listing of what is registered
+    if m := re.search(r"No configurable matching '([\w.]+)'", message):
+        names = sorted({sel.split(".")[-1] for sel, _ in registry.items() if not sel.startswith("gin.")})
+        close = difflib.get_close_matches(m.group(1).split(".")[-1], names, n=3)
+        examples = ", ".join(close or ["Experiment", "DiskTrajDataset", "TformerTrajEncoder"])
+        return f"\nFix: name a registered configurable (a @gin.configurable of amago_like), e.g. {examples}."
+    if m := re.search(r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'", message):
+        try:
+            fn = registry.get_match(m.group(1)).wrapped
+            params = [
+                p for p in inspect.signature(fn.__init__ if inspect.isclass(fn) else fn).parameters if p != "self"
+            ]
+        except (KeyError, ValueError, TypeError, AttributeError):
+            return ""
+        close = difflib.get_close_matches(m.group(2), params, n=1)
+        did_you_mean = f"did you mean {m.group(1)}.{close[0]}? " if close else ""
+        return f"\nFix: {did_you_mean}{m.group(1)} takes {', '.join(params)}."
+    return ""
 
 
 def configure_from_args(args: argparse.Namespace, default_configs: list[str], extra_bindings: list[str] = ()) -> None:
@@ -98,16 +129,65 @@ def configure_from_args(args: argparse.Namespace, default_configs: list[str], ex
         sys.exit(f"error: {e}")
 
 
-def run(experiment, resume: bool = False) -> dict[str, float]:
-    """start -> (resume) -> learn -> final checkpoint -> close; returns the last epoch's metrics."""
+def run(experiment: Experiment, resume: bool = False) -> dict[str, float]:
+    """start -> (resume) -> learn -> final checkpoint -> close; returns the last epoch's metrics.
+
+    A full disk stops the run with DiskFullError instead of dropping trajectories: before it is raised,
+    the training state is checkpointed if the disk still takes that (the error says whether it did), so
+    ``--resume`` continues from there once space is freed. A ``--resume`` whose checkpoint does not fit
+    the configured model raises CheckpointError and leaves the run's own ``config.gin`` in place.
+    """
+    from amago_like.experiment import CheckpointError
+
+    config = os.path.join(experiment.run_dir, "config.gin")
+    saved_config = _read_bytes(config) if resume else None
     try:
         experiment.start()
         if resume:
-            epoch = experiment.load_latest_checkpoint()
+            try:
+                epoch = experiment.load_latest_checkpoint()
+            except CheckpointError:
+                if saved_config is not None:  # start() rewrote it for the model that does not fit
+                    _write_bytes(config, saved_config)
+                raise
             print(f"resuming from epoch {epoch}" if epoch is not None else "no checkpoint to resume: starting fresh")
-        metrics = experiment.learn()
+        try:
+            metrics = experiment.learn()
+        except DiskFullError as e:
+            stopped = DiskFullError(f"{e}\n{_checkpoint_before_stopping(experiment)}")
+            stopped.errno = e.errno
+            raise stopped from None
         if experiment.role != "collect" and experiment.epoch not in experiment.checkpoint_epochs():
             experiment.save_checkpoint()
     finally:
         experiment.close()
     return metrics
+
+
+def _checkpoint_before_stopping(experiment: Experiment) -> str:
+    """Try to checkpoint a run stopped by a full disk; says what happened."""
+    if experiment.role == "collect":
+        return "collect-only run: nothing to checkpoint; the trajectories written so far are kept"
+    if experiment.epoch in experiment.checkpoint_epochs():
+        return f"the checkpoint of epoch {experiment.epoch} is already on disk"
+    try:
+        path = experiment.save_checkpoint()
+    except OSError:
+        kept = experiment.checkpoint_epochs()
+        return f"no checkpoint could be written either; the newest complete one is epoch {kept[-1] if kept else None}"
+    return f"checkpointed the training state before stopping: {path}"
+
+
+def _read_bytes(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from amago_like.agents import Agent
 from amago_like.callbacks import Callback
+from amago_like.checks import check_int, check_number, check_writable_dir, storage_error
 from amago_like.data.dataset import PADDED_SAMPLING, Batch, RLDataset, make_dataloader
 from amago_like.data.trajectory import FORMATS
 from amago_like.envs.exploration import ExplorationWrapper
@@ -134,27 +135,32 @@ class Experiment:
         _check_choice("padded_sampling", padded_sampling, PADDED_SAMPLING)
         _check_choice("mixed_precision", mixed_precision, MIXED_PRECISION)
         _check_choice("role", role, ROLES)
-        counts = dict(
-            max_seq_len=max_seq_len,
-            batch_size=batch_size,
-            batches_per_update=batches_per_update,
-            parallel_actors=parallel_actors,
-            epochs=epochs,
-            train_timesteps_per_epoch=train_timesteps_per_epoch,
-            train_batches_per_epoch=train_batches_per_epoch,
-            val_timesteps_per_epoch=val_timesteps_per_epoch,
-        )
-        for name, value in counts.items():
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise TypeError(f"Experiment.{name} must be an integer, got {value!r} ({type(value).__name__})")
-        for name, value in dict(learning_rate=learning_rate, grad_clip=grad_clip, l2_coeff=l2_coeff).items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"Experiment.{name} must be a number, got {value!r} ({type(value).__name__})")
-        for name in ("batch_size", "batches_per_update", "parallel_actors", "epochs"):
-            if counts[name] < 1:
-                raise ValueError(f"{name} must be >= 1, got {counts[name]}")
+        for name, value, minimum in (
+            ("max_seq_len", max_seq_len, None),
+            ("batch_size", batch_size, 1),
+            ("batches_per_update", batches_per_update, 1),
+            ("parallel_actors", parallel_actors, 1),
+            ("epochs", epochs, 1),
+            ("train_timesteps_per_epoch", train_timesteps_per_epoch, 0),
+            ("train_batches_per_epoch", train_batches_per_epoch, 0),
+            ("val_timesteps_per_epoch", val_timesteps_per_epoch, 0),
+            ("dloader_workers", dloader_workers, 0),
+            ("max_bad_updates_in_a_row", max_bad_updates_in_a_row, 1),
+        ):
+            check_int(f"Experiment.{name}", value, minimum)
+        for name, value in (("traj_save_len", traj_save_len), ("keep_checkpoints", keep_checkpoints)):
+            check_int(f"Experiment.{name}", value, allow_none=True)
+        for name, value in (("learning_rate", learning_rate), ("grad_clip", grad_clip), ("l2_coeff", l2_coeff)):
+            check_number(f"Experiment.{name}", value)
         if max_seq_len < 2:
-            raise ValueError(f"max_seq_len must be >= 2 (a timestep and the next one), got {max_seq_len}")
+            raise ValueError(
+                f"Experiment.max_seq_len must be >= 2 (a timestep and the next one), got {max_seq_len}; "
+                "sequences shorter than that hold no transition to learn from"
+            )
+        # fail before any env steps or training, not at the first file written an epoch later
+        check_writable_dir(os.path.join(ckpt_base_dir, run_name), "the run folder")
+        if role != "learn" and dataset.save_new_trajs_to is not None:
+            check_writable_dir(dataset.save_new_trajs_to, "the trajectory buffer folder")
         self.run_name, self.ckpt_base_dir, self.max_seq_len = run_name, ckpt_base_dir, max_seq_len
         self.dataset = dataset
         self.make_train_env, self.make_val_env = make_train_env, make_val_env
@@ -629,12 +635,24 @@ class Experiment:
                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
             }
             tmp = final + ".tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            os.makedirs(tmp)
-            torch.save(state, os.path.join(tmp, "state.pt"))
+            weights = self._policy_weights_path(self.epoch)
+            # both files are complete on disk before either is renamed into place; a failed write (a full
+            # disk: DiskFullError) removes both temporary copies and leaves every older checkpoint as it was
+            try:
+                shutil.rmtree(tmp, ignore_errors=True)
+                os.makedirs(tmp)
+                _write_torch(state, os.path.join(tmp, "state.pt"))
+                _write_torch(self.policy.state_dict(), weights + ".tmp")
+            except BaseException as e:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if os.path.exists(weights + ".tmp"):
+                    os.remove(weights + ".tmp")
+                if isinstance(e, OSError):
+                    raise storage_error(e, tmp, _CKPT_HINT) from None
+                raise
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
-            _atomic_torch_save(self.policy.state_dict(), self._policy_weights_path(self.epoch))
+            os.replace(weights + ".tmp", weights)
             self._prune_checkpoints()
         self.accelerator.wait_for_everyone()
         return final
@@ -737,7 +755,32 @@ def _check_choice(name: str, value: Any, choices: tuple) -> None:
         raise ValueError(f"unknown {name} {value!r}; choose one of {choices}")
 
 
+_CKPT_HINT = "set Experiment.keep_checkpoints (e.g. 3) to keep fewer checkpoints"
+
+
+def _write_torch(obj: Any, path: str) -> None:
+    """``torch.save`` through a Python file, flushed to disk. (Saving to a path would turn a full disk
+    into a RuntimeError from torch's C++ writer; a Python file raises OSError with its errno.)"""
+    try:
+        with open(path, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise storage_error(e, path, _CKPT_HINT) from None
+    except RuntimeError as e:
+        if isinstance(e.__context__, OSError):  # torch's zip writer fails again while closing after a failed write
+            raise storage_error(e.__context__, path, _CKPT_HINT) from None
+        raise
+
+
 def _atomic_torch_save(obj: Any, path: str) -> None:
+    """Write under a temporary name, then rename: ``path`` is always the old or the new file, whole."""
     tmp = path + ".tmp"
-    torch.save(obj, tmp)
+    try:
+        _write_torch(obj, tmp)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     os.replace(tmp, path)

@@ -13,6 +13,7 @@ import gin
 import numpy as np
 import torch
 
+from amago_like.checks import check_int, check_number, storage_error
 from amago_like.data.trajectory import Trajectory, TrajectoryFileError, load_trajectory
 
 PADDED_SAMPLING = ("none", "left", "right", "both")
@@ -66,8 +67,9 @@ class DiskTrajDataset(RLDataset):
         has_edit_rights: bool = True,
         stale_tmp_age_s: float = 3600.0,
     ):
-        if dset_max_size < 1 or dset_min_size < 0:
-            raise ValueError(f"need dset_max_size >= 1 and dset_min_size >= 0, got {dset_max_size}, {dset_min_size}")
+        check_int("DiskTrajDataset.dset_max_size", dset_max_size, minimum=1)
+        check_int("DiskTrajDataset.dset_min_size", dset_min_size, minimum=0)
+        check_number("DiskTrajDataset.stale_tmp_age_s", stale_tmp_age_s, minimum=0)
         self.dset_root, self.dset_name = dset_root, dset_name
         self.dset_max_size, self.dset_min_size = dset_max_size, dset_min_size
         self.has_edit_rights = has_edit_rights
@@ -76,7 +78,10 @@ class DiskTrajDataset(RLDataset):
         self.fifo_dir = os.path.join(self.buffer_dir, "fifo")
         self.protected_dir = os.path.join(self.buffer_dir, "protected")
         for d in (self.fifo_dir, self.protected_dir):
-            os.makedirs(d, exist_ok=True)
+            try:
+                os.makedirs(d, exist_ok=True)
+            except OSError as e:
+                raise storage_error(e, d, "remove old runs from that disk") from None
         self._bad_files: set[str] = set()
         self._files: list[str] = []
         self.refresh_files()

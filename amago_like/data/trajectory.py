@@ -21,6 +21,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from amago_like.checks import storage_error
+
 FORMATS = ("npz", "npz-compressed", "traj")
 _SUFFIX = {"npz": ".npz", "npz-compressed": ".npz", "traj": ".traj"}
 _OBS_PREFIX = "obs/"
@@ -99,7 +101,11 @@ def traj_filename(env_name: str, fmt: str) -> str:
 
 
 def save_trajectory(traj: Trajectory, directory: str, env_name: str, fmt: str = "npz") -> str:
-    """Write ``traj`` atomically (temporary name, then rename); returns the final path."""
+    """Write ``traj`` atomically (temporary name, then rename); returns the final path.
+
+    A failed write leaves no file behind, partial or temporary. A full disk raises DiskFullError and a
+    folder without write permission NotWritableError, each naming the file and what to do.
+    """
     name = traj_filename(env_name, fmt)
     final = os.path.join(directory, name)
     # the temporary name has no data suffix, so readers listing the folder never pick it up
@@ -115,11 +121,16 @@ def save_trajectory(traj: Trajectory, directory: str, env_name: str, fmt: str = 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):
+            raise storage_error(e, final, _BUFFER_HINT) from None
         raise
     return final
+
+
+_BUFFER_HINT = "lower DiskTrajDataset.dset_max_size so the buffer keeps fewer trajectory files"
 
 
 # zip records as np.savez writes them (uncompressed members, no zip comment)

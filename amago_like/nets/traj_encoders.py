@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from amago_like.checks import check_int, check_ints, check_number
 from amago_like.nets.transformer import FixedPosEmb, KVCache, LearnedPosEmb, RotaryEmb, TransformerBlock
 from amago_like.nets.tstep_encoders import make_mlp
 
@@ -60,6 +61,7 @@ class FFTrajEncoder(TrajEncoder):
         d_output: int = 256,
         activation: str = "leaky_relu",
     ):
+        check_ints("FFTrajEncoder", 1, d_hidden=d_hidden, n_layers=n_layers, d_output=d_output)
         super().__init__(tstep_dim, max_seq_len)
         self.mlp = make_mlp(tstep_dim, d_hidden, d_output, n_layers, activation)
         self.ln = nn.LayerNorm(d_output)
@@ -78,6 +80,7 @@ class GRUTrajEncoder(TrajEncoder):
     """nn.GRU -> Linear -> LayerNorm. Rollout state: (n_layers, B, d_hidden)."""
 
     def __init__(self, tstep_dim: int, max_seq_len: int, d_hidden: int = 256, n_layers: int = 2, d_output: int = 256):
+        check_ints("GRUTrajEncoder", 1, d_hidden=d_hidden, n_layers=n_layers, d_output=d_output)
         super().__init__(tstep_dim, max_seq_len)
         self.n_layers, self.d_hidden = n_layers, d_hidden
         self.gru = nn.GRU(tstep_dim, d_hidden, num_layers=n_layers, batch_first=True)
@@ -163,6 +166,16 @@ class TformerTrajEncoder(TrajEncoder):
         attention_window: int | None = None,
         rope_base: float = 10000.0,
     ):
+        check_ints("TformerTrajEncoder", 1, d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_ff=d_ff)
+        check_ints("TformerTrajEncoder", 1, max_time_idx=max_time_idx)
+        check_int("TformerTrajEncoder.attention_window", attention_window, minimum=1, allow_none=True)
+        for name, p in (("dropout", dropout), ("attn_dropout", attn_dropout)):
+            if not 0 <= check_number(f"TformerTrajEncoder.{name}", p) < 1:
+                raise ValueError(f"TformerTrajEncoder.{name} must lie in [0, 1), got {p}")
+        if d_model % n_heads:
+            raise ValueError(
+                f"TformerTrajEncoder.d_model ({d_model}) must be divisible by TformerTrajEncoder.n_heads ({n_heads})"
+            )
         super().__init__(tstep_dim, max_seq_len)
         pos_embs = {"learned": LearnedPosEmb, "fixed": FixedPosEmb, "rope": None}
         if pos_emb not in pos_embs:

@@ -13,6 +13,8 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from amago_like.checks import check_ints
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "leaky_relu": nn.LeakyReLU,
     "relu": nn.ReLU,
@@ -104,6 +106,7 @@ class FFTstepEncoder(TstepEncoder):
         normalize_inputs: bool = True,
         activation: str = "leaky_relu",
     ):
+        check_ints("FFTstepEncoder", 1, n_layers=n_layers, d_hidden=d_hidden, d_output=d_output)
         super().__init__(obs_space, rl2_space)
         self.keys = sorted(obs_space.spaces.keys())
         d_in = sum(math.prod(obs_space[k].shape) for k in self.keys) + math.prod(rl2_space.shape)

@@ -6,6 +6,8 @@ import gin
 import gymnasium as gym
 import numpy as np
 
+from amago_like.checks import check_ints
+
 
 @gin.configurable
 class MetaBandit(gym.Env):
@@ -18,6 +20,7 @@ class MetaBandit(gym.Env):
     """
 
     def __init__(self, n_arms: int = 3, k_episodes: int = 6, split: str = "train"):
+        check_ints("MetaBandit", None, n_arms=n_arms, k_episodes=k_episodes)
         if n_arms < 2 or k_episodes < 1:
             raise ValueError(f"need n_arms >= 2 and k_episodes >= 1, got {n_arms}, {k_episodes}")
         if split not in ("train", "test"):

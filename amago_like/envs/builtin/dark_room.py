@@ -10,6 +10,8 @@ import gin
 import gymnasium as gym
 import numpy as np
 
+from amago_like.checks import check_ints
+
 SPLITS = ("train", "test", "all")
 Cell = tuple[int, int]
 # action -> (dx, dy): stay, up, down, left, right
@@ -61,6 +63,7 @@ class DarkRoom(gym.Env):
         split: str = "train",
         goal_set: Sequence[Sequence[int]] | None = None,
     ):
+        check_ints("DarkRoom", None, size=size, episode_length=episode_length, k_episodes=k_episodes)
         if size < 3 or episode_length < 1 or k_episodes < 1:
             raise ValueError(
                 f"need size >= 3, episode_length >= 1, k_episodes >= 1; got {size}, {episode_length}, {k_episodes}"

@@ -31,6 +31,8 @@ import gin
 import gymnasium as gym
 import numpy as np
 
+from amago_like.checks import check_int, check_ints
+
 __all__ = [
     "ML_BENCHMARKS",
     "KEpisodeMetaworld",
@@ -259,13 +261,9 @@ class KEpisodeMetaworld(gym.Env):
             raise ValueError(
                 f"Unknown Meta-World split {split!r}; valid splits are {', '.join(repr(s) for s in SPLITS)}"
             )
-        if isinstance(k_episodes, bool) or not isinstance(k_episodes, (int, np.integer)) or k_episodes < 1:
-            raise ValueError(f"k_episodes must be an integer >= 1, got {k_episodes!r}")
-        if (
-            isinstance(max_episode_length, bool)
-            or not isinstance(max_episode_length, (int, np.integer))
-            or not 1 <= max_episode_length <= METAWORLD_MAX_PATH_LENGTH
-        ):
+        check_int("KEpisodeMetaworld.k_episodes", k_episodes, minimum=1)
+        check_int("KEpisodeMetaworld.max_episode_length", max_episode_length)
+        if not 1 <= max_episode_length <= METAWORLD_MAX_PATH_LENGTH:
             raise ValueError(
                 f"max_episode_length must be an integer in [1, {METAWORLD_MAX_PATH_LENGTH}] "
                 f"(Meta-World cannot step an episode past {METAWORLD_MAX_PATH_LENGTH} "
@@ -431,6 +429,7 @@ def Metaworld(
     max_episode_length: int = 500,
 ):
     """A :class:`KEpisodeMetaworld` wrapped in ``AMAGOEnv`` (named after the benchmark)."""
+    check_ints("Metaworld", 1, k_episodes=k_episodes, max_episode_length=max_episode_length)
     from amago_like.envs.wrapper import AMAGOEnv
 
     env = KEpisodeMetaworld(
