@@ -266,8 +266,11 @@ class WrongShapeBandit(BadBandit):
 @pytest.mark.parametrize(
     "env, message",
     [
-        (BadBandit, "bandit-3arms: observation 'observation' contains NaN or inf at step 3"),
-        (WrongShapeBandit, r"bandit-3arms: observation 'observation' has shape \(2,\), expected \(1,\)"),
+        (BadBandit, "bandit-3arms: observation 'observation' contains NaN or inf at step 3; fix the env, or wrap it"),
+        (
+            WrongShapeBandit,
+            r"bandit-3arms: observation 'observation' has shape \(2,\), expected \(1,\) \(its observation_space\); fix the env",
+        ),
     ],
 )
 def test_env_returning_nan_or_wrong_shape(root, env, message):

@@ -158,6 +158,9 @@ class _ObsCheck:
         self.finite = np.empty(space.shape, bool)
 
 
+_ENV_FIX = "fix the env, or wrap it (a gymnasium ObservationWrapper) so its observations match its space"
+
+
 class EpisodeRecorder:
     """One env's episode in progress: checked timesteps, running stats, and its trajectory files.
 
@@ -259,11 +262,16 @@ class EpisodeRecorder:
         """``value`` as an array of its space's dtype, after its shape and finiteness were checked."""
         v = value if type(value) is np.ndarray else np.asarray(value)
         if v.shape != check.shape:
-            raise ValueError(f"{self._name()}: observation {check.key!r} has shape {v.shape}, expected {check.shape}")
+            raise ValueError(
+                f"{self._name()}: observation {check.key!r} has shape {v.shape}, expected {check.shape} "
+                f"(its observation_space); {_ENV_FIX}"
+            )
         same_dtype = v.dtype is check.dtype or v.dtype == check.dtype
         inexact = check.inexact if same_dtype else v.dtype.kind in "fc"  # checked before a cast could hide it
         if inexact and np.count_nonzero(np.isfinite(v, out=check.finite)) != check.size:
-            raise ValueError(f"{self._name()}: observation {check.key!r} contains NaN or inf at step {self._time}")
+            raise ValueError(
+                f"{self._name()}: observation {check.key!r} contains NaN or inf at step {self._time}; {_ENV_FIX}"
+            )
         return v if same_dtype else v.astype(check.dtype)
 
     def _timestep(self, raw_obs: Any, prev_action: np.ndarray, prev_reward: float) -> dict[str, np.ndarray]:
