@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 import abc
+import functools
+import math
 import os
 import shutil
 import time
 import warnings
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import TypeVar
 
 import gin
 import numpy as np
 import torch
 
 from amago_like.checks import check_int, check_number, storage_error
-from amago_like.data.trajectory import Trajectory, TrajectoryFileError, load_trajectory
+from amago_like.data.trajectory import (
+    NpzLayout,
+    Trajectory,
+    TrajectoryFileError,
+    load_trajectory_and_layout,
+    read_window,
+)
 
 PADDED_SAMPLING = ("none", "left", "right", "both")
 _REFRESHES_WHEN_DRY = 3  # times a sampler re-lists the folders before it reports an empty dataset
+_T = TypeVar("_T")
 
 
 class RLDataset(abc.ABC):
@@ -43,8 +55,68 @@ class RLDataset(abc.ABC):
         return type(self).__name__
 
     def relabel(self, traj: Trajectory) -> Trajectory:
-        """Hook applied to every sampled trajectory (identity here)."""
+        """Hook applied to every sampled trajectory (identity here). It sees the whole trajectory."""
         return traj
+
+    def _relabels(self) -> bool:
+        """Whether ``relabel`` is anything but the identity above (overridden or replaced)."""
+        return getattr(self.relabel, "__func__", None) is not RLDataset.relabel
+
+    def sample_random_window(self, rng: np.random.Generator, seq_len: int, mode: str = "none") -> Trajectory:
+        """Timesteps [start, end) of a random relabeled trajectory, placed by ``sample_window(len(traj),
+        seq_len, mode, rng)``. Here: ``sample_random_trajectory``, then cut; subclasses may read less.
+        The arrays may be shared with a cache: treat them as read-only."""
+        traj = self.sample_random_trajectory(rng)
+        start, end = sample_window(len(traj), seq_len, mode, rng)
+        return traj.window(start, end)
+
+
+class TrajectoryCache:
+    """Loaded trajectories by file path, holding at most ``max_bytes`` of arrays; the least recently
+    used go first. Safe because trajectory files never change once written (a deleted file must be
+    ``discard``-ed by the owner). Cached arrays are made read-only: windows cut from them share them."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.nbytes = max_bytes, 0
+        self._items: OrderedDict[str, tuple[Trajectory, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, path: str) -> bool:
+        return path in self._items
+
+    def get(self, path: str) -> Trajectory | None:
+        item = self._items.get(path)
+        if item is None:
+            return None
+        self._items.move_to_end(path)
+        return item[0]
+
+    def put(self, path: str, traj: Trajectory) -> bool:
+        """Cache ``traj`` (evicting the least recently used as needed); False if it alone exceeds the bound."""
+        size = traj.nbytes
+        if size > self.max_bytes:
+            return False
+        self.discard(path)
+        while self.nbytes + size > self.max_bytes:
+            _, (_, freed) = self._items.popitem(last=False)
+            self.nbytes -= freed
+        for a in (*traj.obs.values(), traj.rl2s, traj.time_idxs, traj.actions, traj.rews, traj.dones):
+            a.flags.writeable = False
+        self._items[path] = (traj, size)
+        self.nbytes += size
+        return True
+
+    def discard(self, path: str) -> None:
+        item = self._items.pop(path, None)
+        if item is not None:
+            self.nbytes -= item[1]
+
+    def retain(self, paths: set[str]) -> None:
+        """Drop every entry whose path is not in ``paths``."""
+        for path in [p for p in self._items if p not in paths]:
+            self.discard(path)
 
 
 @gin.configurable
@@ -56,6 +128,13 @@ class DiskTrajDataset(RLDataset):
     warning each and never count as data. Hidden ``.*.tmp`` files (writes in progress, or left
     by a killed writer) are never listed; those older than ``stale_tmp_age_s`` are removed
     from ``fifo/`` when the size bound is enforced.
+
+    Reading: each process (every DataLoader worker included) keeps its own LRU cache of loaded
+    trajectories of at most ``cache_mb`` MB (0 turns it off); a cached file that has since been
+    deleted is never sampled again. The first read of a file in a process loads (and checks) it
+    whole; after that, windows of an uncompressed ``.npz`` file that is not cached are read
+    straight from the file, only the rows they need. Windows are only cut before relabeling
+    when ``relabel`` is the identity; otherwise the whole trajectory is relabeled, then cut.
     """
 
     def __init__(
@@ -66,7 +145,10 @@ class DiskTrajDataset(RLDataset):
         dset_min_size: int = 1,
         has_edit_rights: bool = True,
         stale_tmp_age_s: float = 3600.0,
+        cache_mb: float = 256.0,
     ):
+        if not cache_mb >= 0:
+            raise ValueError(f"DiskTrajDataset.cache_mb must be >= 0, got {cache_mb!r}")
         check_int("DiskTrajDataset.dset_max_size", dset_max_size, minimum=1)
         check_int("DiskTrajDataset.dset_min_size", dset_min_size, minimum=0)
         check_number("DiskTrajDataset.stale_tmp_age_s", stale_tmp_age_s, minimum=0)
@@ -82,9 +164,18 @@ class DiskTrajDataset(RLDataset):
                 os.makedirs(d, exist_ok=True)
             except OSError as e:
                 raise storage_error(e, d, "remove old runs from that disk") from None
+        self.cache_mb = cache_mb
+        self._cache = TrajectoryCache(int(cache_mb * 2**20))
+        self._layouts: dict[str, NpzLayout] = {}  # where the rows lie in files already read once
         self._bad_files: set[str] = set()
         self._files: list[str] = []
         self.refresh_files()
+
+    def __getstate__(self) -> dict:
+        # a process this dataset is sent to (a spawned DataLoader worker) starts with its own empty cache
+        state = self.__dict__.copy()
+        state["_cache"], state["_layouts"] = TrajectoryCache(self._cache.max_bytes), {}
+        return state
 
     @property
     def save_new_trajs_to(self) -> str:
@@ -99,6 +190,9 @@ class DiskTrajDataset(RLDataset):
         """Re-read the file lists from disk (new files from actors, deletions by others)."""
         self._fifo = self._list(self.fifo_dir)
         self._files = [f for f in self._fifo + self._list(self.protected_dir) if f not in self._bad_files]
+        listed = set(self._files)
+        self._cache.retain(listed)
+        self._layouts = {p: lay for p, lay in self._layouts.items() if p in listed}
 
     def __len__(self) -> int:
         return len(self._files)
@@ -143,27 +237,69 @@ class DiskTrajDataset(RLDataset):
         return removed
 
     def sample_random_trajectory(self, rng: np.random.Generator) -> Trajectory:
+        """A random whole trajectory, relabeled; its arrays are the caller's own."""
+        return self._sample(rng, self._read_whole)
+
+    def sample_random_window(self, rng: np.random.Generator, seq_len: int, mode: str = "none") -> Trajectory:
+        if self._relabels():  # relabel may need the whole trajectory
+            return super().sample_random_window(rng, seq_len, mode)
+        return self._sample(rng, lambda path: self._read_window(path, rng, seq_len, mode))
+
+    def _sample(self, rng: np.random.Generator, read: Callable[[str], _T]) -> _T:
+        """``read(path)`` of a random listed file, skipping deleted and unreadable ones."""
         for attempt in range(_REFRESHES_WHEN_DRY + 1):
             if attempt:  # every listed file vanished (the FIFO bound turned over): look at the disk again
                 self.refresh_files()
             while self._files:
                 path = self._files[rng.integers(len(self._files))]
                 try:
-                    return self.relabel(load_trajectory(path))
+                    return read(path)
                 except FileNotFoundError:
-                    self._files.remove(path)  # deleted by the FIFO bound since the last refresh
+                    self._forget(path)  # deleted by the FIFO bound since the last refresh
                 except TrajectoryFileError as e:
                     if path not in self._bad_files:
-                        warnings.warn(f"skipping unreadable trajectory file: {e}", stacklevel=2)
+                        warnings.warn(f"skipping unreadable trajectory file: {e}", stacklevel=3)
                     self._bad_files.add(path)
-                    self._files.remove(path)
+                    self._forget(path)
         raise RuntimeError(f"no readable trajectories in {self.buffer_dir}")
+
+    def _forget(self, path: str) -> None:
+        self._files.remove(path)
+        self._cache.discard(path)
+        self._layouts.pop(path, None)
+
+    def _load(self, path: str) -> tuple[Trajectory, bool]:
+        """(the trajectory in ``path``, whether its arrays are the cache's), from the cache when there."""
+        traj = self._cache.get(path)
+        if traj is not None:
+            if not os.path.exists(path):  # deleted since it was cached
+                raise FileNotFoundError(path)
+            return traj, True
+        traj, layout = load_trajectory_and_layout(path)
+        if layout is not None:
+            self._layouts[path] = layout
+        return traj, self._cache.put(path, traj)
+
+    def _read_whole(self, path: str) -> Trajectory:
+        traj, shared = self._load(path)
+        return self.relabel(traj.copy() if shared else traj)
+
+    def _read_window(self, path: str, rng: np.random.Generator, seq_len: int, mode: str) -> Trajectory:
+        layout = self._layouts.get(path)
+        if layout is not None and path not in self._cache:  # read only the window's rows
+            start, end = sample_window(layout.n, seq_len, mode, rng)
+            return read_window(path, layout, start, end)
+        traj, _ = self._load(path)
+        start, end = sample_window(len(traj), seq_len, mode, rng)
+        return traj.window(start, end)
 
     def delete_from_disk(self) -> None:
         if not self.has_edit_rights:
             raise PermissionError(f"this process has no edit rights on {self.buffer_dir}")
         shutil.rmtree(os.path.join(self.dset_root, self.dset_name), ignore_errors=True)
         self._files = []
+        self._cache.retain(set())
+        self._layouts = {}
 
     def get_description(self) -> str:
         return f"DiskTrajDataset({self.buffer_dir}: {len(self)} trajectories, max {self.dset_max_size})"
@@ -198,6 +334,12 @@ class MixtureOfDatasets(RLDataset):
     def sample_random_trajectory(self, rng: np.random.Generator) -> Trajectory:
         i = rng.choice(len(self.datasets), p=self.weights)
         return self.relabel(self.datasets[i].sample_random_trajectory(rng))
+
+    def sample_random_window(self, rng: np.random.Generator, seq_len: int, mode: str = "none") -> Trajectory:
+        if self._relabels():  # relabel may need the whole trajectory
+            return super().sample_random_window(rng, seq_len, mode)
+        i = rng.choice(len(self.datasets), p=self.weights)
+        return self.datasets[i].sample_random_window(rng, seq_len, mode)
 
     def get_description(self) -> str:
         parts = ", ".join(f"{w:.2f} x {d.get_description()}" for d, w in zip(self.datasets, self.weights))
@@ -294,11 +436,30 @@ class SequenceSampler(torch.utils.data.Dataset):
             self._rng = np.random.default_rng([self._seed, 0 if info is None else info.id + 1])
         return self._rng
 
+    def window(self) -> Trajectory:
+        """One random window, unpadded (at most seq_len timesteps)."""
+        return self.dataset.sample_random_window(self._generator(), self.seq_len, self.mode)
+
     def __getitem__(self, _: int) -> dict:
-        rng = self._generator()
-        traj = self.dataset.sample_random_trajectory(rng)
-        start, end = sample_window(len(traj), self.seq_len, self.mode, rng)
-        return window_of(traj, start, end, self.seq_len)
+        win = self.window()
+        return window_of(win, 0, len(win), self.seq_len)
+
+    def batch(self, size: int) -> Batch:
+        """``size`` random windows, padded and collated."""
+        return collate_windows([self.window() for _ in range(size)], self.seq_len)
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Map-style view whose every item is a whole Batch drawn by ``sampler`` (the index is ignored)."""
+
+    def __init__(self, sampler: SequenceSampler, batch_size: int, batches: int):
+        self.sampler, self.batch_size, self.batches = sampler, batch_size, batches
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __getitem__(self, _: int) -> Batch:
+        return self.sampler.batch(self.batch_size)
 
 
 def collate(items: list[dict]) -> Batch:
@@ -314,6 +475,66 @@ def collate(items: list[dict]) -> Batch:
     )
 
 
+def collate_windows(windows: list[Trajectory], seq_len: int, shared: bool | None = None) -> Batch:
+    """Pad unpadded windows (each at most seq_len timesteps) on the right and stack them, as
+    ``collate([window_of(w, 0, len(w), seq_len) for w in windows])`` would, copying each array once.
+
+    All tensors are views into one zeroed buffer, in shared memory when ``shared`` (default: inside a
+    DataLoader worker), so sending the batch to the main process moves one segment, not one per tensor.
+    """
+    n, first = len(windows), windows[0]
+    specs: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
+        **{f"obs/{k}": ((n, seq_len, *v.shape[1:]), _torch_dtype(v.dtype)) for k, v in first.obs.items()},
+        "rl2s": ((n, seq_len, *first.rl2s.shape[1:]), torch.float32),
+        "time_idxs": ((n, seq_len, *first.time_idxs.shape[1:]), torch.int64),
+        "pad_mask": ((n, seq_len, 1), torch.bool),
+        "actions": ((n, seq_len - 1, *first.actions.shape[1:]), torch.float32),
+        "rews": ((n, seq_len - 1, *first.rews.shape[1:]), torch.float32),
+        "dones": ((n, seq_len - 1, *first.dones.shape[1:]), torch.float32),
+    }
+    offsets, total = {}, 0
+    for name, (shape, dtype) in specs.items():
+        offsets[name] = total
+        total += -(-math.prod(shape) * dtype.itemsize // 8) * 8  # keep every view 8-byte aligned
+    if shared is None:
+        shared = torch.utils.data.get_worker_info() is not None
+    buf = torch.zeros(total, dtype=torch.uint8)
+    if shared:
+        buf.share_memory_()
+    t = {
+        name: buf[offsets[name] : offsets[name] + math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
+        for name, (shape, dtype) in specs.items()
+    }
+    a = {name: v.numpy() for name, v in t.items()}  # numpy views to fill
+    obs = [(k, a[f"obs/{k}"]) for k in first.obs]
+    rl2s, time_idxs, pad_mask = a["rl2s"], a["time_idxs"], a["pad_mask"]
+    actions, rews, dones = a["actions"], a["rews"], a["dones"]
+    for b, w in enumerate(windows):
+        m = len(w.time_idxs)
+        for k, out in obs:
+            out[b, :m] = w.obs[k]
+        rl2s[b, :m], time_idxs[b, :m], pad_mask[b, :m] = w.rl2s, w.time_idxs, True
+        actions[b, : m - 1], rews[b, : m - 1], dones[b, : m - 1] = w.actions, w.rews, w.dones
+    return Batch(
+        obs={k: t[f"obs/{k}"] for k in first.obs},
+        rl2s=t["rl2s"],
+        time_idxs=t["time_idxs"],
+        pad_mask=t["pad_mask"],
+        actions=t["actions"],
+        rews=t["rews"],
+        dones=t["dones"],
+    )
+
+
+@functools.cache
+def _torch_dtype(dtype: np.dtype) -> torch.dtype:
+    return torch.from_numpy(np.empty(0, dtype)).dtype
+
+
+def _as_is(batch: Batch) -> Batch:
+    return batch
+
+
 def make_dataloader(
     dataset: RLDataset,
     seq_len: int,
@@ -322,14 +543,15 @@ def make_dataloader(
     padded_sampling: str = "none",
     workers: int = 0,
 ) -> torch.utils.data.DataLoader:
-    """A DataLoader yielding ``batches`` Batch objects of random padded windows."""
+    """A DataLoader yielding ``batches`` Batch objects of random padded windows. Each worker (or the
+    main process, with 0 workers) builds whole batches and draws from its own random stream."""
     sampler = SequenceSampler(dataset, seq_len, padded_sampling, items_per_epoch=batches * batch_size)
     return torch.utils.data.DataLoader(
-        sampler,
-        batch_size=batch_size,
+        _Batches(sampler, batch_size, batches),
+        batch_size=None,
         shuffle=False,
         num_workers=workers,
-        collate_fn=collate,
+        collate_fn=_as_is,
         persistent_workers=False,
         pin_memory=False,
     )

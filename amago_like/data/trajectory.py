@@ -68,6 +68,35 @@ class Trajectory:
         if self.rl2s.ndim != 2 or self.actions.ndim != 2 or self.rl2s.shape[1] != 1 + self.actions.shape[1]:
             raise TrajectoryFileError(f"rl2s shape {self.rl2s.shape} does not match actions shape {self.actions.shape}")
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the arrays."""
+        return sum(v.nbytes for v in self.obs.values()) + sum(
+            a.nbytes for a in (self.rl2s, self.time_idxs, self.actions, self.rews, self.dones)
+        )
+
+    def window(self, start: int, end: int) -> Trajectory:
+        """Timesteps [start, end) and the transitions between them, as views (no copy)."""
+        return Trajectory(
+            obs={k: v[start:end] for k, v in self.obs.items()},
+            rl2s=self.rl2s[start:end],
+            time_idxs=self.time_idxs[start:end],
+            actions=self.actions[start : end - 1],
+            rews=self.rews[start : end - 1],
+            dones=self.dones[start : end - 1],
+        )
+
+    def copy(self) -> Trajectory:
+        """A copy with its own writable arrays."""
+        return Trajectory(
+            obs={k: v.copy() for k, v in self.obs.items()},
+            rl2s=self.rl2s.copy(),
+            time_idxs=self.time_idxs.copy(),
+            actions=self.actions.copy(),
+            rews=self.rews.copy(),
+            dones=self.dones.copy(),
+        )
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         arrays = {_OBS_PREFIX + k: v for k, v in self.obs.items()}
         arrays.update(rl2s=self.rl2s, time_idxs=self.time_idxs, actions=self.actions, rews=self.rews, dones=self.dones)
@@ -166,20 +195,33 @@ def _read_stored_npz(f: BinaryIO) -> dict[str, np.ndarray] | None:
     """The arrays of an uncompressed .npz laid out as ``np.savez`` writes it, read with one read,
     CRC-checked, as views into one writable buffer. None if the file is laid out in any other
     way (or is damaged): numpy's reader then decides, with its own errors."""
+    read = _read_stored_npz_members(f)
+    return None if read is None else _member_arrays(*read)
+
+
+def _member_arrays(raw: bytearray, members: dict[str, tuple[int, np.dtype, tuple[int, ...]]]) -> dict[str, np.ndarray]:
+    """Views into ``raw`` of the members that ``_parse_stored_npz`` found."""
+    return {k: np.frombuffer(raw, dt, math.prod(shape), off).reshape(shape) for k, (off, dt, shape) in members.items()}
+
+
+def _read_stored_npz_members(f: BinaryIO) -> tuple[bytearray, dict[str, tuple[int, np.dtype, tuple[int, ...]]]] | None:
+    """(the whole file, {array name: (data offset, dtype, shape)}) for ``_read_stored_npz``."""
     raw = bytearray(os.fstat(f.fileno()).st_size)
     if f.readinto(raw) != len(raw) or len(raw) < _EOCD.size:
         return None
     try:
-        return _parse_stored_npz(raw)
+        members = _parse_stored_npz(raw)
     except (struct.error, ValueError, IndexError, OverflowError):
         return None
+    return None if members is None else (raw, members)
 
 
-def _parse_stored_npz(raw: bytearray) -> dict[str, np.ndarray] | None:
+def _parse_stored_npz(raw: bytearray) -> dict[str, tuple[int, np.dtype, tuple[int, ...]]] | None:
+    """{array name: (data offset, dtype, shape)} of every member, each CRC-checked; None if not np.savez's layout."""
     sig, _, _, _, entries, cd_size, cd_off, comment = _EOCD.unpack_from(raw, len(raw) - _EOCD.size)
     if sig != b"PK\x05\x06" or comment or cd_off + cd_size != len(raw) - _EOCD.size:
         return None
-    arrays, pos = {}, cd_off
+    members, pos = {}, cd_off
     for _ in range(entries):
         if pos + _CDIR.size > len(raw):
             return None
@@ -206,25 +248,59 @@ def _parse_stored_npz(raw: bytearray) -> dict[str, np.ndarray] | None:
         if parsed is None:
             return None
         dtype, shape = parsed
-        count = math.prod(shape)
-        if hstart + hlen + count * dtype.itemsize != end:
+        if hstart + hlen + math.prod(shape) * dtype.itemsize != end:
             return None
-        key = name[:-4].decode("utf-8", "replace")
-        arrays[key] = np.frombuffer(raw, dtype, count, hstart + hlen).reshape(shape)
-    return arrays if pos == cd_off + cd_size else None
+        members[name[:-4].decode("utf-8", "replace")] = (hstart + hlen, dtype, shape)
+    return members if pos == cd_off + cd_size else None
 
 
-def load_trajectory(path: str) -> Trajectory:
-    """Read a trajectory file. A missing file raises FileNotFoundError; any other unreadable file
-    (truncated, foreign, inconsistent) raises TrajectoryFileError naming it."""
+# ---------------------------------------------------------------------------------------------
+# reading windows of rows straight from uncompressed .npz files
+# ---------------------------------------------------------------------------------------------
+
+_TRANSITION_ARRAYS = ("actions", "rews", "dones")  # T rows; every other array has T+1
+# (array name, dtype, row shape, bytes per row, transition array?) per array, shared by files of one shape
+_Schema = tuple[tuple[str, np.dtype, tuple[int, ...], int, bool], ...]
+_schemas: dict[_Schema, _Schema] = {}
+
+
+@dataclass(frozen=True)
+class NpzLayout:
+    """Where the arrays of one uncompressed ``np.savez`` trajectory file lie: enough to read any
+    window of rows without reading the rest. Only valid for the file it was taken from (trajectory
+    files are never changed once written)."""
+
+    n: int  # timesteps (T+1)
+    schema: _Schema
+    offsets: tuple[int, ...]  # file offset of each array's first row
+
+
+def _layout(traj: Trajectory, members: dict[str, tuple[int, np.dtype, tuple[int, ...]]]) -> NpzLayout:
+    """The layout of a file whose (validated) arrays ``traj`` holds, from its members' offsets."""
+    schema, offsets = [], []
+    for name in traj.to_arrays():  # only the arrays a Trajectory uses, in a fixed order
+        offset, dtype, shape = members[name]
+        schema.append((name, dtype, shape[1:], dtype.itemsize * math.prod(shape[1:]), name in _TRANSITION_ARRAYS))
+        offsets.append(offset)
+    key = tuple(schema)
+    if len(_schemas) < 1024:
+        key = _schemas.setdefault(key, key)
+    return NpzLayout(len(traj), key, tuple(offsets))
+
+
+def load_trajectory_and_layout(path: str) -> tuple[Trajectory, NpzLayout | None]:
+    """``load_trajectory``, plus the file's NpzLayout when it is an uncompressed npz laid out as
+    ``np.savez`` writes it (None for other files). Same errors as ``load_trajectory``."""
+    members = None
     try:
         with open(path, "rb") as f:
             if path.endswith(".traj"):
                 traj = pickle.load(f)
                 if not isinstance(traj, Trajectory):
                     raise TrajectoryFileError(f"holds a {type(traj).__name__}, not a Trajectory")
-            elif path.endswith(".npz") and (arrays := _read_stored_npz(f)) is not None:
-                traj = Trajectory.from_arrays(arrays)  # the fast path for np.savez's layout
+            elif path.endswith(".npz") and (read := _read_stored_npz_members(f)) is not None:
+                raw, members = read  # the fast path for np.savez's layout
+                traj = Trajectory.from_arrays(_member_arrays(raw, members))
             elif path.endswith(".npz"):
                 f.seek(0)
                 data = np.load(f, allow_pickle=False)
@@ -235,10 +311,42 @@ def load_trajectory(path: str) -> Trajectory:
             else:
                 raise TrajectoryFileError("unknown file suffix (expected .npz or .traj)")
         traj.validate()
-        return traj
+        return traj, None if members is None else _layout(traj, members)
     except FileNotFoundError:
         raise
     except TrajectoryFileError as e:
         raise TrajectoryFileError(f"{path}: {e}") from None
     except Exception as e:  # noqa: BLE001 - a corrupt file can make numpy, zipfile or pickle raise almost anything
         raise TrajectoryFileError(f"{path}: unreadable trajectory file ({type(e).__name__}: {e})") from None
+
+
+def load_trajectory(path: str) -> Trajectory:
+    """Read a trajectory file. A missing file raises FileNotFoundError; any other unreadable file
+    (truncated, foreign, inconsistent) raises TrajectoryFileError naming it."""
+    return load_trajectory_and_layout(path)[0]
+
+
+def read_window(path: str, layout: NpzLayout, start: int, end: int) -> Trajectory:
+    """Timesteps [start, end) of the file ``layout`` was taken from (and the transitions between them),
+    reading only those rows: one ``preadv`` per array into fresh writable arrays. Equals
+    ``load_trajectory(path).window(start, end)``; the arrays' bytes are not CRC-checked here (the full
+    load that produced ``layout`` checked them). A missing file raises FileNotFoundError, a short or
+    failed read TrajectoryFileError naming the file."""
+    if not 0 <= start < end <= layout.n:
+        raise ValueError(f"window [{start}, {end}) outside a trajectory of {layout.n} timesteps")
+    obs, arrays = {}, {}
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for (name, dtype, row_shape, row_bytes, transition), offset in zip(layout.schema, layout.offsets):
+            out = np.empty((end - start - transition, *row_shape), dtype)
+            if os.preadv(fd, [out], offset + start * row_bytes) != out.nbytes:
+                raise TrajectoryFileError(f"{path}: file is shorter than its layout says")
+            if name.startswith(_OBS_PREFIX):
+                obs[name[len(_OBS_PREFIX) :]] = out
+            else:
+                arrays[name] = out
+    except OSError as e:
+        raise TrajectoryFileError(f"{path}: unreadable trajectory file ({type(e).__name__}: {e})") from None
+    finally:
+        os.close(fd)
+    return Trajectory(obs=obs, **arrays)
