@@ -129,6 +129,10 @@ def configure_from_args(args: argparse.Namespace, default_configs: list[str], ex
         sys.exit(f"error: {e}")
 
 
+class RunExistsError(FileExistsError):
+    """A fresh (not ``--resume``) run was pointed at a run folder that already holds checkpoints."""
+
+
 def run(experiment: Experiment, resume: bool = False) -> dict[str, float]:
     """start -> (resume) -> learn -> final checkpoint -> close; returns the last epoch's metrics.
 
@@ -136,9 +140,17 @@ def run(experiment: Experiment, resume: bool = False) -> dict[str, float]:
     the training state is checkpointed if the disk still takes that (the error says whether it did), so
     ``--resume`` continues from there once space is freed. A ``--resume`` whose checkpoint does not fit
     the configured model raises CheckpointError and leaves the run's own ``config.gin`` in place.
+    Without ``resume``, a run folder that already holds checkpoints raises RunExistsError before
+    anything is written (collect / learn roles share a folder on purpose and are exempt).
     """
     from amago_like.experiment import CheckpointError
 
+    if not resume and experiment.role == "both" and experiment.checkpoint_epochs():
+        raise RunExistsError(
+            f"{experiment.run_dir} already holds a run (checkpoints of epochs {experiment.checkpoint_epochs()}); "
+            "starting afresh would overwrite it. Pass --resume to continue it, choose another --run_name, "
+            "or delete that folder (and its buffer) to start over"
+        )
     config = os.path.join(experiment.run_dir, "config.gin")
     saved_config = _read_bytes(config) if resume else None
     try:

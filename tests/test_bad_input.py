@@ -22,7 +22,7 @@ import amago_like.data.trajectory as trajectory_module
 import amago_like.experiment as experiment_module
 from amago_like import CheckpointError, DarkRoom, DiskTrajDataset, Experiment, MetaBandit, Metaworld
 from amago_like.checks import ConfigTypeError, DiskFullError, NotWritableError
-from amago_like.cli import REPO_ROOT, apply_gin, run
+from amago_like.cli import REPO_ROOT, RunExistsError, apply_gin, run
 from amago_like.data import load_trajectory, save_trajectory
 
 TINY = os.path.join(REPO_ROOT, "configs", "models", "tiny.gin")
@@ -232,6 +232,13 @@ def test_resume_with_a_different_model_shape(root):
     ):
         load_example("toy").main(toy_args(root, "--resume", "--gin", "TformerTrajEncoder.d_model = 32"))
     assert_untouched(root, before)  # config.gin too: still the run's own
+
+
+def test_fresh_run_on_an_existing_run_name(root):
+    before = snapshot(root)
+    with pytest.raises(RunExistsError, match=r"already holds a run .*Pass --resume to continue it, choose another"):
+        load_example("toy").main(toy_args(root))
+    assert_untouched(root, before)
 
 
 # ------------------------------------------------------------------ observations the encoders cannot handle
