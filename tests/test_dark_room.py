@@ -155,3 +155,14 @@ def test_reference_returns():
             ret += r
         returns.append(ret)
     assert abs(np.mean(returns) - rand) < 4 * np.std(returns) / np.sqrt(len(returns)) + 0.05
+
+
+def test_held_out_reference_searches_the_whole_grid():
+    """On held-out goals a searcher cannot know which cells hold goals: searching the whole grid
+    scores less than searching only the six held-out cells, and for the full goal set both agree."""
+    test = DarkRoom(split="test")
+    assert test.random_return() < test.best_return("grid") < test.best_return("goals")
+    full = DarkRoom(split="all")
+    assert full.best_return("grid") == full.best_return("goals")
+    with pytest.raises(ValueError, match="search must be 'goals' or 'grid'"):
+        test.best_return("everything")

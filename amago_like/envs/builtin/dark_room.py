@@ -124,7 +124,7 @@ class DarkRoom(gym.Env):
         return self._obs(first), reward, terminated, False, info
 
     # ------------------------------------------------------------------ reference returns
-    def best_return(self) -> float:
+    def best_return(self, search: str = "goals") -> float:
         """Expected return of a hand-written explore-then-exploit policy over this env's goals.
 
         The policy walks to the nearest cell that could still hold the goal (skipping cells it has
@@ -132,8 +132,15 @@ class DarkRoom(gym.Env):
         straight there. It is run exactly through this env for every goal (8 tie-break variants,
         the best kept), so the value is achievable: a lower bound on the Bayes-optimal return,
         which :meth:`oracle_return` bounds from above.
+
+        ``search`` says which cells "could hold the goal": ``"goals"``, this env's goal set (the
+        reference for tasks drawn like the training ones); ``"grid"``, every cell but the start
+        (the reference for held-out goals, whose cells a trained agent has never seen rewarded).
         """
-        return _best_return(self.size, self.episode_length, self.k, self.goals)
+        if search not in ("goals", "grid"):
+            raise ValueError(f"search must be 'goals' or 'grid', got {search!r}")
+        cells = self.goals if search == "goals" else split_goals(self.size, "all")
+        return _best_return(self.size, self.episode_length, self.k, self.goals, cells)
 
     def oracle_return(self) -> float:
         """Expected return when the goal is known from the start (upper bound on any policy)."""
@@ -178,10 +185,10 @@ def search_policy_return(env: DarkRoom, goal: Cell, x_first: bool, order: Sequen
 
 
 @functools.lru_cache(maxsize=32)
-def _best_return(size: int, episode_length: int, k: int, goals: tuple[Cell, ...]) -> float:
+def _best_return(size: int, episode_length: int, k: int, goals: tuple[Cell, ...], cells: tuple[Cell, ...]) -> float:
     env = DarkRoom(size, episode_length, k, goal_set=goals)
-    orders = [sorted(goals), sorted(goals, reverse=True), sorted(goals, key=lambda c: (c[1], c[0]))]
-    orders.append(sorted(goals, key=lambda c: (-c[1], c[0])))
+    orders = [sorted(cells), sorted(cells, reverse=True), sorted(cells, key=lambda c: (c[1], c[0]))]
+    orders.append(sorted(cells, key=lambda c: (-c[1], c[0])))
     values = [
         float(np.mean([search_policy_return(env, g, x_first, order) for g in goals]))
         for x_first in (True, False)
