@@ -19,13 +19,7 @@ from amago_like.nets.values import ValueBins
 OBS_DIM = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Toy sizes gain nothing from intra-op threads (and spinning threads crawl on a busy 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_agent(

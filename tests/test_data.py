@@ -41,13 +41,7 @@ ARRAY_FIELDS = ("rl2s", "time_idxs", "actions", "rews", "dones")
 SUFFIX = {"npz": ".npz", "npz-compressed": ".npz", "traj": ".traj"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Toy sizes gain nothing from intra-op threads on a busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- #

@@ -37,12 +37,7 @@ from amago_like.data.trajectory import (
 FIELDS = ("rl2s", "time_idxs", "actions", "rews", "dones")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_traj(tid: int = 0, T: int = 9, A: int = 3) -> Trajectory:

@@ -20,13 +20,7 @@ from amago_like.nets import (
 TSTEP_DIM, ATOL = 6, 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Toy sizes gain nothing from intra-op threads, and spinning threads crawl on a busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tformer(max_seq_len=8, n_layers=2, **kw) -> TformerTrajEncoder:
