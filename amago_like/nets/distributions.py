@@ -59,18 +59,18 @@ class Discrete:
         return self.logits.argmax(-1)
 
 
-class TanhGaussian:
-    """Diagonal Gaussian squashed by tanh into (-1, 1), with the change-of-variables log-prob."""
+class _TanhSquashed:
+    """A distribution over pre-tanh values u, squashed by tanh into (-1, 1). Subclasses give
+    ``_rsample_u(n)`` (n, *batch, A) and ``_log_prob_u(u)`` (log-density of a = tanh(u), (...))."""
 
-    def __init__(self, mean: Tensor, log_std: Tensor):
-        self.mean, self.std = mean, log_std.exp()  # (*batch, A)
-        self.normal = Normal(mean, self.std, validate_args=False)  # (validation syncs the GPU)
+    def _rsample_u(self, n: int) -> Tensor:
+        raise NotImplementedError
 
-    def _log_prob_u(self, u: Tensor) -> Tensor:  # pre-tanh (..., A) -> (...)
-        return (self.normal.log_prob(u) - tanh_log_det(u)).sum(-1)
+    def _log_prob_u(self, u: Tensor) -> Tensor:
+        raise NotImplementedError
 
     def rsample(self, n: int) -> Tensor:
-        return torch.tanh(self.normal.rsample((n,)))  # (n, *batch, A)
+        return torch.tanh(self._rsample_u(n))  # (n, *batch, A)
 
     def sample(self, n: int) -> Tensor:
         with torch.no_grad():
@@ -81,8 +81,21 @@ class TanhGaussian:
 
     def entropy(self, n: int = 1) -> Tensor:
         """-E log pi(a), estimated from n reparameterised samples (log-prob taken before the tanh)."""
-        u = self.normal.rsample((n,))
-        return -self._log_prob_u(u).mean(0)
+        return -self._log_prob_u(self._rsample_u(n)).mean(0)
+
+
+class TanhGaussian(_TanhSquashed):
+    """Diagonal Gaussian squashed by tanh into (-1, 1), with the change-of-variables log-prob."""
+
+    def __init__(self, mean: Tensor, log_std: Tensor):
+        self.mean, self.std = mean, log_std.exp()  # (*batch, A)
+        self.normal = Normal(mean, self.std, validate_args=False)  # (validation syncs the GPU)
+
+    def _log_prob_u(self, u: Tensor) -> Tensor:  # pre-tanh (..., A) -> (...)
+        return (self.normal.log_prob(u) - tanh_log_det(u)).sum(-1)
+
+    def _rsample_u(self, n: int) -> Tensor:
+        return self.normal.rsample((n,))
 
     def entropy_estimate(self) -> Tensor:
         """Entropy of the pre-tanh Gaussian (an upper bound on the squashed entropy)."""
@@ -92,11 +105,12 @@ class TanhGaussian:
         return torch.tanh(self.mean)
 
 
-class TanhGMM:
+class TanhGMM(_TanhSquashed):
     """Mixture of K diagonal Gaussians, squashed by tanh into (-1, 1).
 
     rsample picks a component (no gradient through that choice) and reparameterises within it,
     so the mixture weights learn only from log-prob terms (behaviour cloning, entropy).
+    Its entropy has no closed form: it is always the sampled estimate.
     """
 
     def __init__(self, logits: Tensor, means: Tensor, log_stds: Tensor):
@@ -113,20 +127,6 @@ class TanhGMM:
         mean = self.means.expand(n, *self.means.shape).gather(-2, idx).squeeze(-2)  # (n, *batch, A)
         std = self.stds.expand(n, *self.stds.shape).gather(-2, idx).squeeze(-2)
         return mean + std * torch.randn_like(mean)
-
-    def rsample(self, n: int) -> Tensor:
-        return torch.tanh(self._rsample_u(n))  # (n, *batch, A)
-
-    def sample(self, n: int) -> Tensor:
-        with torch.no_grad():
-            return self.rsample(n)
-
-    def log_prob(self, action: Tensor) -> Tensor:
-        return self._log_prob_u(safe_atanh(action))
-
-    def entropy(self, n: int = 1) -> Tensor:
-        """-E log pi(a) from n samples (no closed form for a mixture)."""
-        return -self._log_prob_u(self._rsample_u(n)).mean(0)
 
     def mode(self) -> Tensor:
         """tanh of the most likely component's mean (the mixture's mode is not closed-form)."""
