@@ -18,13 +18,13 @@ import gin
 
 from amago_like import DarkRoom, DiskTrajDataset, Experiment, MetaBandit
 
-ENVS = {"dark-room": DarkRoom, "bandit": MetaBandit}
+ENVS = {"dark_room": DarkRoom, "bandit": MetaBandit}  # the names examples/toy.py takes
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir")
-    parser.add_argument("--env", choices=sorted(ENVS), default="dark-room")
+    parser.add_argument("--env", choices=sorted(ENVS), default="dark_room")
     parser.add_argument("--split", default="train")
     parser.add_argument("--episodes", type=int, default=64, help="meta-episodes to average over")
     args = parser.parse_args()
