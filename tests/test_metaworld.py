@@ -186,8 +186,9 @@ def test_k_attempt_bookkeeping(k, length):
             trial_keys = [key for key in info if key.startswith("log/Trial ")]
             if t > 0 and t % length == 0:
                 i = t // length
-                assert trial_keys == [f"log/Trial {i} Success"]
+                assert trial_keys == [f"log/Trial {i} Success", f"log/Trial {i} Min Distance"]
                 assert info[trial_keys[0]] in (0.0, 1.0)
+                assert 0.0 <= info[trial_keys[1]] < 1.0
             else:
                 assert trial_keys == []
             assert not trunc
@@ -210,7 +211,9 @@ def test_success_accounting_with_injected_success():
     def fake_step(action):
         obs, rew, term, trunc, info = real_step(action)
         calls["n"] += 1
-        info = dict(info, success=1.0 if calls["n"] == 9 else 0.0)  # 3rd step of attempt 2
+        # 3rd step of attempt 2 succeeds; the distance falls, then rises again, within each attempt
+        distance = [0.5, 0.3, 0.2, 0.4, 0.6, 0.7][(calls["n"] - 1) % 6] + (calls["n"] - 1) // 6
+        info = dict(info, success=1.0 if calls["n"] == 9 else 0.0, obj_to_target=distance)
         return obs, rew, term, trunc, info
 
     sim.step = fake_step
@@ -219,13 +222,18 @@ def test_success_accounting_with_injected_success():
         _, _, term, _, info = env.step(env.action_space.sample())
         logs.update({k: v for k, v in info.items() if k.startswith("log/")})
     assert term
-    assert logs == {
-        "log/Trial 1 Success": 0.0,
-        "log/Trial 2 Success": 1.0,
-        "log/Trial 3 Success": 0.0,
-        "log/Total Successes": 1.0,
-        "log/Success": 1.0,
-    }
+    assert logs == pytest.approx(
+        {
+            "log/Trial 1 Success": 0.0,
+            "log/Trial 2 Success": 1.0,
+            "log/Trial 3 Success": 0.0,
+            "log/Trial 1 Min Distance": 0.2,
+            "log/Trial 2 Min Distance": 1.2,
+            "log/Trial 3 Min Distance": 2.2,
+            "log/Total Successes": 1.0,
+            "log/Success": 1.0,
+        }
+    )
     env.close()
 
 

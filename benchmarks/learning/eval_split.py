@@ -1,10 +1,11 @@
-"""Evaluate a trained toy-env run's policy on a chosen goal split, without exploration noise.
+"""Evaluate a trained run's policy on a chosen task split, without exploration noise.
 
 The run's own evaluations use the held-out split; this one also shows how the policy does on fresh
 meta-episodes drawn like its training ones (``--split train``), which separates "has not learned the
 search" from "does not carry it over to goal cells it never saw rewarded".
 
     python benchmarks/learning/eval_split.py runs/learning/dark_room --split train --episodes 64
+    python benchmarks/learning/eval_split.py runs/learning/ml1_reach --env metaworld --benchmark reach-v3 --split train
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import tempfile
 
 import gin
 
-from amago_like import DarkRoom, DiskTrajDataset, Experiment, MetaBandit
+from amago_like import DarkRoom, DiskTrajDataset, Experiment, MetaBandit, Metaworld
 
-ENVS = {"dark_room": DarkRoom, "bandit": MetaBandit}  # the names examples/toy.py takes
+ENVS = {"dark_room": DarkRoom, "bandit": MetaBandit, "metaworld": Metaworld}  # toy names as examples/toy.py
 
 
 def main() -> None:
@@ -26,11 +28,14 @@ def main() -> None:
     parser.add_argument("run_dir")
     parser.add_argument("--env", choices=sorted(ENVS), default="dark_room")
     parser.add_argument("--split", default="train")
+    parser.add_argument("--benchmark", default="reach-v3", help="Meta-World benchmark (with --env metaworld)")
     parser.add_argument("--episodes", type=int, default=64, help="meta-episodes to average over")
     args = parser.parse_args()
-    env_type = ENVS[args.env]
     gin.parse_config_file(os.path.join(args.run_dir, "config.gin"))
-    make_env = functools.partial(env_type, split=args.split)
+    if args.env == "metaworld":
+        make_env = functools.partial(Metaworld, args.benchmark, args.split)
+    else:
+        make_env = functools.partial(ENVS[args.env], split=args.split)
     with tempfile.TemporaryDirectory() as tmp:
         exp = Experiment(
             run_name="eval",
@@ -47,14 +52,22 @@ def main() -> None:
             metrics = exp.evaluate_test(make_env, timesteps=10**6, episodes=args.episodes)
         finally:
             exp.close()
+    print(
+        f"{args.run_dir} on the {args.split} split, {args.episodes} meta-episodes: return {metrics['test/return']:.2f}"
+    )
+    if args.env == "metaworld":
+        trials = sorted((k for k in metrics if re.fullmatch(r"test/Trial \d+ Success", k)), key=lambda k: k.split()[1])
+        print(f"  success (any attempt) {metrics['test/Success']:.3f}")
+        print("  per attempt: " + ", ".join(f"{k.split()[1]} {metrics[k]:.3f}" for k in trials))
+        closest = [f"test/Trial {k.split()[1]} Min Distance" for k in trials]
+        if all(k in metrics for k in closest):  # mean over meta-episodes of each attempt's closest approach
+            print("  min distance to target (m) per attempt: " + ", ".join(f"{metrics[k]:.3f}" for k in closest))
+        return
     env = make_env()
     per_episode = sorted((k for k in metrics if k.startswith("test/Episode ")), key=lambda k: int(k.split()[1]))
     refs = f"random {env.random_return():.2f}, best {env.best_return():.2f}"
     if isinstance(env, DarkRoom):
         refs += f", best searching the whole grid {env.best_return('grid'):.2f}"
-    print(
-        f"{args.run_dir} on the {args.split} split, {args.episodes} meta-episodes: return {metrics['test/return']:.2f}"
-    )
     print(f"  ({refs})")
     print("  per episode: " + ", ".join(f"{k.split()[1]} {metrics[k]:.2f}" for k in per_episode))
 

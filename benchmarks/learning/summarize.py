@@ -31,6 +31,11 @@ def summarize(run_dir: str) -> str:
         parts.append(
             "per attempt: " + ", ".join(f"{k.split('/')[1].rsplit(' ', 1)[0]} {last[k]:.2f}" for k in per_attempt)
         )
+    closest = sorted(
+        (k for k in last if re.fullmatch(r"val/Trial \d+ Min Distance", k)), key=lambda k: int(k.split()[1])
+    )
+    if closest:
+        parts.append("min distance to target (m): " + ", ".join(f"{last[k]:.3f}" for k in closest))
     plot_metrics(run_dir, x_key="total_frames")
     if per_attempt:
         plot_adaptation(run_dir, evals, per_attempt)

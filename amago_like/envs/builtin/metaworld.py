@@ -18,6 +18,7 @@ cache lives in ``$AMAGO_LIKE_CACHE`` (default ``~/.cache/amago_like``); set
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import tempfile
@@ -215,7 +216,10 @@ class KEpisodeMetaworld(gym.Env):
 
     An attempt lasts ``max_episode_length`` steps (or less if the simulator
     truncates/terminates).  The step that ends attempt ``i`` carries
-    ``info["log/Trial {i} Success"]``; the simulator is then soft-reset to the same
+    ``info["log/Trial {i} Success"]`` and, when the simulator reports ``obj_to_target``,
+    ``info["log/Trial {i} Min Distance"]``: the closest the object (for reach, the hand) came to
+    the target in that attempt, in metres, which shows near misses that success (a threshold,
+    0.05 m for reach) hides.  The simulator is then soft-reset to the same
     task and the first observation of attempt ``i + 1`` is returned.  The step that
     ends attempt ``k`` returns ``terminated=True`` with ``info["log/Total Successes"]``
     and ``info["log/Success"]``.  ``info["attempt"]`` is the 1-based attempt the
@@ -295,6 +299,7 @@ class KEpisodeMetaworld(gym.Env):
         self._attempt = 0
         self._t = 0  # steps taken in the current attempt
         self._attempt_success = False
+        self._attempt_min_distance = math.inf
         self._successes: list[bool] = []
         self._done = True
 
@@ -343,6 +348,7 @@ class KEpisodeMetaworld(gym.Env):
         self._attempt += 1
         self._t = 0
         self._attempt_success = False
+        self._attempt_min_distance = math.inf
         return self._make_obs(obs, first=True)
 
     # -- gym API -------------------------------------------------------------
@@ -385,11 +391,16 @@ class KEpisodeMetaworld(gym.Env):
                 info[key] = sim_info[key]
         if float(sim_info.get("success", 0.0)) > 0.0:
             self._attempt_success = True
+        distance = sim_info.get("obj_to_target")
+        if distance is not None and distance < self._attempt_min_distance:
+            self._attempt_min_distance = float(distance)
 
         first = False
         terminated = False
         if sim_terminated or sim_truncated or self._t >= self.max_episode_length:
             info[f"log/Trial {self._attempt} Success"] = float(self._attempt_success)
+            if self._attempt_min_distance < math.inf:
+                info[f"log/Trial {self._attempt} Min Distance"] = self._attempt_min_distance
             self._successes.append(self._attempt_success)
             if self._attempt < self.k_episodes:
                 obs_out = self._start_attempt()  # same task, fresh simulator episode
