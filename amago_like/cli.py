@@ -139,7 +139,9 @@ def run(experiment: Experiment, resume: bool = False) -> dict[str, float]:
     A full disk stops the run with DiskFullError instead of dropping trajectories: before it is raised,
     the training state is checkpointed if the disk still takes that (the error says whether it did), so
     ``--resume`` continues from there once space is freed. A ``--resume`` whose checkpoint does not fit
-    the configured model raises CheckpointError and leaves the run's own ``config.gin`` in place.
+    the configured model raises CheckpointError and leaves the run's own ``config.gin`` in place; one
+    with other bindings (e.g. more ``--epochs``) writes the new ``config.gin`` and keeps the one that
+    made the epochs so far as ``config.until_epoch_<N>.gin``.
     Without ``resume``, a run folder that already holds checkpoints raises RunExistsError before
     anything is written (collect / learn roles share a folder on purpose and are exempt).
     """
@@ -159,10 +161,14 @@ def run(experiment: Experiment, resume: bool = False) -> dict[str, float]:
             try:
                 epoch = experiment.load_latest_checkpoint()
             except CheckpointError:
-                if saved_config is not None:  # start() rewrote it for the model that does not fit
+                if (
+                    saved_config is not None and experiment.is_main
+                ):  # start() rewrote it for the model that does not fit
                     _write_bytes(config, saved_config)
                 raise
             print(f"resuming from epoch {epoch}" if epoch is not None else "no checkpoint to resume: starting fresh")
+            if experiment.is_main:
+                _keep_previous_config(config, saved_config, epoch)
         try:
             metrics = experiment.learn()
         except DiskFullError as e:
@@ -174,6 +180,13 @@ def run(experiment: Experiment, resume: bool = False) -> dict[str, float]:
     finally:
         experiment.close()
     return metrics
+
+
+def _keep_previous_config(config: str, saved: bytes | None, epoch: int | None) -> None:
+    """After a resume rewrote ``config``, keep the config the earlier epochs ran with if it differs."""
+    if saved is None or epoch is None or saved == _read_bytes(config):
+        return
+    _write_bytes(config.removesuffix(".gin") + f".until_epoch_{epoch}.gin", saved)
 
 
 def _checkpoint_before_stopping(experiment: Experiment) -> str:

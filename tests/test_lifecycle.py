@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import gin
 import numpy as np
 import pytest
 import torch
@@ -153,3 +154,21 @@ def test_early_stopping_rule():
     stop = EarlyStopping(metric="m", patience=2, mode="max")
     assert [stop.on_epoch_end(None, {"m": v}) for v in (1.0, 2.0, 1.5, 1.9)] == [False, False, False, True]
     assert not stop.on_epoch_end(None, {})
+
+
+def test_resume_with_new_bindings_keeps_the_earlier_config(tmp_path):
+    from amago_like.cli import run
+
+    run(small_experiment(tmp_path, epochs=2))
+    config = tmp_path / "run" / "config.gin"
+    first = config.read_text()
+    assert "Agent.tau = 0.005" in first
+
+    run(small_experiment(tmp_path, epochs=3), resume=True)  # same bindings: nothing extra is written
+    assert config.read_text() == first
+    assert sorted(p.name for p in config.parent.glob("config*.gin")) == ["config.gin"]
+
+    gin.bind_parameter("Agent.tau", 0.01)
+    run(small_experiment(tmp_path, epochs=4), resume=True)
+    assert "Agent.tau = 0.01" in config.read_text()
+    assert (tmp_path / "run" / "config.until_epoch_3.gin").read_text() == first
