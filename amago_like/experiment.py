@@ -21,12 +21,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast, gather_object
+from accelerate.utils import broadcast, broadcast_object_list, gather_object
 from tqdm import tqdm
 
 from amago_like.agents import Agent
 from amago_like.callbacks import Callback
-from amago_like.checks import check_int, check_number, check_writable_dir, storage_error
+from amago_like.checks import DiskFullError, check_int, check_number, check_writable_dir, storage_error
 from amago_like.data.dataset import PADDED_SAMPLING, Batch, RLDataset, make_dataloader
 from amago_like.data.trajectory import FORMATS
 from amago_like.envs.exploration import ExplorationWrapper
@@ -618,44 +618,66 @@ class Experiment:
     def save_checkpoint(self) -> str:
         """Full training state to ``ckpts/training_states/epoch_N`` and policy weights to
         ``ckpts/policy_weights/policy_epoch_N.pt``. Written under a temporary name and renamed, so a
-        kill mid-write leaves the previous checkpoints intact; then ``keep_checkpoints`` prunes old ones."""
+        kill mid-write leaves the previous checkpoints intact; then ``keep_checkpoints`` prunes old ones.
+        Collective: the main process writes, and if it fails every rank raises (DiskFullError for a full
+        disk, else RuntimeError on the other ranks) instead of waiting for it."""
         self.accelerator.wait_for_everyone()
         final = os.path.join(self._states_dir, f"epoch_{self.epoch}")
+        error = None
         if self.is_main:
-            state = {
-                "agent": self.policy.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "counters": {
-                    "epoch": self.epoch,
-                    "total_frames": self.total_frames,
-                    "grad_updates": self.grad_updates,
-                    "bad_updates": self.bad_updates,
-                },
-                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-            }
-            tmp = final + ".tmp"
-            weights = self._policy_weights_path(self.epoch)
-            # both files are complete on disk before either is renamed into place; a failed write (a full
-            # disk: DiskFullError) removes both temporary copies and leaves every older checkpoint as it was
             try:
-                shutil.rmtree(tmp, ignore_errors=True)
-                os.makedirs(tmp)
-                _write_torch(state, os.path.join(tmp, "state.pt"))
-                _write_torch(self.policy.state_dict(), weights + ".tmp")
-            except BaseException as e:
-                shutil.rmtree(tmp, ignore_errors=True)
-                if os.path.exists(weights + ".tmp"):
-                    os.remove(weights + ".tmp")
-                if isinstance(e, OSError):
-                    raise storage_error(e, tmp, _CKPT_HINT) from None
-                raise
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            os.replace(weights + ".tmp", weights)
-            self._prune_checkpoints()
+                self._write_checkpoint(final)
+            except Exception as e:
+                error = e
+        # the other ranks learn whether the main process wrote it, so none waits on a rank that failed
+        failure = None if error is None else (type(error).__name__, str(error), getattr(error, "errno", None))
+        failure = broadcast_object_list([failure])[0]
+        if error is not None:
+            raise error
+        if failure is not None:
+            name, message, code = failure
+            err = (DiskFullError if name == DiskFullError.__name__ else RuntimeError)(
+                f"the main process could not write checkpoint {final}: {message}"
+            )
+            err.errno = code
+            raise err
         self.accelerator.wait_for_everyone()
         return final
+
+    def _write_checkpoint(self, final: str) -> None:
+        """The main process's half of save_checkpoint."""
+        state = {
+            "agent": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "counters": {
+                "epoch": self.epoch,
+                "total_frames": self.total_frames,
+                "grad_updates": self.grad_updates,
+                "bad_updates": self.bad_updates,
+            },
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        }
+        tmp = final + ".tmp"
+        weights = self._policy_weights_path(self.epoch)
+        # both files are complete on disk before either is renamed into place; a failed write (a full
+        # disk: DiskFullError) removes both temporary copies and leaves every older checkpoint as it was
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+            _write_torch(state, os.path.join(tmp, "state.pt"))
+            _write_torch(self.policy.state_dict(), weights + ".tmp")
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if os.path.exists(weights + ".tmp"):
+                os.remove(weights + ".tmp")
+            if isinstance(e, OSError):
+                raise storage_error(e, tmp, _CKPT_HINT) from None
+            raise
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        os.replace(weights + ".tmp", weights)
+        self._prune_checkpoints()
 
     def _policy_weights_path(self, epoch: int) -> str:
         return os.path.join(self.ckpt_dir, "policy_weights", f"policy_epoch_{epoch}.pt")

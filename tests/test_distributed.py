@@ -67,3 +67,10 @@ def test_checkpoint_from_two_processes_loads_in_one(ddp_run):
     params = torch.cat([p.detach().flatten().double() for p in exp.policy.parameters()])
     np.testing.assert_array_equal(params.numpy(), r0["params"])
     exp.close()
+
+
+def test_a_checkpoint_the_main_process_cannot_write_stops_every_rank(ddp_run):
+    _, (r0, r1) = ddp_run
+    assert r0["checkpoint_error"][0] == r1["checkpoint_error"][0] == "DiskFullError"
+    assert "disk full" in r0["checkpoint_error"][1]
+    assert r1["checkpoint_error"][1].startswith("the main process could not write checkpoint")

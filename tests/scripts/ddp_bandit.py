@@ -1,15 +1,18 @@
 """Run by tests/test_distributed.py under `accelerate launch --multi_gpu --num_processes 2` on CPU.
 
 Trains the tiny meta-bandit experiment for two epochs, then every rank writes a fingerprint of its
-weights so the test can check that DDP kept the ranks identical.
+weights so the test can check that DDP kept the ranks identical. Then the main process's disk "fills"
+during one more checkpoint, and every rank records the error it got (instead of waiting forever).
 """
 
+import errno
 import json
 import os
 import sys
 
 import torch
 
+import amago_like.experiment as experiment_module
 from amago_like import DiskTrajDataset, Experiment, MetaBandit
 from amago_like.cli import REPO_ROOT, apply_gin
 
@@ -34,6 +37,23 @@ exp = Experiment(
     verbose=False,
     seed=0,
 )
+
+
+def checkpoint_error(exp: Experiment) -> list[str] | None:
+    """[type, message] of the error this rank gets from a checkpoint the main process cannot write."""
+    if exp.accelerator.is_main_process:
+        experiment_module._write_torch = full_disk
+    try:
+        exp.save_checkpoint()
+    except Exception as e:
+        return [type(e).__name__, str(e)]
+    return None
+
+
+def full_disk(obj, path):
+    raise OSError(errno.ENOSPC, "No space left on device", path)
+
+
 exp.start()
 exp.learn()
 params = torch.cat([p.detach().flatten().double() for p in exp.policy.parameters()])
@@ -48,6 +68,7 @@ with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
             "buffers": buffers.tolist(),
             "grad_updates": exp.grad_updates,
             "total_frames": exp.total_frames,
+            "checkpoint_error": checkpoint_error(exp),
         },
         f,
     )
