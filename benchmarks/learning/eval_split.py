@@ -62,6 +62,9 @@ def main() -> None:
         closest = [f"test/Trial {k.split()[1]} Min Distance" for k in trials]
         if all(k in metrics for k in closest):  # mean over meta-episodes of each attempt's closest approach
             print("  min distance to target (m) per attempt: " + ", ".join(f"{metrics[k]:.3f}" for k in closest))
+        tasks = sorted(k.split("/")[1] for k in metrics if re.fullmatch(r"test/[^/]+/Success", k))
+        if len(tasks) > 1:
+            print("  success by task: " + ", ".join(f"{t} {metrics[f'test/{t}/Success']:.2f}" for t in tasks))
         return
     env = make_env()
     per_episode = sorted((k for k in metrics if k.startswith("test/Episode ")), key=lambda k: int(k.split()[1]))

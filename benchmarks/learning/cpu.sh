@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# ML10 or ML45 on a 2-core CPU with the small CPU model (configs/metaworld/<benchmark>_cpu.gin):
+# an hour or two shows which training tasks start to learn, far below the published budget; the
+# published model size needs a GPU (gpu.sh). Curves in runs/learning/<benchmark>_cpu/.
+# Usage: bash benchmarks/learning/cpu.sh ml10|ml45 [flags]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bench="${1:?usage: cpu.sh ml10|ml45 [extra flags]}"
+shift
+python examples/metaworld.py --benchmark "$bench" --configs "configs/metaworld/${bench}_cpu.gin" \
+  --buffer_dir runs/learning --run_name "${bench}_cpu" "$@"
+python benchmarks/learning/summarize.py "runs/learning/${bench}_cpu"
