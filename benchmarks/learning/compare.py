@@ -17,6 +17,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="run folders (each with a metrics.jsonl)")
     parser.add_argument("--metric", default="val/Success")
     parser.add_argument("--labels", nargs="*", default=None, help="one legend label per run (default: folder name)")
+    parser.add_argument("--smooth", type=int, default=1, help="moving average over this many logged points")
     parser.add_argument("--out", required=True, help="PNG to write")
     args = parser.parse_args()
     labels = args.labels or [os.path.basename(os.path.normpath(r)) for r in args.runs]
@@ -33,9 +34,12 @@ def main() -> None:
         rows = [r for r in read_metrics(os.path.join(run, "metrics.jsonl")) if args.metric in r]
         if not rows:
             parser.error(f"{run} never logged {args.metric}")
-        ax.plot([r["total_frames"] for r in rows], [r[args.metric] for r in rows], marker=".", label=label)
+        raw = [r[args.metric] for r in rows]
+        windows = [raw[max(0, i - args.smooth + 1) : i + 1] for i in range(len(raw))]
+        values = [sum(w) / len(w) for w in windows]
+        ax.plot([r["total_frames"] for r in rows], values, marker="." if args.smooth == 1 else None, label=label)
     ax.set_xlabel("env steps")
-    ax.set_ylabel(args.metric)
+    ax.set_ylabel(args.metric + (f" (mean of the last {args.smooth})" if args.smooth > 1 else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
