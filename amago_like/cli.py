@@ -161,9 +161,8 @@ def run(experiment: Experiment, resume: bool = False) -> dict[str, float]:
             try:
                 epoch = experiment.load_latest_checkpoint()
             except CheckpointError:
-                if (
-                    saved_config is not None and experiment.is_main
-                ):  # start() rewrote it for the model that does not fit
+                # start() rewrote it for the model that does not fit
+                if saved_config is not None and experiment.is_main:
                     _write_bytes(config, saved_config)
                 raise
             print(f"resuming from epoch {epoch}" if epoch is not None else "no checkpoint to resume: starting fresh")

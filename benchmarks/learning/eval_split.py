@@ -56,7 +56,9 @@ def main() -> None:
         f"{args.run_dir} on the {args.split} split, {args.episodes} meta-episodes: return {metrics['test/return']:.2f}"
     )
     if args.env == "metaworld":
-        trials = sorted((k for k in metrics if re.fullmatch(r"test/Trial \d+ Success", k)), key=lambda k: k.split()[1])
+        trials = sorted(
+            (k for k in metrics if re.fullmatch(r"test/Trial \d+ Success", k)), key=lambda k: int(k.split()[1])
+        )
         print(f"  success (any attempt) {metrics['test/Success']:.3f}")
         print("  per attempt: " + ", ".join(f"{k.split()[1]} {metrics[k]:.3f}" for k in trials))
         closest = [f"test/Trial {k.split()[1]} Min Distance" for k in trials]
