@@ -7,10 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 bench="${1:?usage: cpu.sh ml10|ml45 [extra flags]}"
 shift
-run="${bench}_cpu"
-# a --run_name among the extra flags names the run to summarise
-args=("$@")
-for ((i = 0; i + 1 < ${#args[@]}; i++)); do [[ ${args[i]} == --run_name ]] && run=${args[i + 1]}; done
+source benchmarks/learning/run_name.sh
+run=$(run_name "${bench}_cpu" "$@")
 python examples/metaworld.py --benchmark "$bench" --configs "configs/metaworld/${bench}_cpu.gin" \
   --buffer_dir runs/learning --run_name "${bench}_cpu" "$@"
 python benchmarks/learning/summarize.py "runs/learning/$run"
