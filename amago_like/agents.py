@@ -6,6 +6,10 @@ Loss, per real (unpadded) transition t and discount factor gamma_g:
     actor:   online_coeff * -E_{a~pi(s_t)} Q(s_t, a)[actor_gamma]            (policy gradient through the critic)
            + offline_coeff * -log pi(a_t | s_t) * 1[Q(s_t, a_t) > E_pi Q(s_t, .)]  (advantage-filtered BC)
            - entropy_coeff * H(pi(s_t))
+With ``target_entropy`` set, entropy_coeff is learned (starting from the given value) by a SAC-style
+dual step on log(entropy_coeff) * (H - target_entropy): it rises while the policy's entropy is below
+the target and falls while above. For a tanh-squashed policy H counts the squashing, so this also
+keeps the pre-tanh means out of saturation, where the policy gradient through tanh vanishes.
 The critics learn every gamma at once (a cheap auxiliary signal); the actor follows ``actor_gamma``.
 
 With ``popart`` the critics predict values normalised by running per-gamma target statistics
@@ -64,12 +68,19 @@ class Agent(nn.Module):
         online_coeff: float = 1.0,
         offline_coeff: float = 0.1,
         entropy_coeff: float = 0.0,
+        target_entropy: float | None = None,
+        entropy_coeff_lr: float = 3e-3,
         num_actions_for_value: int = 4,
         popart: bool = True,
     ):
         super().__init__()
         if actor_gamma not in gammas:
             raise ValueError(f"actor_gamma={actor_gamma} must be one of gammas={gammas}")
+        if target_entropy is not None and not entropy_coeff > 0:
+            raise ValueError(
+                f"target_entropy learns entropy_coeff from its starting value, which must be > 0 (got "
+                f"{entropy_coeff}); bind e.g. Agent.entropy_coeff = 0.01"
+            )
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         self.multi_binary = isinstance(action_space, gym.spaces.MultiBinary)
         if self.discrete:
@@ -81,6 +92,9 @@ class Agent(nn.Module):
         self.max_seq_len = max_seq_len
         self.tau, self.reward_multiplier = tau, reward_multiplier
         self.online_coeff, self.offline_coeff, self.entropy_coeff = online_coeff, offline_coeff, entropy_coeff
+        self.target_entropy, self.entropy_coeff_lr = target_entropy, entropy_coeff_lr
+        # learned log(entropy_coeff) (None: entropy_coeff stays fixed)
+        self.log_entropy_coeff = None if target_entropy is None else nn.Parameter(torch.tensor(math.log(entropy_coeff)))
         self.num_actions_for_value = num_actions_for_value
         self.register_buffer("gammas", torch.tensor(gammas, dtype=torch.float32))
         self.actor_gamma_idx = list(gammas).index(actor_gamma)
@@ -92,6 +106,16 @@ class Agent(nn.Module):
         self.critics = CriticEnsemble(d, self.action_dim, len(gammas), num_critics, num_bins=1)
         self.target_critics = copy.deepcopy(self.critics).requires_grad_(False)
         self.popart = PopArt(len(gammas)) if popart else None
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups: everything at ``lr``; a learned entropy coefficient at its own rate."""
+        if self.log_entropy_coeff is None:
+            return [{"params": list(self.parameters()), "lr": lr}]
+        rest = [p for p in self.parameters() if p is not self.log_entropy_coeff]
+        return [
+            {"params": rest, "lr": lr},
+            {"params": [self.log_entropy_coeff], "lr": self.entropy_coeff_lr, "weight_decay": 0.0},
+        ]
 
     # ------------------------------------------------------------------ trunk
     def encode(
@@ -188,10 +212,15 @@ class Agent(nn.Module):
             advantage = self.actor_values(raw_taken).mean(0)[..., g : g + 1] - value  # (B, L-1, 1)
             bc_filter = (advantage > 0).float()
         logp = dist.log_prob(batch.actions.argmax(-1) if self.discrete else batch.actions).unsqueeze(-1)
+        learned = self.log_entropy_coeff is not None
+        ent_coeff = self.log_entropy_coeff.exp().detach() if learned else self.entropy_coeff
         actor_loss = masked_mean(
-            -self.online_coeff * value - self.offline_coeff * bc_filter * logp - self.entropy_coeff * entropy,
+            -self.online_coeff * value - self.offline_coeff * bc_filter * logp - ent_coeff * entropy,
             actor_mask,
         )
+        if learned:  # dual step: d/d log_coeff = H - target (descent raises the coefficient while H < target)
+            ent_gap = masked_mean(entropy.detach(), actor_mask) - self.target_entropy
+            actor_loss = actor_loss + self.log_entropy_coeff * ent_gap
         with torch.no_grad():
             metrics = {
                 "critic_loss": critic_loss.item(),
@@ -202,6 +231,8 @@ class Agent(nn.Module):
                 "policy_entropy": masked_mean(entropy, actor_mask).item(),
                 "reward_mean": masked_mean(batch.rews, mask).item(),
             }
+            if learned:
+                metrics["entropy_coeff"] = float(ent_coeff)
             if self.popart is not None:
                 metrics["popart_mean"] = self.popart.mean[g].item()
                 metrics["popart_std"] = self.popart.std[g].item()

@@ -295,7 +295,7 @@ class Experiment:
             tstep_encoder_type=self.tstep_encoder_type,
             traj_encoder_type=self.traj_encoder_type,
         )
-        optimizer = torch.optim.AdamW(agent.parameters(), lr=self.learning_rate, weight_decay=self.l2_coeff)
+        optimizer = torch.optim.AdamW(agent.param_groups(self.learning_rate), weight_decay=self.l2_coeff)
         warmup = max(self.lr_warmup_steps, 1)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min((step + 1) / warmup, 1.0))
         self.agent, self.optimizer, self.scheduler = self.accelerator.prepare(agent, optimizer, scheduler)

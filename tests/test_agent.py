@@ -209,6 +209,58 @@ def test_actor_gamma_must_be_one_of_gammas():
         )
 
 
+def _train_on_saturated_bc(target_entropy: float | None, steps: int = 150) -> tuple[float, float, Agent]:
+    """Pure BC (no critic signal) on actions pinned at the edge of [-1, 1]: the fixed point of a
+    policy that imitates its own bang-bang actions. Returns (final entropy, |pre-tanh mean|, agent)."""
+    kw = (
+        {}
+        if target_entropy is None
+        else {"target_entropy": target_entropy, "entropy_coeff": 0.01, "entropy_coeff_lr": 0.05}
+    )
+    agent = make_agent(False, online_coeff=0.0, offline_coeff=1.0, **kw)
+    batch = make_batch(agent)
+    batch.actions = torch.full_like(batch.actions, 0.9999)
+    opt = torch.optim.Adam(agent.param_groups(1e-3))
+    for _ in range(steps):
+        with torch.no_grad():  # let BC act on every transition, not only those the (random) critic favours
+            agent.critics.out.bias.fill_(0.0)
+        _, actor_loss, metrics = agent(batch)
+        opt.zero_grad()
+        actor_loss.backward()
+        opt.step()
+    with torch.no_grad():
+        states, _ = agent.encode(batch.obs, batch.rl2s, batch.time_idxs, pad_mask=batch.pad_mask)
+        mean = agent.actor(states[:, :-1]).mean.abs().mean().item()
+    return metrics["policy_entropy"], mean, agent
+
+
+def test_learned_entropy_coeff_keeps_a_tanh_policy_out_of_saturation():
+    free_entropy, free_mean, _ = _train_on_saturated_bc(None)
+    held_entropy, held_mean, agent = _train_on_saturated_bc(-2.0)
+    assert free_entropy < -6.0 and free_mean > 2.0  # BC alone drives the policy into the tanh's flat tails
+    assert held_entropy > -5.0 and held_mean < free_mean / 2  # the learned coefficient pulls entropy towards -2
+    assert agent.log_entropy_coeff.exp().item() > 0.01  # ... by raising the coefficient
+
+
+def test_learned_entropy_coeff_falls_when_entropy_is_above_target():
+    agent = make_agent(False, target_entropy=-50.0, entropy_coeff=0.1)
+    groups = agent.param_groups(1e-4)
+    assert [g["lr"] for g in groups] == [1e-4, agent.entropy_coeff_lr]
+    assert sum(len(g["params"]) for g in groups) == len(list(agent.parameters()))
+    opt = torch.optim.Adam(groups)
+    for _ in range(20):
+        _, actor_loss, metrics = agent(make_batch(agent))
+        opt.zero_grad()
+        actor_loss.backward()
+        opt.step()
+    assert metrics["entropy_coeff"] < 0.1 * 0.95
+
+
+def test_target_entropy_needs_a_positive_starting_coeff():
+    with pytest.raises(ValueError, match="entropy_coeff"):
+        make_agent(False, target_entropy=-2.0)
+
+
 # ------------------------------------------------------------------ PopArt
 def _critic_probe(agent: Agent, seed: int = 5):
     g = torch.Generator().manual_seed(seed)
