@@ -93,6 +93,7 @@ class Experiment:
         async_env_mp_context: str | None = None,
         exploration_wrapper_type: type[ExplorationWrapper] | None = None,
         sample_actions: bool = True,
+        eval_sample_actions: bool | None = None,
         force_reset_train_envs_every: int | None = None,
         log_to_wandb: bool = False,
         wandb_project: str = "amago_like",
@@ -173,6 +174,8 @@ class Experiment:
         self.parallel_actors, self.env_mode, self.async_env_mp_context = parallel_actors, env_mode, async_env_mp_context
         self.exploration_wrapper_type = exploration_wrapper_type
         self.sample_actions = sample_actions
+        # val / test rollouts: None follows sample_actions; False acts with the policy's mode
+        self.eval_sample_actions = sample_actions if eval_sample_actions is None else eval_sample_actions
         self.force_reset_train_envs_every = force_reset_train_envs_every
         self._steps_since_train_reset = 0
         self.log_to_wandb, self.wandb_project = log_to_wandb, wandb_project
@@ -346,10 +349,17 @@ class Experiment:
         return {k: to(v) for k, v in env_obs.items()}, to(rl2s).float(), to(time_idxs).long()
 
     def interact(
-        self, envs: gym.vector.VectorEnv, timesteps: int, state: tuple | None = None, desc: str = "interact"
+        self,
+        envs: gym.vector.VectorEnv,
+        timesteps: int,
+        state: tuple | None = None,
+        desc: str = "interact",
+        sample: bool | None = None,
     ) -> tuple[list[EpisodeStats], tuple]:
         """Step every env ``timesteps`` times with the current policy; returns finished episodes and the
-        (obs, hidden_state) to continue from. ``state=None`` resets the envs first."""
+        (obs, hidden_state) to continue from. ``state=None`` resets the envs first. ``sample``: sample
+        actions (True) or take the policy's mode (False); None follows ``sample_actions``."""
+        sample = self.sample_actions if sample is None else sample
         policy = self.policy
         policy.eval()
         if state is None:
@@ -361,7 +371,7 @@ class Experiment:
         episodes: list[EpisodeStats] = []
         for _ in tqdm(range(timesteps), desc=desc, disable=self._no_bars, leave=False):
             with self.caster():
-                actions, hidden = policy.get_actions(*self._obs_to_torch(obs), hidden, sample=self.sample_actions)
+                actions, hidden = policy.get_actions(*self._obs_to_torch(obs), hidden, sample=sample)
             obs, _, terminated, truncated, infos = envs.step(actions.cpu().numpy())
             done = np.logical_or(terminated, truncated)
             if done.any():
@@ -388,7 +398,9 @@ class Experiment:
         return metrics
 
     def evaluate_val(self) -> dict[str, float]:
-        episodes, _ = self.interact(self.val_envs, self.val_timesteps_per_epoch, None, desc=f"epoch {self.epoch} val")
+        episodes, _ = self.interact(
+            self.val_envs, self.val_timesteps_per_epoch, None, f"epoch {self.epoch} val", self.eval_sample_actions
+        )
         return summarize_episodes(self._gather_episodes(episodes), "val")
 
     def _gather_episodes(self, episodes: list[EpisodeStats]) -> list[EpisodeStats]:
@@ -421,7 +433,7 @@ class Experiment:
             steps = 0
             while steps < timesteps and (episodes is None or len(finished) < episodes):
                 chunk = min(timesteps - steps, 100 if episodes is not None else timesteps)
-                eps, state = self.interact(envs, chunk, state, desc="test")
+                eps, state = self.interact(envs, chunk, state, "test", self.eval_sample_actions)
                 finished += eps
                 steps += chunk
         finally:

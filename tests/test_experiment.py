@@ -197,6 +197,27 @@ def test_exploration_wraps_training_actors_only(tmp_path, tiny_model):
     exp.close()
 
 
+@pytest.mark.parametrize("eval_sample, expected", [(None, True), (False, False)])
+def test_eval_sample_actions_chooses_how_evaluations_act(tmp_path, tiny_model, eval_sample, expected):
+    exp = make_experiment(tmp_path, eval_sample_actions=eval_sample, epochs=1)
+    exp.start()
+    calls = []
+    get_actions = exp.policy.get_actions
+
+    def spy(*args, sample):
+        calls.append(sample)
+        return get_actions(*args, sample=sample)
+
+    exp.policy.get_actions = spy
+    exp.collect_new_training_data()
+    train_calls, calls[:] = list(calls), []
+    exp.evaluate_val()
+    exp.evaluate_test(MetaBandit, timesteps=12)
+    exp.close()
+    assert set(train_calls) == {True}  # training rollouts always follow sample_actions
+    assert calls and set(calls) == {expected}
+
+
 def test_resume_continues_the_exploration_schedule(tmp_path, tiny_model):
     from amago_like import EpsilonGreedy
 

@@ -6,6 +6,7 @@ search" from "does not carry it over to goal cells it never saw rewarded".
 
     python benchmarks/learning/eval_split.py runs/learning/dark_room --split train --episodes 64
     python benchmarks/learning/eval_split.py runs/learning/ml1_reach --env metaworld --benchmark reach-v3 --split train
+    python benchmarks/learning/eval_split.py runs/learning/ml1_reach --env metaworld --split test --actions mode
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def main() -> None:
     parser.add_argument("--split", default="train")
     parser.add_argument("--benchmark", default="reach-v3", help="Meta-World benchmark (with --env metaworld)")
     parser.add_argument("--episodes", type=int, default=64, help="meta-episodes to average over")
+    parser.add_argument(
+        "--actions", choices=("sample", "mode"), default="sample", help="sample the policy, or act with its mode"
+    )
     args = parser.parse_args()
     gin.parse_config_file(os.path.join(args.run_dir, "config.gin"))
     if args.env == "metaworld":
@@ -44,6 +48,7 @@ def main() -> None:
             make_train_env=make_env,
             make_val_env=make_env,
             exploration_wrapper_type=None,
+            eval_sample_actions=args.actions == "sample",
             verbose=False,
         )
         exp.start()
@@ -53,7 +58,7 @@ def main() -> None:
         finally:
             exp.close()
     print(
-        f"{args.run_dir} on the {args.split} split, {args.episodes} meta-episodes: return {metrics['test/return']:.2f}"
+        f"{args.run_dir} on the {args.split} split, {args.episodes} meta-episodes, {args.actions} actions: return {metrics['test/return']:.2f}"
     )
     if args.env == "metaworld":
         trials = sorted(
