@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import inspect
+import json
 import os
 import re
 import sys
@@ -141,7 +142,8 @@ def run(experiment: Experiment, resume: bool = False) -> dict[str, float]:
     ``--resume`` continues from there once space is freed. A ``--resume`` whose checkpoint does not fit
     the configured model raises CheckpointError and leaves the run's own ``config.gin`` in place; one
     with other bindings (e.g. more ``--epochs``) writes the new ``config.gin`` and keeps the one that
-    made the epochs so far as ``config.until_epoch_<N>.gin``.
+    made the epochs so far as ``config.until_epoch_<N>.gin``. The resumed run redoes the epochs after
+    its checkpoint, so their earlier rows move from ``metrics.jsonl`` to ``metrics.after_epoch_<N>.jsonl``.
     Without ``resume``, a run folder that already holds checkpoints raises RunExistsError before
     anything is written (collect / learn roles share a folder on purpose and are exempt).
     """
@@ -168,6 +170,8 @@ def run(experiment: Experiment, resume: bool = False) -> dict[str, float]:
             print(f"resuming from epoch {epoch}" if epoch is not None else "no checkpoint to resume: starting fresh")
             if experiment.is_main:
                 _keep_previous_config(config, saved_config, epoch)
+                if experiment.role == "both":
+                    _set_aside_metrics_after(experiment.run_dir, epoch)
         try:
             metrics = experiment.learn()
         except DiskFullError as e:
@@ -186,6 +190,29 @@ def _keep_previous_config(config: str, saved: bytes | None, epoch: int | None) -
     if saved is None or epoch is None or saved == _read_bytes(config):
         return
     _write_bytes(config.removesuffix(".gin") + f".until_epoch_{epoch}.gin", saved)
+
+
+def _set_aside_metrics_after(run_dir: str, epoch: int | None) -> None:
+    """Move the rows of epochs after ``epoch`` (and a last line cut short by a kill) from metrics.jsonl
+    to metrics.after_epoch_<epoch>.jsonl, so that the curves show one timeline and nothing is deleted."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    data = _read_bytes(path)
+    if epoch is None or data is None:
+        return
+    keep, later = [], []
+    for line in data.decode().splitlines():
+        if not line.strip():
+            continue
+        try:
+            row_epoch = json.loads(line).get("epoch", 0)
+        except (json.JSONDecodeError, AttributeError):
+            row_epoch = epoch + 1
+        (later if row_epoch > epoch else keep).append(line + "\n")
+    if not later:
+        return
+    with open(os.path.join(run_dir, f"metrics.after_epoch_{epoch}.jsonl"), "a") as f:
+        f.writelines(later)
+    _write_bytes(path, "".join(keep).encode())
 
 
 def _checkpoint_before_stopping(experiment: Experiment) -> str:

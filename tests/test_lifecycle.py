@@ -172,3 +172,28 @@ def test_resume_with_new_bindings_keeps_the_earlier_config(tmp_path):
     run(small_experiment(tmp_path, epochs=4), resume=True)
     assert "Agent.tau = 0.01" in config.read_text()
     assert (tmp_path / "run" / "config.until_epoch_3.gin").read_text() == first
+
+
+def test_resume_sets_aside_the_metrics_of_epochs_it_redoes(tmp_path):
+    from amago_like.cli import run
+
+    run(small_experiment(tmp_path, epochs=4, ckpt_interval=2))
+    run_dir = tmp_path / "run"
+    metrics = run_dir / "metrics.jsonl"
+    # as if killed during epoch 4: its checkpoint never landed and the last line was cut short
+    state_dir = run_dir / "ckpts" / "training_states" / "epoch_4"
+    for f in state_dir.iterdir():
+        f.unlink()
+    state_dir.rmdir()
+    first = rows(metrics)
+    with open(metrics, "a") as f:
+        f.write('{"step": 99, "epo')
+
+    run(small_experiment(tmp_path, epochs=4, ckpt_interval=2), resume=True)
+    trained = [r["epoch"] for r in rows(metrics) if "epoch_seconds" in r]
+    assert trained == [1, 2, 3, 4]  # one timeline: epochs 3 and 4 once, from the resumed run
+    aside = (run_dir / "metrics.after_epoch_2.jsonl").read_text().splitlines()
+    assert aside[-1] == '{"step": 99, "epo'  # the cut line is kept, not dropped
+    assert sorted(json.loads(line)["epoch"] for line in aside[:-1]) == sorted(
+        r["epoch"] for r in first if r["epoch"] > 2
+    )
