@@ -8,8 +8,8 @@ Loss, per real (unpadded) transition t and discount factor gamma_g:
            - entropy_coeff * H(pi(s_t))
 With ``target_entropy`` set, entropy_coeff is learned (starting from the given value) by a SAC-style
 dual step on log(entropy_coeff) * (H - target_entropy): it rises while the policy's entropy is below
-the target and falls while above. For a tanh-squashed policy H counts the squashing, so this also
-keeps the pre-tanh means out of saturation, where the policy gradient through tanh vanishes.
+the target and falls while above. For a tanh-squashed policy H counts the squashing: actions piled
+up at +-1 have low entropy, whether from large pre-tanh means or from a wide pre-tanh std.
 The critics learn every gamma at once (a cheap auxiliary signal); the actor follows ``actor_gamma``.
 
 With ``popart`` the critics predict values normalised by running per-gamma target statistics
