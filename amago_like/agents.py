@@ -70,6 +70,7 @@ class Agent(nn.Module):
         entropy_coeff: float = 0.0,
         target_entropy: float | None = None,
         entropy_coeff_lr: float = 3e-3,
+        bc_action_limit: float | None = None,
         num_actions_for_value: int = 4,
         popart: bool = True,
     ):
@@ -93,6 +94,11 @@ class Agent(nn.Module):
         self.tau, self.reward_multiplier = tau, reward_multiplier
         self.online_coeff, self.offline_coeff, self.entropy_coeff = online_coeff, offline_coeff, entropy_coeff
         self.target_entropy, self.entropy_coeff_lr = target_entropy, entropy_coeff_lr
+        # continuous BC targets clamped to [-limit, limit]; exploration noise clipped to exactly +-1 is
+        # otherwise a pre-tanh target of +-6 (the distributions' own guard), which widens the policy's std
+        if bc_action_limit is not None and not 0.0 < bc_action_limit <= 1.0:
+            raise ValueError(f"bc_action_limit must be in (0, 1], got {bc_action_limit}")
+        self.bc_action_limit = bc_action_limit
         # learned log(entropy_coeff) (None: entropy_coeff stays fixed)
         self.log_entropy_coeff = None if target_entropy is None else nn.Parameter(torch.tensor(math.log(entropy_coeff)))
         self.num_actions_for_value = num_actions_for_value
@@ -211,7 +217,13 @@ class Agent(nn.Module):
         with torch.no_grad():
             advantage = self.actor_values(raw_taken).mean(0)[..., g : g + 1] - value  # (B, L-1, 1)
             bc_filter = (advantage > 0).float()
-        logp = dist.log_prob(batch.actions.argmax(-1) if self.discrete else batch.actions).unsqueeze(-1)
+        if self.discrete:
+            bc_actions = batch.actions.argmax(-1)
+        elif self.bc_action_limit is not None and not self.multi_binary:
+            bc_actions = batch.actions.clamp(-self.bc_action_limit, self.bc_action_limit)
+        else:
+            bc_actions = batch.actions
+        logp = dist.log_prob(bc_actions).unsqueeze(-1)
         learned = self.log_entropy_coeff is not None
         ent_coeff = self.log_entropy_coeff.exp().detach() if learned else self.entropy_coeff
         actor_loss = masked_mean(

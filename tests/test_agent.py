@@ -2,6 +2,7 @@
 classification critic of MultiTaskAgent."""
 
 import copy
+from typing import Any
 
 import gin
 import gymnasium as gym
@@ -209,17 +210,11 @@ def test_actor_gamma_must_be_one_of_gammas():
         )
 
 
-def _train_on_saturated_bc(target_entropy: float | None, steps: int = 150) -> tuple[float, float, Agent]:
-    """Pure BC (no critic signal) on actions pinned at the edge of [-1, 1]: the fixed point of a
-    policy that imitates its own bang-bang actions. Returns (final entropy, |pre-tanh mean|, agent)."""
-    kw = (
-        {}
-        if target_entropy is None
-        else {"target_entropy": target_entropy, "entropy_coeff": 0.01, "entropy_coeff_lr": 0.05}
-    )
-    agent = make_agent(False, online_coeff=0.0, offline_coeff=1.0, **kw)
+def _train_bc(actions: torch.Tensor | float, steps: int = 150, **agent_kw) -> tuple[dict[str, float], Any, Agent]:
+    """Pure BC (no critic signal) on the given actions; returns (last metrics, final policy, agent)."""
+    agent = make_agent(False, online_coeff=0.0, offline_coeff=1.0, **agent_kw)
     batch = make_batch(agent)
-    batch.actions = torch.full_like(batch.actions, 0.9999)
+    batch.actions = torch.broadcast_to(torch.as_tensor(actions, dtype=torch.float32), batch.actions.shape).clone()
     opt = torch.optim.Adam(agent.param_groups(1e-3))
     for _ in range(steps):
         with torch.no_grad():  # let BC act on every transition, not only those the (random) critic favours
@@ -230,16 +225,29 @@ def _train_on_saturated_bc(target_entropy: float | None, steps: int = 150) -> tu
         opt.step()
     with torch.no_grad():
         states, _ = agent.encode(batch.obs, batch.rl2s, batch.time_idxs, pad_mask=batch.pad_mask)
-        mean = agent.actor(states[:, :-1]).mean.abs().mean().item()
-    return metrics["policy_entropy"], mean, agent
+        return metrics, agent.actor(states[:, :-1]), agent
 
 
-def test_learned_entropy_coeff_keeps_a_tanh_policy_out_of_saturation():
-    free_entropy, free_mean, _ = _train_on_saturated_bc(None)
-    held_entropy, held_mean, agent = _train_on_saturated_bc(-2.0)
-    assert free_entropy < -6.0 and free_mean > 2.0  # BC alone drives the policy into the tanh's flat tails
-    assert held_entropy > -5.0 and held_mean < free_mean / 2  # the learned coefficient pulls entropy towards -2
+def test_learned_entropy_coeff_holds_entropy_against_saturating_bc():
+    # actions pinned at the edge of [-1, 1]: the fixed point of a policy imitating its own bang-bang actions
+    learned = {"target_entropy": -2.0, "entropy_coeff": 0.01, "entropy_coeff_lr": 0.05}
+    free, free_pi, _ = _train_bc(0.9999)
+    held, held_pi, agent = _train_bc(0.9999, **learned)
+    assert free["policy_entropy"] < -6.0 and free_pi.mean.abs().mean() > 2.0  # into the tanh's flat tails
+    assert held["policy_entropy"] > -5.0  # the learned coefficient pulls entropy towards -2 ...
+    assert held_pi.mean.abs().mean() < free_pi.mean.abs().mean() / 2
     assert agent.log_entropy_coeff.exp().item() > 0.01  # ... by raising the coefficient
+
+
+def test_bc_action_limit_keeps_clipped_noise_from_widening_the_policy():
+    # exploration noise clipped to exactly +-1, in either direction: BC on it drives the std to its cap
+    signs = torch.sign(torch.randn(4, 7, 2, generator=torch.Generator().manual_seed(3)))
+    _, free_pi, _ = _train_bc(signs)
+    _, limited_pi, _ = _train_bc(signs, bc_action_limit=0.99)
+    assert free_pi.std.mean() > 5.0
+    assert limited_pi.std.mean() < free_pi.std.mean() / 2
+    with pytest.raises(ValueError, match="bc_action_limit"):
+        make_agent(False, bc_action_limit=1.5)
 
 
 def test_learned_entropy_coeff_falls_when_entropy_is_above_target():
