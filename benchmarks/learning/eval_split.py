@@ -18,8 +18,10 @@ import re
 import tempfile
 
 import gin
+import torch
 
 from amago_like import DarkRoom, DiskTrajDataset, Experiment, MetaBandit, Metaworld
+from amago_like.nets.distributions import TanhGaussian
 
 ENVS = {"dark_room": DarkRoom, "bandit": MetaBandit, "metaworld": Metaworld}  # toy names as examples/toy.py
 
@@ -52,6 +54,10 @@ def main() -> None:
             verbose=False,
         )
         exp.start()
+        gaussians: list[TanhGaussian] = []  # the policy's distribution at every rollout step
+        exp.policy.actor.register_forward_hook(
+            lambda _m, _i, dist: gaussians.append(dist) if isinstance(dist, TanhGaussian) else None
+        )
         try:
             exp.load_checkpoint_from_path(os.path.join(args.run_dir, "ckpts", "latest", "policy.pt"), False)
             metrics = exp.evaluate_test(make_env, timesteps=10**6, episodes=args.episodes)
@@ -60,6 +66,10 @@ def main() -> None:
     print(
         f"{args.run_dir} on the {args.split} split, {args.episodes} meta-episodes, {args.actions} actions: return {metrics['test/return']:.2f}"
     )
+    if gaussians:  # a wide pre-tanh std makes sampled actions mostly +-1 noise
+        mean = torch.cat([d.mean.reshape(-1, d.mean.shape[-1]) for d in gaussians]).abs().mean(0)
+        std = torch.cat([d.std.reshape(-1, d.std.shape[-1]) for d in gaussians]).mean(0)
+        print(f"  policy pre-tanh |mean| per action dim {mean.numpy().round(2)}, std {std.numpy().round(2)}")
     if args.env == "metaworld":
         trials = sorted(
             (k for k in metrics if re.fullmatch(r"test/Trial \d+ Success", k)), key=lambda k: int(k.split()[1])
