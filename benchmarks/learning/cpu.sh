@@ -8,7 +8,4 @@ cd "$(dirname "$0")/../.."
 bench="${1:?usage: cpu.sh ml10|ml45 [extra flags]}"
 shift
 source benchmarks/learning/run_name.sh
-run=$(run_name "${bench}_cpu" "$@")
-python examples/metaworld.py --benchmark "$bench" --configs "configs/metaworld/${bench}_cpu.gin" \
-  --buffer_dir runs/learning --run_name "${bench}_cpu" "$@"
-python benchmarks/learning/summarize.py "runs/learning/$run"
+train_and_summarize "${bench}_cpu" --benchmark "$bench" --configs "configs/metaworld/${bench}_cpu.gin" -- "$@"

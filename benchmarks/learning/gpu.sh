@@ -6,7 +6,4 @@ cd "$(dirname "$0")/../.."
 bench="${1:?usage: gpu.sh ml10|ml45 [extra flags]}"
 shift
 source benchmarks/learning/run_name.sh
-run=$(run_name "$bench" "$@")
-python examples/metaworld.py --benchmark "$bench" --configs "configs/metaworld/$bench.gin" \
-  --mixed_precision bf16 --buffer_dir runs/learning --run_name "$bench" "$@"
-python benchmarks/learning/summarize.py "runs/learning/$run"
+train_and_summarize "$bench" --benchmark "$bench" --configs "configs/metaworld/$bench.gin" --mixed_precision bf16 -- "$@"

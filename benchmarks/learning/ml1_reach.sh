@@ -3,7 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source benchmarks/learning/run_name.sh
-run=$(run_name ml1_reach "$@")
-python examples/metaworld.py --benchmark reach-v3 --configs configs/metaworld/ml1_cpu.gin \
-  --buffer_dir runs/learning --run_name ml1_reach "$@"
-python benchmarks/learning/summarize.py "runs/learning/$run"
+train_and_summarize ml1_reach --benchmark reach-v3 --configs configs/metaworld/ml1_cpu.gin -- "$@"
