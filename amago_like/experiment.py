@@ -30,7 +30,7 @@ from amago_like.checks import DiskFullError, check_int, check_number, check_writ
 from amago_like.data.dataset import PADDED_SAMPLING, Batch, RLDataset, make_dataloader
 from amago_like.data.trajectory import FORMATS
 from amago_like.envs.exploration import ExplorationWrapper
-from amago_like.envs.vector import ENV_MODES, as_amago_env, finished_episodes, make_vector_env
+from amago_like.envs.vector import ENV_MODES, as_amago_env, close_envs, finished_episodes, make_vector_env
 from amago_like.envs.wrapper import RL2_KEY, TIME_KEY, EpisodeStats, split_timestep
 from amago_like.logging import RunLogger, plot_metrics
 from amago_like.nets.traj_encoders import TformerTrajEncoder, TrajEncoder
@@ -774,9 +774,19 @@ class Experiment:
     def close(self) -> None:
         for envs in (getattr(self, "train_envs", None), getattr(self, "val_envs", None)):
             if envs is not None:
-                envs.close()
+                close_envs(envs)
         if getattr(self, "logger", None) is not None:
             self.logger.finish()
+
+
+def _read_scalars(metrics: dict[str, torch.Tensor | float]) -> dict[str, float]:
+    """Python floats of 0-dim tensors (and plain numbers), reading the device once rather than per value."""
+    keys = [k for k, v in metrics.items() if torch.is_tensor(v)]
+    out = {k: float(v) for k, v in metrics.items() if not torch.is_tensor(v)}
+    if keys:
+        values = torch.stack([metrics[k].detach().float().reshape(()) for k in keys]).tolist()
+        out.update(zip(keys, values))
+    return out
 
 
 def _explore(make_env: Callable[[], gym.Env], wrapper_type: type[ExplorationWrapper]) -> gym.Env:

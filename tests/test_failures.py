@@ -1,12 +1,16 @@
 """Crashes in worker processes surface as errors naming the cause, never as hangs."""
 
+import os
+import signal
+import time
+
 import gymnasium as gym
 import numpy as np
 import pytest
 
 from amago_like import MetaBandit
 from amago_like.data import RLDataset, make_dataloader
-from amago_like.envs.vector import make_vector_env
+from amago_like.envs.vector import close_envs, make_vector_env
 
 
 class CrashingBandit(MetaBandit):
@@ -29,6 +33,29 @@ def test_async_env_worker_crash_is_reported_with_its_error():
             envs.step(np.zeros(2, dtype=np.int64))
     finally:
         envs.close(terminate=True)
+
+
+class SlowBandit(MetaBandit):
+    def step(self, action):
+        time.sleep(3)
+        return super().step(action)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("during_step", [False, True])
+def test_closing_async_envs_after_ctrl_c_stops_the_workers_without_error(during_step):
+    # Ctrl-C goes to the whole process group, so the workers stop before the main process closes them
+    envs = make_vector_env(SlowBandit, 2, mode="async")
+    envs.reset(seed=0)
+    if during_step:
+        envs.step_async(np.zeros(2, dtype=np.int64))
+        time.sleep(0.5)  # the workers are inside step() when the interrupt comes
+    for p in envs.processes:
+        os.kill(p.pid, signal.SIGINT)
+        p.join(timeout=10)
+    # a plain close() raises here: BrokenPipeError from idle workers, their KeyboardInterrupt from busy ones
+    close_envs(envs)
+    assert envs.closed and not any(p.is_alive() for p in envs.processes)
 
 
 class BrokenDataset(RLDataset):

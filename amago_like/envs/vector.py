@@ -98,6 +98,18 @@ def make_vector_env(
     return gym.vector.AsyncVectorEnv(fns, context=mp_context, autoreset_mode=same_step)
 
 
+def close_envs(envs: gym.vector.VectorEnv) -> None:
+    """Close ``envs``, stopping async workers by force when they are already gone or interrupted.
+
+    Ctrl-C reaches the whole process group: the async workers stop at once, and a plain ``close``
+    would then fail writing to their pipes (BrokenPipeError) or re-raise their interrupt.
+    """
+    try:
+        envs.close()
+    except (OSError, EOFError, KeyboardInterrupt):
+        envs.close(terminate=True)
+
+
 class LeanSyncVectorEnv(gym.vector.SyncVectorEnv):
     """gymnasium's ``SyncVectorEnv`` (same-step autoreset) with a leaner ``step`` for wrapped envs.
 
