@@ -668,7 +668,12 @@ class Experiment:
                 "grad_updates": self.grad_updates,
                 "bad_updates": self.bad_updates,
             },
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(self.DEVICE) if self.DEVICE.type == "cuda" else None,
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
         }
         tmp = final + ".tmp"
         weights = self._policy_weights_path(self.epoch)
@@ -708,7 +713,8 @@ class Experiment:
         if not os.path.exists(file):
             raise CheckpointError(f"no checkpoint at {path}")
         try:
-            state = torch.load(file, map_location=self.DEVICE, weights_only=False)
+            # onto the CPU: load_state_dict copies to the parameters' device, and the RNG states must stay CPU tensors
+            state = torch.load(file, map_location="cpu", weights_only=False)
         except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear error
             raise CheckpointError(f"{file} is not a readable checkpoint: {type(e).__name__}: {e}") from None
         weights = state["agent"] if isinstance(state, dict) and "agent" in state else state
@@ -727,6 +733,8 @@ class Experiment:
             self.bad_updates = c.get("bad_updates", 0)
             self._restore_exploration_schedule()
             torch.set_rng_state(state["rng"]["torch"])
+            if state["rng"].get("cuda") is not None and self.DEVICE.type == "cuda":
+                torch.cuda.set_rng_state(state["rng"]["cuda"], self.DEVICE)
             np.random.set_state(state["rng"]["numpy"])
             random.setstate(state["rng"]["python"])
 
