@@ -27,14 +27,14 @@ def example():
 
 
 @pytest.mark.parametrize(
-    "benchmark, test_tasks",
+    "bench, test_tasks",  # not "benchmark": the pytest-benchmark plugin owns that fixture name
     [
         ("reach-v3", {"reach-v3"}),
         ("ml10", {"drawer-open-v3", "door-close-v3", "shelf-place-v3", "sweep-into-v3", "lever-pull-v3"}),
     ],
 )
-def test_metaworld_example_writes_checkpoint_metrics_and_per_task_success(example, tmp_path, benchmark, test_tasks):
-    metrics = example.main(["--benchmark", benchmark, "--buffer_dir", str(tmp_path), "--run_name", "mw", *SHORT])
+def test_metaworld_example_writes_checkpoint_metrics_and_per_task_success(example, tmp_path, bench, test_tasks):
+    metrics = example.main(["--benchmark", bench, "--buffer_dir", str(tmp_path), "--run_name", "mw", *SHORT])
     run = tmp_path / "mw"
     assert (run / "ckpts" / "training_states" / "epoch_1" / "state.pt").exists()
     rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
