@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from typing import Any
 
 import gin
@@ -176,8 +177,8 @@ class Agent(nn.Module):
     # ------------------------------------------------------------------ training
     def forward(
         self, batch: Batch, critic_mask: torch.Tensor | None = None, actor_mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-        """(critic_loss, actor_loss, metrics) of a batch; the caller weighs and sums the losses.
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """(critic_loss, actor_loss, metrics as 0-dim tensors) of a batch; the caller weighs and sums the losses.
 
         ``critic_mask`` / ``actor_mask`` (B, L-1, 1) bool choose the transitions each loss averages
         over (default: every real transition). Training goes through ``forward`` so that a
@@ -205,9 +206,7 @@ class Agent(nn.Module):
 
         # actor: policy gradient through frozen critics (on detached states) + filtered BC
         dist = self.actor(s)
-        self.critics.requires_grad_(False)
-        q_pi, probs = self._policy_values(self.critics, s.detach(), dist, self.actor_values)
-        self.critics.requires_grad_(True)
+        q_pi, probs = self._policy_values(_frozen(self.critics), s.detach(), dist, self.actor_values)
         if self.discrete:
             q_pi = q_pi.mean(0)[..., g]  # (B, L-1, A)
             value = (probs * q_pi).sum(-1, keepdim=True)  # (B, L-1, 1)
@@ -233,21 +232,21 @@ class Agent(nn.Module):
         if learned:  # dual step: d/d log_coeff = H - target (descent raises the coefficient while H < target)
             ent_gap = masked_mean(entropy.detach(), actor_mask) - self.target_entropy
             actor_loss = actor_loss + self.log_entropy_coeff * ent_gap
-        with torch.no_grad():
+        with torch.no_grad():  # 0-dim tensors: reading them waits for the GPU, so the caller does it once
             metrics = {
-                "critic_loss": critic_loss.item(),
-                "actor_loss": actor_loss.item(),
-                "q_mean": masked_mean(self.q_values(raw_taken)[..., g : g + 1], mask.unsqueeze(0)).item(),
-                "td_target_mean": masked_mean(target[..., g : g + 1], mask).item(),
-                "bc_filter_rate": masked_mean(bc_filter, actor_mask).item(),
-                "policy_entropy": masked_mean(entropy, actor_mask).item(),
-                "reward_mean": masked_mean(batch.rews, mask).item(),
+                "critic_loss": critic_loss.detach(),
+                "actor_loss": actor_loss.detach(),
+                "q_mean": masked_mean(self.q_values(raw_taken)[..., g : g + 1], mask.unsqueeze(0)),
+                "td_target_mean": masked_mean(target[..., g : g + 1], mask),
+                "bc_filter_rate": masked_mean(bc_filter, actor_mask),
+                "policy_entropy": masked_mean(entropy, actor_mask),
+                "reward_mean": masked_mean(batch.rews, mask),
             }
             if learned:
-                metrics["entropy_coeff"] = float(ent_coeff)
+                metrics["entropy_coeff"] = ent_coeff
             if self.popart is not None:
-                metrics["popart_mean"] = self.popart.mean[g].item()
-                metrics["popart_std"] = self.popart.std[g].item()
+                metrics["popart_mean"] = self.popart.mean[g]
+                metrics["popart_std"] = self.popart.std[g]
         return critic_loss, actor_loss, metrics
 
     @torch.no_grad()
@@ -343,3 +342,10 @@ class MultiTaskAgent(Agent):
         target_probs = encode(symlog(target))  # (B, L-1, G, bins)
         ce = -(target_probs.unsqueeze(0) * raw.log_softmax(-1)).sum(-1)  # (C, B, L-1, G)
         return masked_mean(ce, mask.unsqueeze(0))
+
+
+def _frozen(module: nn.Module) -> Callable[..., Any]:
+    """``module`` called with its parameters detached: gradients reach its inputs but not its weights
+    (without toggling requires_grad, which torch.compile cannot trace)."""
+    params = {name: p.detach() for name, p in module.named_parameters()}
+    return lambda *args: torch.func.functional_call(module, params, args)

@@ -124,6 +124,7 @@ class Experiment:
         grad_clip: float = 1.0,
         l2_coeff: float = 1e-3,
         mixed_precision: str = "no",
+        torch_compile: bool = False,
         seed: int | None = None,
         keep_checkpoints: int | None = None,
         callbacks: tuple[Callback, ...] = (),
@@ -199,7 +200,7 @@ class Experiment:
         self.batch_size, self.batches_per_update = batch_size, batches_per_update
         self.learning_rate, self.critic_loss_weight = learning_rate, critic_loss_weight
         self.lr_warmup_steps, self.grad_clip, self.l2_coeff = lr_warmup_steps, grad_clip, l2_coeff
-        self.mixed_precision, self.seed = mixed_precision, seed
+        self.mixed_precision, self.torch_compile, self.seed = mixed_precision, torch_compile, seed
         if keep_checkpoints is not None and keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be None (keep all) or >= 1, got {keep_checkpoints}")
         self.keep_checkpoints = keep_checkpoints
@@ -298,10 +299,15 @@ class Experiment:
             tstep_encoder_type=self.tstep_encoder_type,
             traj_encoder_type=self.traj_encoder_type,
         )
-        optimizer = torch.optim.AdamW(agent.param_groups(self.learning_rate), weight_decay=self.l2_coeff)
+        agent = agent.to(self.DEVICE)  # before the optimizer: a fused one needs its parameters on the GPU
+        # on a GPU, AdamW's fused kernel updates every parameter at once instead of launching kernels per tensor
+        fused = self.DEVICE.type == "cuda"
+        optimizer = torch.optim.AdamW(agent.param_groups(self.learning_rate), weight_decay=self.l2_coeff, fused=fused)
         warmup = max(self.lr_warmup_steps, 1)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min((step + 1) / warmup, 1.0))
         self.agent, self.optimizer, self.scheduler = self.accelerator.prepare(agent, optimizer, scheduler)
+        # torch.compile fuses the loss's hundreds of small kernels; without it a GPU update is launch-bound
+        self._train_forward = torch.compile(self.agent) if self.torch_compile else self.agent
 
     def init_logger(self) -> None:
         wandb_run = None
@@ -437,16 +443,19 @@ class Experiment:
                 finished += eps
                 steps += chunk
         finally:
-            envs.close()
+            close_envs(envs)
         return summarize_episodes(finished[:episodes] if episodes else finished, "test")
 
     # ================================================================== learning
-    def compute_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        """critic_loss_weight * critic loss + actor loss, over the transitions the mask hooks keep."""
+    def compute_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """critic_loss_weight * critic loss + actor loss, over the transitions the mask hooks keep,
+        and the agent's metrics (0-dim tensors, still on the device)."""
         critic_mask = self.edit_critic_mask(batch, batch.transition_mask.clone())
         actor_mask = self.edit_actor_mask(batch, batch.transition_mask.clone())
         with self.caster():
-            critic_loss, actor_loss, metrics = self.agent(batch, critic_mask=critic_mask, actor_mask=actor_mask)
+            critic_loss, actor_loss, metrics = self._train_forward(
+                batch, critic_mask=critic_mask, actor_mask=actor_mask
+            )
         return self.critic_loss_weight * critic_loss + actor_loss, metrics
 
     def edit_critic_mask(self, batch: Batch, mask: torch.Tensor) -> torch.Tensor:
@@ -466,11 +475,10 @@ class Experiment:
         with self.accelerator.accumulate(self.agent):
             loss, metrics = self.compute_loss(batch)
             self.accelerator.backward(loss)
-            finite = bool(torch.isfinite(loss.detach()))
             if self.accelerator.sync_gradients:
-                grad_norm = self.accelerator.clip_grad_norm_(self.agent.parameters(), self.grad_clip)
-                finite = finite and bool(torch.isfinite(grad_norm))
-                metrics["grad_norm"] = float(grad_norm)
+                metrics["grad_norm"] = self.accelerator.clip_grad_norm_(self.agent.parameters(), self.grad_clip)
+            metrics = _read_scalars({**metrics, "loss": loss})  # the step's one wait for the device
+            finite = np.isfinite(metrics.pop("loss")) and np.isfinite(metrics.get("grad_norm", 0.0))
             if not finite:
                 self._skip_update()
             else:

@@ -145,7 +145,9 @@ def test_terminal_transitions_do_not_bootstrap():
     batch.dones[:] = 1.0
     torch.manual_seed(0)
     _, _, m_done = agent(batch)
-    assert m_done["td_target_mean"] == pytest.approx(masked_mean(batch.rews, batch.transition_mask).item(), rel=1e-5)
+    assert m_done["td_target_mean"].item() == pytest.approx(
+        masked_mean(batch.rews, batch.transition_mask).item(), rel=1e-5
+    )
 
 
 def test_soft_sync_moves_targets_by_tau():
@@ -261,7 +263,7 @@ def test_learned_entropy_coeff_falls_when_entropy_is_above_target():
         opt.zero_grad()
         actor_loss.backward()
         opt.step()
-    assert metrics["entropy_coeff"] < 0.1 * 0.95
+    assert metrics["entropy_coeff"].item() < 0.1 * 0.95
 
 
 def test_target_entropy_needs_a_positive_starting_coeff():
@@ -298,7 +300,7 @@ def test_popart_updates_preserve_unnormalised_predictions():
         for x, y in zip(before, after):
             torch.testing.assert_close(y, x, atol=1e-4, rtol=1e-4)
     assert {"popart_mean", "popart_std"} <= metrics.keys()
-    assert metrics["popart_std"] == pytest.approx(agent.popart.std[agent.actor_gamma_idx].item())
+    assert metrics["popart_std"].item() == pytest.approx(agent.popart.std[agent.actor_gamma_idx].item())
 
 
 def test_popart_first_update_is_the_batch_mean_and_the_loss_is_in_normalised_units():
@@ -310,7 +312,7 @@ def test_popart_first_update_is_the_batch_mean_and_the_loss_is_in_normalised_uni
     batch.rews = batch.rews * 100.0 + 500.0
     plain_loss, _, _ = plain(batch)
     _, _, m = agent(batch)
-    assert m["popart_mean"] == pytest.approx(m["td_target_mean"], rel=1e-5)  # first step: exact average
+    assert m["popart_mean"].item() == pytest.approx(m["td_target_mean"].item(), rel=1e-5)  # first step: exact average
     assert agent.popart.updates.item() == 1
     agent.eval()
     stats = {k: v.clone() for k, v in agent.popart.state_dict().items()}
@@ -366,7 +368,7 @@ def test_agent_trains_and_acts_with_each_distribution(dist):
         gin.parse_config(f"Actor.continuous_dist = '{dist}'")
     agent = make_agent("multi_binary" if dist == "multi_binary" else False)
     critic_loss, actor_loss, m = agent(make_batch(agent))
-    assert torch.isfinite(critic_loss) and torch.isfinite(actor_loss) and np.isfinite(m["policy_entropy"])
+    assert torch.isfinite(critic_loss) and torch.isfinite(actor_loss) and torch.isfinite(m["policy_entropy"])
     (critic_loss + actor_loss).backward()
     for name, p in agent.named_parameters():
         if p.requires_grad:
@@ -438,7 +440,7 @@ def test_multitask_agent_trains_on_a_fixed_batch(value_target, discrete):
         opt.step()
         agent.soft_sync_targets()
         losses_seen.append(critic_loss.item())
-        gaps.append(abs(m["q_mean"] - m["td_target_mean"]))
+        gaps.append(abs(m["q_mean"] - m["td_target_mean"]).item())
     assert np.isfinite(losses_seen).all()
     assert np.mean(losses_seen[-5:]) < 0.6 * np.mean(losses_seen[:5]), losses_seen
     assert gaps[-1] < 0.3 * gaps[0], gaps  # Q = symexp(E[bin]) moves to the (unnormalised) targets

@@ -1,5 +1,6 @@
 """Experiment end to end on the meta-bandit: epochs, run folder, checkpoints, evaluate_test, errors."""
 
+import copy
 import functools
 import json
 import os
@@ -267,7 +268,7 @@ def test_force_reset_restarts_training_episodes(tmp_path, tiny_model):
 
 def test_mask_hooks_choose_the_transitions_each_loss_sees(trained):
     exp, _ = trained
-    batch = next(iter(_loader(exp)))
+    batch = next(iter(_loader(exp))).to(exp.DEVICE)
     exp.policy.eval()  # frozen normalisation statistics, so only the masks differ between calls
 
     torch.manual_seed(0)
@@ -276,12 +277,12 @@ def test_mask_hooks_choose_the_transitions_each_loss_sees(trained):
     exp.edit_critic_mask = lambda b, m: torch.zeros_like(m)
     torch.manual_seed(0)
     none, metrics = exp.compute_loss(batch)
-    assert none.item() == 0.0 and metrics["critic_loss"] == 0.0 and metrics["actor_loss"] == 0.0
+    assert none.item() == 0.0 and metrics["critic_loss"].item() == 0.0 and metrics["actor_loss"].item() == 0.0
     exp.edit_critic_mask = lambda b, m: m  # the critic back on every real transition
     torch.manual_seed(0)
     critic_only, metrics = exp.compute_loss(batch)
-    assert metrics["actor_loss"] == 0.0 and critic_only.item() == pytest.approx(
-        exp.critic_loss_weight * metrics["critic_loss"]
+    assert metrics["actor_loss"].item() == 0.0 and critic_only.item() == pytest.approx(
+        exp.critic_loss_weight * metrics["critic_loss"].item()
     )
     assert base.item() != critic_only.item()
 
@@ -302,3 +303,35 @@ def test_wandb_offline_needs_no_key(tmp_path, tiny_model, monkeypatch):
     exp.close()
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_torch_compile_traces_the_whole_loss_and_matches_eager(tmp_path, tiny_model, monkeypatch):
+    # aot_eager traces forward and backward as inductor does, without generating code (seconds, not minutes);
+    # fullgraph: a graph break (a host sync, a requires_grad toggle) fails here instead of slowing a GPU run
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager", fullgraph=True))
+    exp = make_experiment(tmp_path, epochs=1, torch_compile=True)
+    exp.start()
+    exp.collect_new_training_data()
+    batch = next(iter(_loader(exp))).to(exp.DEVICE)
+    start = copy.deepcopy(exp.agent.state_dict())
+    results = []
+    for forward in (exp.agent, exp._train_forward):  # eager, then compiled, from the same weights and statistics
+        exp.agent.load_state_dict(start)
+        torch.manual_seed(0)
+        critic_loss, actor_loss, _ = forward(batch)
+        (critic_loss + actor_loss).backward()
+        grads = [p.grad.clone() for p in exp.agent.parameters() if p.grad is not None]
+        exp.agent.zero_grad(set_to_none=True)
+        results.append((critic_loss.detach(), actor_loss.detach(), grads, copy.deepcopy(exp.agent.state_dict())))
+    (c_eager, a_eager, g_eager, s_eager), (c_comp, a_comp, g_comp, s_comp) = results
+    torch.testing.assert_close(c_comp, c_eager)
+    torch.testing.assert_close(a_comp, a_eager)
+    assert len(g_comp) == len(g_eager) > 0
+    for g_c, g_e in zip(g_comp, g_eager):
+        torch.testing.assert_close(g_c, g_e)
+    for key in s_eager:  # PopArt and input-normalisation statistics updated in place, as in eager mode
+        torch.testing.assert_close(s_comp[key], s_eager[key], msg=key)
+    assert any(not torch.equal(start[k], s_eager[k]) for k in start)  # the statistics did move
+    metrics = exp.learn()
+    assert np.isfinite(metrics["learn/critic_loss"])
+    exp.close()

@@ -16,6 +16,7 @@ from amago_like.nets import (
     SigmaReparamLinear,
     TformerTrajEncoder,
 )
+from amago_like.nets.tstep_encoders import RunningNorm
 
 TSTEP_DIM, ATOL = 6, 1e-5
 
@@ -410,3 +411,18 @@ def test_cnn_tstep_encoder_padding():
         torch.testing.assert_close(enc(obs, rl2, pad_mask=mask)[real], enc(obs, rl2)[real])
     with pytest.raises(ValueError, match="image_key"):
         CNNTstepEncoder(*_spaces())
+
+
+def test_running_norm_merges_only_real_rows_across_batches():
+    torch.manual_seed(0)
+    norm, real_rows = RunningNorm(3), []
+    for n in (5, 0, 7, 1):  # one batch with no real row at all
+        x = torch.randn(n + 4, 3) * 3 + 1
+        x[n:] = float("inf")  # padding may hold anything
+        mask = torch.arange(n + 4) < n
+        norm.update(x, mask)
+        real_rows.append(x[:n])
+    real = torch.cat(real_rows)
+    assert norm.count.item() == len(real)
+    torch.testing.assert_close(norm.mean, real.mean(0))
+    torch.testing.assert_close(norm.var, real.var(0, unbiased=False))

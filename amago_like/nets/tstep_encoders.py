@@ -54,20 +54,25 @@ class RunningNorm(nn.Module):
         self.register_buffer("count", torch.zeros((), dtype=torch.long))  # int: exact, immune to .to(dtype)
 
     @torch.no_grad()
-    def update(self, x: Tensor) -> None:  # x: (N, dim), only real samples
-        n = x.shape[0]
-        if n == 0:
-            return
+    def update(self, x: Tensor, mask: Tensor | None = None) -> None:
+        """Merge the rows of x (N, dim) where mask (N,) is true (default: every row).
+
+        Masked sums rather than selecting rows: no wait for the device, and a batch with no
+        real row leaves the statistics as they were.
+        """
         x = x.double()
-        b_mean, b_var = x.mean(0), x.var(0, unbiased=False)
+        w = torch.ones_like(x[:, :1]) if mask is None else mask.reshape(-1, 1).double()  # (N, 1)
+        x = torch.where(w > 0, x, 0.0)  # padded rows may hold anything
+        n = w.sum()  # 0-dim
+        b_mean = x.sum(0) / n.clamp(min=1)  # (dim,)
+        b_var = (w * (x - b_mean) ** 2).sum(0) / n.clamp(min=1)
         old_n, mean, var = self.count.double(), self.mean.double(), self.var.double()
-        tot = old_n + n
+        tot = (old_n + n).clamp(min=1)
         delta = b_mean - mean
-        new_mean = mean + delta * (n / tot)
         m2 = var * old_n + b_var * n + delta.pow(2) * (old_n * n / tot)
-        self.mean.copy_(new_mean)
-        self.var.copy_(m2 / tot)
-        self.count.add_(n)
+        self.mean.copy_(torch.where(n > 0, mean + delta * (n / tot), mean))
+        self.var.copy_(torch.where(n > 0, m2 / tot, var))
+        self.count.add_(n.long())
 
     def forward(self, x: Tensor) -> Tensor:  # (..., dim) -> (..., dim)
         x = (x - self.mean) / torch.sqrt(self.var + self.eps)
@@ -130,10 +135,8 @@ class FFTstepEncoder(TstepEncoder):
         x = self.flatten_inputs(obs, rl2s)  # (B, L, d_in)
         if self.norm is not None:
             if self.training:
-                flat = rearrange(x, "b l d -> (b l) d")
-                if pad_mask is not None:
-                    flat = flat[rearrange(pad_mask, "b l 1 -> (b l)").bool()]
-                self.norm.update(flat)
+                real = None if pad_mask is None else rearrange(pad_mask, "b l 1 -> (b l)")
+                self.norm.update(rearrange(x, "b l d -> (b l) d"), real)
             x = self.norm(x)
         return self.out_norm(self.mlp(x))  # (B, L, d_output)
 
@@ -257,10 +260,8 @@ class CNNTstepEncoder(TstepEncoder):
         vec = torch.cat([obs[k].reshape(B, L, -1).float() for k in self.keys] + [rl2s.float()], dim=-1)
         if self.norm is not None:
             if self.training:
-                flat = rearrange(vec, "b l d -> (b l) d")
-                if pad_mask is not None:
-                    flat = flat[rearrange(pad_mask, "b l 1 -> (b l)").bool()]
-                self.norm.update(flat)
+                real = None if pad_mask is None else rearrange(pad_mask, "b l 1 -> (b l)")
+                self.norm.update(rearrange(vec, "b l d -> (b l) d"), real)
             vec = self.norm(vec)
         img = self.image_features(obs[self.image_key], pad_mask)  # (B, L, d_image)
         return self.out_norm(self.mlp(torch.cat([img, vec.to(img.dtype)], dim=-1)))  # (B, L, d_output)
