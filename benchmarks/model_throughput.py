@@ -1,8 +1,9 @@
 """Training updates/s and peak memory of the Agent at the AMAGO-2 Meta-World ML45 model size.
 
 One update = what ``Experiment.train_step`` does: the agent's forward (critic + actor losses) under
-autocast, backward of ``10 * critic_loss + actor_loss``, grad-norm clipping, an AdamW step and the
-target-critic soft sync, on random ``Batch``es already on the device (no data loading).
+autocast, backward of ``10 * critic_loss + actor_loss``, grad-norm clipping, reading the metrics (one wait for
+the device), an AdamW step (fused on a GPU) and the target-critic soft sync, on random ``Batch``es already
+on the device (no data loading).
 
 ML45 size (shared ANCHORS): FF timestep encoder 512 -> 256, transformer d_model 320, d_ff 1280,
 3 layers, 8 heads, context 256, batch 24, actor/critic MLPs (256, 256), 4 critics, 7 gammas;
@@ -17,6 +18,10 @@ each row in a fresh process so no row reuses memory an earlier one left in the a
     python benchmarks/model_throughput.py                 # CPU: a small model; GPU: ML45 size
     python benchmarks/model_throughput.py --full          # ML45 size wherever it runs
     python benchmarks/model_throughput.py --dtypes bf16 --agents agent --steps 200
+    python benchmarks/model_throughput.py --dtypes bf16 --sdpa auto,flash,math   # which attention kernel
+
+``--sdpa flash`` runs the updates inside ``torch.nn.attention.sdpa_kernel(FLASH_ATTENTION)``: it fails
+("No available kernel") if the model's attention cannot use flash attention at that precision.
 """
 
 from __future__ import annotations
@@ -28,11 +33,13 @@ import os
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from amago_like.agents import Agent, MultiTaskAgent
 from amago_like.data.dataset import Batch
@@ -42,6 +49,8 @@ from amago_like.nets.tstep_encoders import FFTstepEncoder
 OBS_DIM, ACTION_DIM = 39, 4
 GAMMAS = (0.1, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999)
 AGENTS = {"agent": Agent, "multitask": MultiTaskAgent}
+# --sdpa: which scaled_dot_product_attention kernel the updates may use ("auto": torch chooses)
+SDPA = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
 
 
 @dataclass
@@ -118,7 +127,9 @@ class PeakRSS:
         self.peak = max(self.peak, _rss_bytes())
 
 
-def bench(kind: str, dtype: str, size: Size, device: torch.device, warmup: int, steps: int) -> dict:
+def bench(
+    kind: str, dtype: str, size: Size, device: torch.device, warmup: int, steps: int, sdpa: str = "auto", compiled=False
+) -> dict:
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.empty_cache()
@@ -128,31 +139,34 @@ def bench(kind: str, dtype: str, size: Size, device: torch.device, warmup: int, 
         mem0 = _rss_bytes()
     torch.manual_seed(0)
     agent = build_agent(kind, size, device).train()
-    opt = torch.optim.AdamW(agent.parameters(), lr=5e-4, weight_decay=1e-3)
+    opt = torch.optim.AdamW(agent.parameters(), lr=5e-4, weight_decay=1e-3, fused=cuda)  # as Experiment
     g = torch.Generator().manual_seed(0)
     batches = [random_batch(size, device, g) for _ in range(4)]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+    forward = torch.compile(agent) if compiled else agent  # as Experiment.torch_compile
 
     def update(batch: Batch) -> None:
         with autocast:
-            critic_loss, actor_loss, _ = agent(batch)
+            critic_loss, actor_loss, metrics = forward(batch)
         (10.0 * critic_loss + actor_loss).backward()
-        torch.nn.utils.clip_grad_norm_(agent.parameters(), 1.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(agent.parameters(), 1.0)
+        torch.stack([grad_norm, *metrics.values()]).tolist()  # Experiment.train_step reads these once per update
         opt.step()
         opt.zero_grad(set_to_none=True)
         agent.soft_sync_targets()
 
-    for i in range(warmup):
-        update(batches[i % len(batches)])
-    if cuda:
-        torch.cuda.synchronize(device)
-    with PeakRSS() as rss:
-        t0 = time.perf_counter()
-        for i in range(steps):
+    with sdpa_kernel(SDPA[sdpa]) if sdpa != "auto" else nullcontext():
+        for i in range(warmup):
             update(batches[i % len(batches)])
         if cuda:
             torch.cuda.synchronize(device)
-        dt = time.perf_counter() - t0
+        with PeakRSS() as rss:
+            t0 = time.perf_counter()
+            for i in range(steps):
+                update(batches[i % len(batches)])
+            if cuda:
+                torch.cuda.synchronize(device)
+            dt = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated(device) - mem0 if cuda else rss.peak - mem0
     params = sum(p.numel() for p in agent.parameters() if p.requires_grad)
     trunk = sum(p.numel() for p in agent.traj_encoder.parameters())
@@ -166,6 +180,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--agents", default="agent,multitask", help=f"comma-separated from {sorted(AGENTS)}")
     parser.add_argument("--dtypes", default="fp32,bf16", help="comma-separated from fp32,bf16")
+    parser.add_argument("--compile", default="off", help="torch.compile the loss: off, on or off,on (both rows)")
+    parser.add_argument(
+        "--sdpa", default="auto", help=f"attention kernels to force, comma-separated from auto,{','.join(SDPA)}"
+    )
     parser.add_argument("--steps", type=int, default=None, help="timed updates (default 100 GPU / 10 CPU)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed updates first (default 20 GPU / 3 CPU)")
     for field in Size.__dataclass_fields__:
@@ -190,21 +208,34 @@ def main(argv: list[str] | None = None) -> None:
     )
     print()
     mem_name = "peak CUDA mem" if cuda else "peak RSS delta"
-    print(f"| agent | precision | params (trunk) | updates/s | ms/update | {mem_name} |")
-    print("|---|---|---|---|---|---|")
-    for kind in args.agents.split(","):
-        for dtype in args.dtypes.split(","):
+    print(f"| agent | precision | attention | params (trunk) | updates/s | ms/update | {mem_name} |")
+    print("|---|---|---|---|---|---|---|")
+    rows = [
+        (k, d, a, c == "on")
+        for k in args.agents.split(",")
+        for d in args.dtypes.split(",")
+        for a in args.sdpa.split(",")
+        for c in args.compile.split(",")
+    ]
+    for kind, dtype, sdpa, compiled in rows:
+        if sdpa != "auto" and sdpa not in SDPA:
+            parser.error(f"unknown --sdpa {sdpa!r}: choose from auto,{','.join(SDPA)}")
+        name = "Agent (PopArt)" if kind == "agent" else "MultiTaskAgent (128 bins)"
+        name += ", compiled" if compiled else ""
+        try:
             if cuda:
-                r = bench(kind, dtype, size, device, warmup, steps)
+                r = bench(kind, dtype, size, device, warmup, steps, sdpa, compiled)
             else:  # a fresh process per row: comparable RSS numbers
                 with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                    r = pool.submit(bench, kind, dtype, size, device, warmup, steps).result()
-            name = "Agent (PopArt)" if kind == "agent" else "MultiTaskAgent (128 bins)"
-            print(
-                f"| {name} | {dtype} | {r['params'] / 1e6:.2f}M ({r['trunk'] / 1e6:.2f}M) | {r['ups']:.1f} | "
-                f"{r['ms']:.1f} | {r['mem'] / 2**20:.0f} MiB |",
-                flush=True,
-            )
+                    r = pool.submit(bench, kind, dtype, size, device, warmup, steps, sdpa, compiled).result()
+        except RuntimeError as e:  # a forced kernel that cannot run these shapes / this precision
+            print(f"| {name} | {dtype} | {sdpa} | failed: {str(e).splitlines()[0][:120]} | | | |", flush=True)
+            continue
+        print(
+            f"| {name} | {dtype} | {sdpa} | {r['params'] / 1e6:.2f}M ({r['trunk'] / 1e6:.2f}M) | {r['ups']:.1f} | "
+            f"{r['ms']:.1f} | {r['mem'] / 2**20:.0f} MiB |",
+            flush=True,
+        )
     if size == ML45 and cuda:
         print("\ntarget: >= 100 updates/s in bf16 on one H100")
 

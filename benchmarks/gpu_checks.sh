@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Every GPU check in one run that ends within BUDGET seconds (default 540), for a short loan of a GPU machine:
+#   1. device facts and the package versions in use;
+#   2. benchmarks/model_throughput.py at the ML45 size: fp32 / bf16, bf16 under torch.compile, then bf16 with each
+#      attention kernel forced;
+#   3. benchmarks/rollout_cache.py at the ML45 size in bf16;
+#   4. ML10 at the published model size in bf16 (configs/metaworld/ml10.gin, validation every 3 epochs) until its
+#      share of the budget ends, GPU utilisation sampled by nvidia-smi, then its curves (summarize.py);
+#   5. the test suite, with whatever time is left (on a GPU machine the Experiment tests train on CUDA).
+# Usage: bash benchmarks/gpu_checks.sh [BUDGET]   (OUT=dir for where the logs go, default runs/gpu_checks)
+# Each step runs under its own time limit, so one that fails or hangs does not take the later ones with it.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+budget=${1:-540}
+out=${OUT:-runs/gpu_checks}
+mkdir -p "$out"
+log="$out/checks.log"
+start=$SECONDS
+export PYTHONUNBUFFERED=1
+
+left() { echo $((budget - (SECONDS - start))); }
+
+# step NAME SECONDS CMD...: runs CMD for at most SECONDS (Ctrl-C first, so a run can close its files), logging
+step() {
+  local name=$1 limit=$2
+  shift 2
+  ((limit > 0)) || { echo "== $name: skipped, no time left" | tee -a "$log"; return; }
+  echo "== $name (at most ${limit}s, at $((SECONDS - start))s of $budget)" | tee -a "$log"
+  timeout --signal=INT --kill-after=15 "$limit" "$@" 2>&1 | tee -a "$log"
+  echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start))s" | tee -a "$log"
+}
+
+step facts 30 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc --all;
+  python -c "import torch, gymnasium, metaworld, gin, accelerate; print(\"torch\", torch.__version__, \"cuda\",
+  torch.version.cuda, torch.cuda.is_available(), \"| gymnasium\", gymnasium.__version__, \"| accelerate\",
+  accelerate.__version__)"'
+step model_throughput 60 python benchmarks/model_throughput.py
+step compiled 150 python benchmarks/model_throughput.py --dtypes bf16 --compile on
+step attention_kernels 60 python benchmarks/model_throughput.py --agents agent --dtypes bf16 --sdpa flash,efficient,math
+step rollout_cache 45 python benchmarks/rollout_cache.py --dtype bf16
+
+run=runs/learning/ml10_gpu
+ml10_time=$(($(left) - 110))
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 10 >"$out/gpu_use.csv" 2>&1 &
+smi=$!
+step ml10 "$ml10_time" python examples/metaworld.py --benchmark ml10 --configs configs/metaworld/ml10.gin \
+  --mixed_precision bf16 --buffer_dir runs/learning --run_name ml10_gpu --gin "Experiment.val_interval = 3"
+kill "$smi" 2>/dev/null
+step ml10_summary 30 python benchmarks/learning/summarize.py "$run"
+cp "$run/metrics.jsonl" "$out/ml10_metrics.jsonl" 2>/dev/null
+
+workers=$(python -c "import xdist; print('-n 8')" 2>/dev/null)  # pytest-xdist, where installed
+step tests "$(($(left) - 5))" python -m pytest -q -x -p no:cacheprovider $workers tests
+echo "== done after $((SECONDS - start))s" | tee -a "$log"
