@@ -6,7 +6,8 @@
 #   3. benchmarks/rollout_cache.py at the ML45 size in bf16;
 #   4. ML10 at the published model size in bf16 (configs/metaworld/ml10.gin, validation every 3 epochs) until its
 #      share of the budget ends, GPU utilisation sampled by nvidia-smi, then its curves (summarize.py);
-#   5. the test suite, with whatever time is left (on a GPU machine the Experiment tests train on CUDA).
+#   5. one short ML10 epoch with Experiment.torch_compile (the compiled loss inside a real run);
+#   6. the test suite, with whatever time is left (on a GPU machine the Experiment tests train on CUDA).
 # Usage: bash benchmarks/gpu_checks.sh [BUDGET]   (OUT=dir for where the logs go, default runs/gpu_checks)
 # Each step runs under its own time limit, so one that fails or hangs does not take the later ones with it.
 set -uo pipefail
@@ -40,7 +41,7 @@ step attention_kernels 60 python benchmarks/model_throughput.py --agents agent -
 step rollout_cache 45 python benchmarks/rollout_cache.py --dtype bf16
 
 run=runs/learning/ml10_gpu
-ml10_time=$(($(left) - 110))
+ml10_time=$(($(left) - 230))
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 10 >"$out/gpu_use.csv" 2>&1 &
 smi=$!
 step ml10 "$ml10_time" python examples/metaworld.py --benchmark ml10 --configs configs/metaworld/ml10.gin \
@@ -49,6 +50,11 @@ kill "$smi" 2>/dev/null
 step ml10_summary 30 python benchmarks/learning/summarize.py "$run"
 cp "$run/metrics.jsonl" "$out/ml10_metrics.jsonl" 2>/dev/null
 
+step compiled_run 120 python examples/metaworld.py --benchmark ml10 --configs configs/metaworld/ml10.gin \
+  --mixed_precision bf16 --buffer_dir runs/learning --run_name ml10_gpu_compiled --epochs 1 \
+  --gin "Experiment.torch_compile = True" --gin "Experiment.train_timesteps_per_epoch = 300" \
+  --gin "Experiment.train_batches_per_epoch = 500" --gin "Experiment.val_interval = None"
+
 workers=$(python -c "import xdist; print('-n 8')" 2>/dev/null)  # pytest-xdist, where installed
-step tests "$(($(left) - 5))" python -m pytest -q -x -p no:cacheprovider $workers tests
+step tests "$(($(left) - 5))" python -m pytest -q -p no:cacheprovider $workers tests
 echo "== done after $((SECONDS - start))s" | tee -a "$log"
