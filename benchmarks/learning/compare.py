@@ -18,6 +18,7 @@ def main() -> None:
     parser.add_argument("--metric", default="val/Success")
     parser.add_argument("--labels", nargs="*", default=None, help="one legend label per run (default: folder name)")
     parser.add_argument("--smooth", type=int, default=1, help="moving average over this many logged points")
+    parser.add_argument("--max_steps", type=int, default=None, help="plot only points up to this many env steps")
     parser.add_argument("--out", required=True, help="PNG to write")
     args = parser.parse_args()
     labels = args.labels or [os.path.basename(os.path.normpath(r)) for r in args.runs]
@@ -32,6 +33,7 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for run, label in zip(args.runs, labels):
         rows = [r for r in read_metrics(os.path.join(run, "metrics.jsonl")) if args.metric in r]
+        rows = [r for r in rows if args.max_steps is None or r["total_frames"] <= args.max_steps]
         if not rows:
             parser.error(f"{run} never logged {args.metric}")
         raw = [r[args.metric] for r in rows]
