@@ -19,6 +19,7 @@ each row in a fresh process so no row reuses memory an earlier one left in the a
     python benchmarks/model_throughput.py --full          # ML45 size wherever it runs
     python benchmarks/model_throughput.py --dtypes bf16 --agents agent --steps 200
     python benchmarks/model_throughput.py --dtypes bf16 --sdpa auto,flash,math   # which attention kernel
+    python benchmarks/model_throughput.py --dtypes bf16 --compile off,on         # eager and torch.compile
 
 ``--sdpa flash`` runs the updates inside ``torch.nn.attention.sdpa_kernel(FLASH_ATTENTION)``: it fails
 ("No available kernel") if the model's attention cannot use flash attention at that precision.
@@ -128,7 +129,14 @@ class PeakRSS:
 
 
 def bench(
-    kind: str, dtype: str, size: Size, device: torch.device, warmup: int, steps: int, sdpa: str = "auto", compiled=False
+    kind: str,
+    dtype: str,
+    size: Size,
+    device: torch.device,
+    warmup: int,
+    steps: int,
+    sdpa: str = "auto",
+    compiled: bool = False,
 ) -> dict:
     cuda = device.type == "cuda"
     if cuda:
@@ -189,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     for field in Size.__dataclass_fields__:
         parser.add_argument(f"--{field}", type=int, default=None, help="override one size")
     args = parser.parse_args(argv)
+    if not set(args.compile.split(",")) <= {"off", "on"}:
+        parser.error(f"--compile takes off, on or off,on; got {args.compile!r}")
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
