@@ -38,9 +38,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         normalize_benchmark_name(args.benchmark)
     except ValueError as e:
         sys.exit(f"error: {e}")
-    configure_from_args(
-        args, [DEFAULT_CONFIG], [f"Metaworld.k_episodes = {args.k_episodes}"] if args.k_episodes else []
-    )
+    # the benchmark goes through gin, so the run's config.gin records it (eval_split.py reads it back)
+    bindings = [f"Metaworld.benchmark_name = {args.benchmark!r}"]
+    bindings += [f"Metaworld.k_episodes = {args.k_episodes}"] if args.k_episodes else []
+    configure_from_args(args, [DEFAULT_CONFIG], bindings)
 
     run_name = args.run_name or f"metaworld_{args.benchmark}"
     buffer_dir = os.path.abspath(args.buffer_dir)
@@ -48,8 +49,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         run_name=run_name,
         ckpt_base_dir=buffer_dir,
         dataset=DiskTrajDataset(dset_root=buffer_dir, dset_name=run_name),
-        make_train_env=functools.partial(Metaworld, args.benchmark, "train"),
-        make_val_env=functools.partial(Metaworld, args.benchmark, "test"),
+        make_train_env=functools.partial(Metaworld, split="train"),
+        make_val_env=functools.partial(Metaworld, split="test"),
     )
     metrics = run(experiment, resume=args.resume)
     run_dir = experiment.run_dir

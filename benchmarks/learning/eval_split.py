@@ -5,8 +5,11 @@ meta-episodes drawn like its training ones (``--split train``), which separates 
 search" from "does not carry it over to goal cells it never saw rewarded".
 
     python benchmarks/learning/eval_split.py runs/learning/dark_room --split train --episodes 64
-    python benchmarks/learning/eval_split.py runs/learning/ml1_reach --env metaworld --benchmark reach-v3 --split train
+    python benchmarks/learning/eval_split.py runs/learning/ml1_reach --env metaworld --split train
     python benchmarks/learning/eval_split.py runs/learning/ml1_reach --env metaworld --split test --actions mode
+
+Meta-World runs record their benchmark in config.gin (``Metaworld.benchmark_name``); ``--benchmark`` is
+needed only for runs made before that.
 """
 
 from __future__ import annotations
@@ -26,20 +29,27 @@ from amago_like.nets.distributions import TanhGaussian
 ENVS = {"dark_room": DarkRoom, "bandit": MetaBandit, "metaworld": Metaworld}  # toy names as examples/toy.py
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Evaluate, print the summary, and return the evaluation's metrics (``test/...``)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir")
     parser.add_argument("--env", choices=sorted(ENVS), default="dark_room")
     parser.add_argument("--split", default="train")
-    parser.add_argument("--benchmark", default="reach-v3", help="Meta-World benchmark (with --env metaworld)")
+    parser.add_argument(
+        "--benchmark", default=None, help="Meta-World benchmark (default: the one in the run's config.gin)"
+    )
     parser.add_argument("--episodes", type=int, default=64, help="meta-episodes to average over")
     parser.add_argument(
         "--actions", choices=("sample", "mode"), default="sample", help="sample the policy, or act with its mode"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     gin.parse_config_file(os.path.join(args.run_dir, "config.gin"))
     if args.env == "metaworld":
-        make_env = functools.partial(Metaworld, args.benchmark, args.split)
+        if args.benchmark is not None:
+            gin.bind_parameter("Metaworld.benchmark_name", args.benchmark)
+        elif not _bound("Metaworld.benchmark_name"):
+            parser.error(f"{args.run_dir}/config.gin does not name its Meta-World benchmark: pass --benchmark")
+        make_env = functools.partial(Metaworld, split=args.split)
     else:
         make_env = functools.partial(ENVS[args.env], split=args.split)
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,7 +92,7 @@ def main() -> None:
         tasks = sorted(k.split("/")[1] for k in metrics if re.fullmatch(r"test/[^/]+/Success", k))
         if len(tasks) > 1:
             print("  success by task: " + ", ".join(f"{t} {metrics[f'test/{t}/Success']:.2f}" for t in tasks))
-        return
+        return metrics
     env = make_env()
     per_episode = sorted((k for k in metrics if k.startswith("test/Episode ")), key=lambda k: int(k.split()[1]))
     refs = f"random {env.random_return():.2f}, best {env.best_return():.2f}"
@@ -90,6 +100,15 @@ def main() -> None:
         refs += f", best searching the whole grid {env.best_return('grid'):.2f}"
     print(f"  ({refs})")
     print("  per episode: " + ", ".join(f"{k.split()[1]} {metrics[k]:.2f}" for k in per_episode))
+    return metrics
+
+
+def _bound(parameter: str) -> bool:
+    try:
+        gin.query_parameter(parameter)
+    except ValueError:
+        return False
+    return True
 
 
 if __name__ == "__main__":
