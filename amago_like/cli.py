@@ -99,6 +99,15 @@ def apply_gin(configs: list[str], bindings: list[str]) -> None:
             raise GinBindingError(f"bad gin binding {binding!r}: {e}{_gin_hint(str(e))}") from None
 
 
+def is_bound(parameter: str) -> bool:
+    """Whether the parsed gin config binds ``parameter`` (e.g. "Experiment.max_seq_len")."""
+    try:
+        gin.query_parameter(parameter)
+    except ValueError:
+        return False
+    return True
+
+
 def _gin_hint(message: str) -> str:
     """What to write instead, for gin's "no such configurable / parameter" errors ("" for others)."""
     registry = gin.config._REGISTRY  # gin has no public listing of what is registered

@@ -9,30 +9,22 @@ import numpy as np
 import pytest
 
 from amago_like import Agent, MultiTaskAgent
-from amago_like.cli import REPO_ROOT, apply_gin
+from amago_like.cli import REPO_ROOT, apply_gin, is_bound
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "**", "*.gin"), recursive=True))
 
 
 def build_agent():
     """The agent the configured Experiment would build, on Meta-World-shaped spaces (no envs started)."""
-    bound = _bound("Experiment.agent_type")
+    bound = is_bound("Experiment.agent_type")
     agent_type = gin.query_parameter("Experiment.agent_type").scoped_configurable_fn if bound else Agent
-    max_seq_len = gin.query_parameter("Experiment.max_seq_len") if _bound("Experiment.max_seq_len") else 64
+    max_seq_len = gin.query_parameter("Experiment.max_seq_len") if is_bound("Experiment.max_seq_len") else 64
     return agent_type(
         obs_space=gym.spaces.Dict({"observation": gym.spaces.Box(-np.inf, np.inf, (40,), np.float32)}),
         rl2_space=gym.spaces.Box(-np.inf, np.inf, (5,), np.float32),
         action_space=gym.spaces.Box(-1, 1, (4,), np.float32),
         max_seq_len=max_seq_len,
     )
-
-
-def _bound(name: str) -> bool:
-    try:
-        gin.query_parameter(name)
-        return True
-    except ValueError:
-        return False
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[os.path.relpath(p, REPO_ROOT) for p in CONFIGS])

@@ -24,6 +24,7 @@ import gin
 import torch
 
 from amago_like import DarkRoom, DiskTrajDataset, Experiment, MetaBandit, Metaworld
+from amago_like.cli import is_bound
 from amago_like.nets.distributions import TanhGaussian
 
 ENVS = {"dark_room": DarkRoom, "bandit": MetaBandit, "metaworld": Metaworld}  # toy names as examples/toy.py
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.env == "metaworld":
         if args.benchmark is not None:
             gin.bind_parameter("Metaworld.benchmark_name", args.benchmark)
-        elif not _bound("Metaworld.benchmark_name"):
+        elif not is_bound("Metaworld.benchmark_name"):
             parser.error(f"{args.run_dir}/config.gin does not name its Meta-World benchmark: pass --benchmark")
         make_env = functools.partial(Metaworld, split=args.split)
     else:
@@ -101,14 +102,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"  ({refs})")
     print("  per episode: " + ", ".join(f"{k.split()[1]} {metrics[k]:.2f}" for k in per_episode))
     return metrics
-
-
-def _bound(parameter: str) -> bool:
-    try:
-        gin.query_parameter(parameter)
-    except ValueError:
-        return False
-    return True
 
 
 if __name__ == "__main__":
