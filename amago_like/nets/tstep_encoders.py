@@ -55,12 +55,12 @@ class RunningNorm(nn.Module):
 
     @torch.no_grad()
     def update(self, x: Tensor, mask: Tensor | None = None) -> None:
-        """Merge the rows of x (N, dim) where mask (N,) is true (default: every row).
+        """Merge the samples of x (..., dim) where mask (..., 1) is true (default: every sample).
 
         Masked sums rather than selecting rows: no wait for the device, and a batch with no
-        real row leaves the statistics as they were.
+        real sample leaves the statistics as they were.
         """
-        x = x.double()
+        x = x.reshape(-1, x.shape[-1]).double()  # (N, dim)
         w = torch.ones_like(x[:, :1]) if mask is None else mask.reshape(-1, 1).double()  # (N, 1)
         x = torch.where(w > 0, x, 0.0)  # padded rows may hold anything
         n = w.sum()  # 0-dim
@@ -135,8 +135,7 @@ class FFTstepEncoder(TstepEncoder):
         x = self.flatten_inputs(obs, rl2s)  # (B, L, d_in)
         if self.norm is not None:
             if self.training:
-                real = None if pad_mask is None else rearrange(pad_mask, "b l 1 -> (b l)")
-                self.norm.update(rearrange(x, "b l d -> (b l) d"), real)
+                self.norm.update(x, pad_mask)
             x = self.norm(x)
         return self.out_norm(self.mlp(x))  # (B, L, d_output)
 
@@ -260,8 +259,7 @@ class CNNTstepEncoder(TstepEncoder):
         vec = torch.cat([obs[k].reshape(B, L, -1).float() for k in self.keys] + [rl2s.float()], dim=-1)
         if self.norm is not None:
             if self.training:
-                real = None if pad_mask is None else rearrange(pad_mask, "b l 1 -> (b l)")
-                self.norm.update(rearrange(vec, "b l d -> (b l) d"), real)
+                self.norm.update(vec, pad_mask)
             vec = self.norm(vec)
         img = self.image_features(obs[self.image_key], pad_mask)  # (B, L, d_image)
         return self.out_norm(self.mlp(torch.cat([img, vec.to(img.dtype)], dim=-1)))  # (B, L, d_output)
