@@ -14,6 +14,7 @@ import pytest
 
 pytest.importorskip("metaworld")
 
+from amago_like.checks import ConfigTypeError  # noqa: E402
 from amago_like.envs.builtin import metaworld as mw  # noqa: E402
 from amago_like.envs.builtin.metaworld import (  # noqa: E402
     KEpisodeMetaworld,
@@ -235,6 +236,31 @@ def test_success_accounting_with_injected_success():
         }
     )
     env.close()
+
+
+def test_success_bonus_is_added_on_successful_steps_only():
+    env = KEpisodeMetaworld(ML1, k_episodes=2, max_episode_length=4, success_bonus=2.5)
+    env.reset(seed=0)
+    real_step = env._sim.step
+    sim_rewards = []
+
+    def fake_step(action):  # every other step succeeds
+        obs, rew, term, trunc, info = real_step(action)
+        sim_rewards.append(rew)
+        return obs, rew, term, trunc, dict(info, success=float(len(sim_rewards) % 2 == 0))
+
+    env._sim.step = fake_step
+    rewards = [env.step(env.action_space.sample())[1] for _ in range(8)]
+    expected = [r + (2.5 if i % 2 == 1 else 0.0) for i, r in enumerate(sim_rewards)]
+    assert rewards == pytest.approx(expected)
+    assert KEpisodeMetaworld(ML1).success_bonus == 0.0  # the benchmark's own reward by default
+    env.close()
+
+
+@pytest.mark.parametrize("bonus, error", [("10", ConfigTypeError), (True, ConfigTypeError), (-1.0, ValueError)])
+def test_bad_success_bonus_names_the_option(bonus, error):
+    with pytest.raises(error, match="KEpisodeMetaworld.success_bonus"):
+        KEpisodeMetaworld(ML1, success_bonus=bonus)
 
 
 def test_simulator_truncation_ends_attempt_early():
