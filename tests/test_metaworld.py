@@ -187,9 +187,14 @@ def test_k_attempt_bookkeeping(k, length):
             trial_keys = [key for key in info if key.startswith("log/Trial ")]
             if t > 0 and t % length == 0:
                 i = t // length
-                assert trial_keys == [f"log/Trial {i} Success", f"log/Trial {i} Min Distance"]
+                assert trial_keys == [
+                    f"log/Trial {i} Success",
+                    f"log/Trial {i} Success Fraction",
+                    f"log/Trial {i} Min Distance",
+                ]
                 assert info[trial_keys[0]] in (0.0, 1.0)
-                assert 0.0 <= info[trial_keys[1]] < 1.0
+                assert 0.0 <= info[trial_keys[1]] <= 1.0 and (info[trial_keys[1]] > 0) == info[trial_keys[0]]
+                assert 0.0 <= info[trial_keys[2]] < 1.0
             else:
                 assert trial_keys == []
             assert not trunc
@@ -228,6 +233,9 @@ def test_success_accounting_with_injected_success():
             "log/Trial 1 Success": 0.0,
             "log/Trial 2 Success": 1.0,
             "log/Trial 3 Success": 0.0,
+            "log/Trial 1 Success Fraction": 0.0,
+            "log/Trial 2 Success Fraction": 1 / 6,
+            "log/Trial 3 Success Fraction": 0.0,
             "log/Trial 1 Min Distance": 0.2,
             "log/Trial 2 Min Distance": 1.2,
             "log/Trial 3 Min Distance": 2.2,

@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         )
         print(f"  success (any attempt) {metrics['test/Success']:.3f}")
         print("  per attempt: " + ", ".join(f"{k.split()[1]} {metrics[k]:.3f}" for k in trials))
+        staying = [f"{k} Fraction" for k in trials]
+        if all(k in metrics for k in staying):  # the share of each attempt's steps that were successful
+            print("  steps successful per attempt: " + ", ".join(f"{metrics[k]:.3f}" for k in staying))
         closest = [f"test/Trial {k.split()[1]} Min Distance" for k in trials]
         if all(k in metrics for k in closest):  # mean over meta-episodes of each attempt's closest approach
             print("  min distance to target (m) per attempt: " + ", ".join(f"{metrics[k]:.3f}" for k in closest))

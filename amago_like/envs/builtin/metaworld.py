@@ -217,7 +217,8 @@ class KEpisodeMetaworld(gym.Env):
 
     An attempt lasts ``max_episode_length`` steps (or less if the simulator
     truncates/terminates).  The step that ends attempt ``i`` carries
-    ``info["log/Trial {i} Success"]`` and, when the simulator reports ``obj_to_target``,
+    ``info["log/Trial {i} Success"]`` (success at any step), ``info["log/Trial {i} Success Fraction"]``
+    (the share of the attempt's steps that were successful: whether the policy stays) and, when the simulator reports ``obj_to_target``,
     ``info["log/Trial {i} Min Distance"]``: the closest the object (for reach, the hand) came to
     the target in that attempt, in metres, which shows near misses that success (a threshold,
     0.05 m for reach) hides.  The simulator is then soft-reset to the same
@@ -305,7 +306,7 @@ class KEpisodeMetaworld(gym.Env):
         self.current_task: Any = None
         self._attempt = 0
         self._t = 0  # steps taken in the current attempt
-        self._attempt_success = False
+        self._attempt_success_steps = 0
         self._attempt_min_distance = math.inf
         self._successes: list[bool] = []
         self._done = True
@@ -354,7 +355,7 @@ class KEpisodeMetaworld(gym.Env):
         obs, _ = self._sim.reset()
         self._attempt += 1
         self._t = 0
-        self._attempt_success = False
+        self._attempt_success_steps = 0
         self._attempt_min_distance = math.inf
         return self._make_obs(obs, first=True)
 
@@ -398,7 +399,7 @@ class KEpisodeMetaworld(gym.Env):
                 info[key] = sim_info[key]
         reward = float(reward)
         if float(sim_info.get("success", 0.0)) > 0.0:
-            self._attempt_success = True
+            self._attempt_success_steps += 1
             reward += self.success_bonus
         distance = sim_info.get("obj_to_target")
         if distance is not None and distance < self._attempt_min_distance:
@@ -407,10 +408,12 @@ class KEpisodeMetaworld(gym.Env):
         first = False
         terminated = False
         if sim_terminated or sim_truncated or self._t >= self.max_episode_length:
-            info[f"log/Trial {self._attempt} Success"] = float(self._attempt_success)
+            success = self._attempt_success_steps > 0
+            info[f"log/Trial {self._attempt} Success"] = float(success)
+            info[f"log/Trial {self._attempt} Success Fraction"] = self._attempt_success_steps / self._t
             if self._attempt_min_distance < math.inf:
                 info[f"log/Trial {self._attempt} Min Distance"] = self._attempt_min_distance
-            self._successes.append(self._attempt_success)
+            self._successes.append(success)
             if self._attempt < self.k_episodes:
                 obs_out = self._start_attempt()  # same task, fresh simulator episode
                 first = True
