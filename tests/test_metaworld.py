@@ -246,6 +246,40 @@ def test_success_accounting_with_injected_success():
     env.close()
 
 
+def test_sampled_train_goals_are_fresh_in_range_and_repeatable():
+    import pickle
+
+    env = KEpisodeMetaworld(ML1, k_episodes=2, max_episode_length=3, train_goals="sampled")
+    bench_goals = np.array([pickle.loads(t.data)["rand_vec"] for t in env._tasks])
+    low, high = env._get_sim(ML1)._random_reset_space.low, env._get_sim(ML1)._random_reset_space.high
+    goals = []
+    for seed in range(5):
+        env.reset(seed=seed)
+        goals.append(env._sim._last_rand_vec.copy())
+        assert np.all(goals[-1] >= low) and np.all(goals[-1] <= high)
+        assert not np.isclose(bench_goals, goals[-1]).all(axis=1).any()  # not one of the benchmark's 50
+        first = env._sim._target_pos.copy()
+        for _ in range(3):  # the soft reset between attempts keeps the sampled goal
+            env.step(env.action_space.sample())
+        np.testing.assert_allclose(env._sim._target_pos, first)
+    assert len(np.unique(np.array(goals), axis=0)) == 5
+    env.reset(seed=3)
+    np.testing.assert_allclose(env._sim._last_rand_vec, goals[3])  # same seed, same goal
+    env.close()
+
+
+def test_test_split_keeps_the_benchmark_goals_and_bad_train_goals_fail():
+    import pickle
+
+    env = KEpisodeMetaworld(ML1, split="test", train_goals="sampled")
+    env.reset(seed=0)
+    bench_goals = np.array([pickle.loads(t.data)["rand_vec"] for t in env._tasks])
+    assert np.isclose(bench_goals, env._sim._last_rand_vec).all(axis=1).any()
+    env.close()
+    with pytest.raises(ValueError, match="'benchmark', 'sampled'"):
+        KEpisodeMetaworld(ML1, train_goals="random")
+
+
 def test_success_bonus_is_added_on_successful_steps_only():
     env = KEpisodeMetaworld(ML1, k_episodes=2, max_episode_length=4, success_bonus=2.5)
     env.reset(seed=0)

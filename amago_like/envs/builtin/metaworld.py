@@ -45,6 +45,8 @@ __all__ = [
 #: Multi-task meta-RL benchmarks accepted besides single ML1 task names.
 ML_BENCHMARKS: tuple[str, ...] = ("ml10", "ml45")
 SPLITS: tuple[str, ...] = ("train", "test")
+#: Where training-split goals come from (see ``KEpisodeMetaworld.train_goals``).
+TRAIN_GOALS: tuple[str, ...] = ("benchmark", "sampled")
 #: Meta-World's hard per-episode step limit (a 501st step raises).
 METAWORLD_MAX_PATH_LENGTH = 500
 #: Size of a Meta-World observation.
@@ -245,6 +247,12 @@ class KEpisodeMetaworld(gym.Env):
             set; ``None`` draws fresh goals in every process.
         info_keys: keys of the simulator's step info to pass on in ``info`` when present
             (e.g. ``("success", "near_object", "obj_to_target")``).
+        train_goals: ``"benchmark"``: the train split plays the benchmark's own training tasks (50 goals
+            per class, Meta-World's protocol).  ``"sampled"``: every reset of the train split draws a
+            fresh goal (and object placement) of the task's class from the class's own random
+            range, so training covers the goal distribution instead of 50 points of it; a memory
+            policy can otherwise learn those 50 positions rather than the search.  The test split
+            always plays the benchmark's held-out tasks.
         success_bonus: reward added on every successful step.  Meta-World's shaped rewards are
             nearly flat at the success threshold (reach-v3: 10 inside 5 cm, 9.99 at 5.3 cm), so a
             policy that stops a few millimetres outside loses almost nothing; a bonus makes the
@@ -261,6 +269,7 @@ class KEpisodeMetaworld(gym.Env):
         max_episode_length: int = 500,
         benchmark_seed: int | None = 0,
         info_keys: tuple[str, ...] = ("success",),
+        train_goals: str = "benchmark",
         success_bonus: float = 0.0,
     ):
         super().__init__()
@@ -280,6 +289,12 @@ class KEpisodeMetaworld(gym.Env):
                 f"(Meta-World cannot step an episode past {METAWORLD_MAX_PATH_LENGTH} "
                 f"steps), got {max_episode_length!r}"
             )
+        if train_goals not in TRAIN_GOALS:
+            raise ValueError(
+                f"Unknown KEpisodeMetaworld.train_goals {train_goals!r}; valid values are "
+                f"{', '.join(repr(g) for g in TRAIN_GOALS)}"
+            )
+        self.sample_goals = train_goals == "sampled" and split == "train"
         self.success_bonus = check_number("KEpisodeMetaworld.success_bonus", success_bonus, minimum=0.0)
         self.split = split
         self.k_episodes = int(k_episodes)
@@ -359,6 +374,20 @@ class KEpisodeMetaworld(gym.Env):
         self._attempt_min_distance = math.inf
         return self._make_obs(obs, first=True)
 
+    def _with_fresh_goal(self, task: Any, sim: Any) -> Any:
+        """``task`` with a fresh random vector (goal and object placement).
+
+        Drawn as Meta-World draws the benchmark's own goals: an unfrozen reset of the simulator,
+        which applies the class's own constraints (reach-v3, say, redraws goals too close to the
+        puck), here from the simulator's generator (seeded by ``reset(seed=...)``)."""
+        sim.set_task(task)
+        sim._freeze_rand_vec = False
+        sim.seeded_rand_vec = True
+        sim.reset()
+        data = pickle.loads(task.data)
+        data["rand_vec"] = sim._last_rand_vec
+        return type(task)(env_name=task.env_name, data=pickle.dumps(data))
+
     # -- gym API -------------------------------------------------------------
 
     def reset(
@@ -371,6 +400,8 @@ class KEpisodeMetaworld(gym.Env):
                 self._seed_sim(name, sim)
         task = self._tasks[int(self.np_random.integers(len(self._tasks)))]
         self._sim = self._get_sim(task.env_name)
+        if self.sample_goals:
+            task = self._with_fresh_goal(task, self._sim)
         self._sim.set_task(task)
         self.current_task = task
         self.env_name = task.env_name
