@@ -247,16 +247,14 @@ def test_success_accounting_with_injected_success():
 
 
 def test_sampled_train_goals_are_fresh_in_range_and_repeatable():
-    import pickle
-
     env = KEpisodeMetaworld(ML1, k_episodes=2, max_episode_length=3, train_goals="sampled")
     bench_goals = np.array([pickle.loads(t.data)["rand_vec"] for t in env._tasks])
-    low, high = env._get_sim(ML1)._random_reset_space.low, env._get_sim(ML1)._random_reset_space.high
+    space = env._get_sim(ML1)._random_reset_space
     goals = []
     for seed in range(5):
         env.reset(seed=seed)
         goals.append(env._sim._last_rand_vec.copy())
-        assert np.all(goals[-1] >= low) and np.all(goals[-1] <= high)
+        assert np.all(goals[-1] >= space.low) and np.all(goals[-1] <= space.high)
         assert not np.isclose(bench_goals, goals[-1]).all(axis=1).any()  # not one of the benchmark's 50
         first = env._sim._target_pos.copy()
         for _ in range(3):  # the soft reset between attempts keeps the sampled goal
@@ -269,8 +267,6 @@ def test_sampled_train_goals_are_fresh_in_range_and_repeatable():
 
 
 def test_test_split_keeps_the_benchmark_goals_and_bad_train_goals_fail():
-    import pickle
-
     env = KEpisodeMetaworld(ML1, split="test", train_goals="sampled")
     env.reset(seed=0)
     bench_goals = np.array([pickle.loads(t.data)["rand_vec"] for t in env._tasks])
