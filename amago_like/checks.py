@@ -50,6 +50,12 @@ def check_ints(owner: str, minimum: int | None = None, **values: Any) -> None:
         check_int(f"{owner}.{name}", value, minimum)
 
 
+def check_choice(name: str, value: Any, choices: tuple) -> None:
+    """ValueError naming ``name`` and listing ``choices`` if ``value`` is not one of them."""
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {choices}")
+
+
 def check_number(param: str, value: Any, minimum: float | None = None) -> float:
     """``value`` as a float. ConfigTypeError naming ``param`` if it is not an int or float (bools refused);
     ValueError if it is below ``minimum``."""

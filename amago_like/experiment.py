@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from amago_like.agents import Agent
 from amago_like.callbacks import Callback
-from amago_like.checks import DiskFullError, check_int, check_number, check_writable_dir, storage_error
+from amago_like.checks import DiskFullError, check_choice, check_int, check_number, check_writable_dir, storage_error
 from amago_like.data.dataset import PADDED_SAMPLING, Batch, RLDataset, make_dataloader
 from amago_like.data.trajectory import FORMATS
 from amago_like.envs.exploration import ExplorationWrapper
@@ -132,11 +132,11 @@ class Experiment:
         wait_for_data_seconds: float = 600.0,
         role: str = "both",
     ):
-        _check_choice("env_mode", env_mode, ENV_MODES)
-        _check_choice("save_trajs_as", save_trajs_as, FORMATS)
-        _check_choice("padded_sampling", padded_sampling, PADDED_SAMPLING)
-        _check_choice("mixed_precision", mixed_precision, MIXED_PRECISION)
-        _check_choice("role", role, ROLES)
+        check_choice("env_mode", env_mode, ENV_MODES)
+        check_choice("save_trajs_as", save_trajs_as, FORMATS)
+        check_choice("padded_sampling", padded_sampling, PADDED_SAMPLING)
+        check_choice("mixed_precision", mixed_precision, MIXED_PRECISION)
+        check_choice("role", role, ROLES)
         for name, value, minimum in (
             ("max_seq_len", max_seq_len, None),
             ("batch_size", batch_size, 1),
@@ -808,11 +808,6 @@ def _read_scalars(metrics: dict[str, torch.Tensor | float]) -> dict[str, float]:
 def _explore(make_env: Callable[[], gym.Env], wrapper_type: type[ExplorationWrapper]) -> gym.Env:
     """Module-level (so async workers can unpickle it): an exploration wrapper around the sequence wrapper."""
     return wrapper_type(as_amago_env(make_env()))
-
-
-def _check_choice(name: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {choices}")
 
 
 _CKPT_HINT = "set Experiment.keep_checkpoints (e.g. 3) to keep fewer checkpoints"

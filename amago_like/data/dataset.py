@@ -18,7 +18,7 @@ import gin
 import numpy as np
 import torch
 
-from amago_like.checks import check_int, check_number, storage_error
+from amago_like.checks import check_choice, check_int, check_number, storage_error
 from amago_like.data.trajectory import (
     NpzLayout,
     Trajectory,
@@ -419,8 +419,7 @@ class SequenceSampler(torch.utils.data.Dataset):
     def __init__(self, dataset: RLDataset, seq_len: int, padded_sampling: str = "none", items_per_epoch: int = 1):
         if seq_len < 2:
             raise ValueError(f"max_seq_len must be >= 2 to hold a transition, got {seq_len}")
-        if padded_sampling not in PADDED_SAMPLING:
-            raise ValueError(f"unknown padded_sampling {padded_sampling!r}; choose one of {PADDED_SAMPLING}")
+        check_choice("padded_sampling", padded_sampling, PADDED_SAMPLING)
         self.dataset, self.seq_len, self.mode, self.items = dataset, seq_len, padded_sampling, items_per_epoch
         # a fresh stream per sampler (one per epoch), reproducible under torch.manual_seed
         self._seed = int(torch.randint(0, 2**62, (1,)).item())

@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from amago_like.checks import storage_error
+from amago_like.checks import check_choice, storage_error
 
 FORMATS = ("npz", "npz-compressed", "traj")
 _SUFFIX = {"npz": ".npz", "npz-compressed": ".npz", "traj": ".traj"}
@@ -123,8 +123,7 @@ class Trajectory:
 
 def traj_filename(env_name: str, fmt: str) -> str:
     """A unique file name; the leading timestamp makes lexical order = age order."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown trajectory format {fmt!r}; choose one of {FORMATS}")
+    check_choice("trajectory format", fmt, FORMATS)
     safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in env_name)
     return f"{time.time_ns():020d}_{safe}_{uuid.uuid4().hex[:8]}{_SUFFIX[fmt]}"
 

@@ -16,6 +16,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
+from amago_like.checks import check_choice
 from amago_like.envs.wrapper import (
     LOG_PREFIX,
     ActionAdapter,
@@ -71,8 +72,7 @@ def make_vector_env(
     :class:`LeanSyncVectorEnv` / gymnasium AsyncVectorEnv. already_vectorized: ``make_env()`` is called once and must
     return a ``VectorEnv`` of exactly ``num_envs`` envs, wrapped in :class:`SequenceVectorEnv`.
     """
-    if mode not in ENV_MODES:
-        raise ValueError(f"unknown env_mode {mode!r}; choose one of {ENV_MODES}")
+    check_choice("env_mode", mode, ENV_MODES)
     if num_envs < 1:
         raise ValueError(f"parallel_actors must be >= 1, got {num_envs}")
     if mode == "already_vectorized":

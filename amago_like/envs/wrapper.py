@@ -17,6 +17,7 @@ import gin
 import gymnasium as gym
 import numpy as np
 
+from amago_like.checks import check_choice
 from amago_like.data.trajectory import FORMATS, Trajectory, save_trajectory
 
 RL2_KEY = "_rl2s"  # observation key of [prev reward, prev action]
@@ -191,8 +192,7 @@ class EpisodeRecorder:
         self, directory: str | None, fmt: str = "npz", save_every: int | None = None, stagger: bool = False
     ) -> None:
         """Save episodes to ``directory`` (None: off) in ``fmt``, cut every ``save_every`` transitions."""
-        if fmt not in FORMATS:
-            raise ValueError(f"unknown trajectory format {fmt!r}; choose one of {FORMATS}")
+        check_choice("trajectory format", fmt, FORMATS)
         if save_every is not None and save_every < 1:
             raise ValueError(f"save_every must be >= 1 transitions (or None), got {save_every}")
         if stagger and save_every is None:

@@ -32,7 +32,7 @@ import gin
 import gymnasium as gym
 import numpy as np
 
-from amago_like.checks import check_int, check_ints, check_number
+from amago_like.checks import check_choice, check_int, check_ints, check_number
 
 __all__ = [
     "ML_BENCHMARKS",
@@ -291,11 +291,7 @@ class KEpisodeMetaworld(gym.Env):
                 f"(Meta-World cannot step an episode past {METAWORLD_MAX_PATH_LENGTH} "
                 f"steps), got {max_episode_length!r}"
             )
-        if train_goals not in TRAIN_GOALS:
-            raise ValueError(
-                f"Unknown KEpisodeMetaworld.train_goals {train_goals!r}; valid values are "
-                f"{', '.join(repr(g) for g in TRAIN_GOALS)}"
-            )
+        check_choice("KEpisodeMetaworld.train_goals", train_goals, TRAIN_GOALS)
         self.sample_goals = train_goals == "sampled" and split == "train"
         self.success_bonus = check_number("KEpisodeMetaworld.success_bonus", success_bonus, minimum=0.0)
         self.split = split
