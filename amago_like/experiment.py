@@ -263,7 +263,9 @@ class Experiment:
         """Context manager for mixed-precision forward passes (a no-op at mixed_precision='no')."""
         return self.accelerator.autocast()
 
-    def _make_envs(self, make_env: Callable[[], gym.Env], save_dir: str | None) -> gym.vector.VectorEnv:
+    def _make_envs(
+        self, make_env: Callable[[], gym.Env], save_dir: str | None, record_to: str | None = None
+    ) -> gym.vector.VectorEnv:
         return make_vector_env(
             make_env,
             self.parallel_actors,
@@ -273,6 +275,7 @@ class Experiment:
             self.async_env_mp_context,
             save_every=self.traj_save_len,
             stagger=self.stagger_traj_file_lengths,
+            record_to=record_to,
         )
 
     def init_envs(self) -> None:
@@ -424,15 +427,15 @@ class Experiment:
         self,
         make_test_env: Callable[[], gym.Env],
         timesteps: int,
-        render: bool = False,
         save_trajs_to: str | None = None,
         episodes: int | None = None,
+        render_to: str | None = None,
     ) -> dict[str, float]:
         """Roll out the policy on fresh envs for ``timesteps`` steps per actor (or until ``episodes``
-        episodes finished); with ``save_trajs_to``, every finished episode is written there as a dataset."""
-        if render:
-            raise ValueError("render=True is not supported yet; evaluate without rendering")
-        envs = self._make_envs(make_test_env, save_trajs_to)
+        episodes finished); with ``save_trajs_to``, every finished episode is written there as a dataset.
+        With ``render_to``, the first actor's episodes are written there as GIFs
+        (``episode_0000.gif``, ...); ``make_test_env`` must build envs with ``render_mode="rgb_array"``."""
+        envs = self._make_envs(make_test_env, save_trajs_to, render_to)
         try:
             finished: list[EpisodeStats] = []
             state = None

@@ -17,6 +17,7 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
 from amago_like.checks import check_choice
+from amago_like.envs.recording import FrameRecorder
 from amago_like.envs.wrapper import (
     LOG_PREFIX,
     ActionAdapter,
@@ -46,12 +47,17 @@ def as_amago_env(env: gym.Env) -> gym.Env:
 
 
 def _wrapped_factory(
-    make_env: Callable[[], gym.Env], save_dir: str | None, fmt: str, save_every: int | None, stagger: bool
+    make_env: Callable[[], gym.Env],
+    save_dir: str | None,
+    fmt: str,
+    save_every: int | None,
+    stagger: bool,
+    record_to: str | None = None,
 ) -> Callable[[], gym.Env]:
     def make() -> gym.Env:
         env = as_amago_env(make_env())
         find_amago_env(env).configure_saving(save_dir, fmt, save_every, stagger)
-        return env
+        return env if record_to is None else FrameRecorder(env, record_to)
 
     return make
 
@@ -65,17 +71,24 @@ def make_vector_env(
     mp_context: str | None = None,
     save_every: int | None = None,
     stagger: bool = False,
+    record_to: str | None = None,
 ) -> gym.vector.VectorEnv:
     """``num_envs`` wrapped envs saving episodes to ``save_dir`` (segments of ``save_every`` transitions).
 
     sync / async: ``num_envs`` copies of ``make_env()`` (wrapped in AMAGOEnv if needed) in a
     :class:`LeanSyncVectorEnv` / gymnasium AsyncVectorEnv. already_vectorized: ``make_env()`` is called once and must
     return a ``VectorEnv`` of exactly ``num_envs`` envs, wrapped in :class:`SequenceVectorEnv`.
+    ``record_to``: the first env's episodes are also written there as GIFs (:class:`FrameRecorder`).
     """
     check_choice("env_mode", mode, ENV_MODES)
     if num_envs < 1:
         raise ValueError(f"parallel_actors must be >= 1, got {num_envs}")
     if mode == "already_vectorized":
+        if record_to is not None:
+            raise ValueError(
+                "recording frames needs env_mode 'sync' or 'async'; an already vectorized env renders as a batch, "
+                "which amago_like does not record"
+            )
         venv = make_env()
         if not isinstance(venv, gym.vector.VectorEnv):
             raise TypeError(
@@ -91,7 +104,10 @@ def make_vector_env(
         seq = venv if isinstance(venv, SequenceVectorEnv) else SequenceVectorEnv(venv)
         seq.configure_saving(save_dir, save_format, save_every, stagger)
         return seq
-    fns = [_wrapped_factory(make_env, save_dir, save_format, save_every, stagger) for _ in range(num_envs)]
+    fns = [
+        _wrapped_factory(make_env, save_dir, save_format, save_every, stagger, record_to if i == 0 else None)
+        for i in range(num_envs)
+    ]
     same_step = AutoresetMode.SAME_STEP
     if mode == "sync":
         return LeanSyncVectorEnv(fns)

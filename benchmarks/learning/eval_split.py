@@ -7,6 +7,9 @@ search" from "does not carry it over to goal cells it never saw rewarded".
     python benchmarks/learning/eval_split.py runs/learning/dark_room --split train --episodes 64
     python benchmarks/learning/eval_split.py runs/learning/ml1_reach --env metaworld --split train
     python benchmarks/learning/eval_split.py runs/learning/ml1_reach --env metaworld --split test --actions mode
+    python benchmarks/learning/eval_split.py runs/learning/dark_room --split test --episodes 8 --render_to videos
+
+``--render_to DIR`` writes the first actor's meta-episodes there as GIFs (``MUJOCO_GL=egl`` for Meta-World).
 
 Meta-World runs record their benchmark in config.gin (``Metaworld.benchmark_name``); ``--benchmark`` is
 needed only for runs made before that.
@@ -43,6 +46,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument(
         "--actions", choices=("sample", "mode"), default="sample", help="sample the policy, or act with its mode"
     )
+    parser.add_argument("--render_to", default=None, help="write the first actor's meta-episodes here as GIFs")
     args = parser.parse_args(argv)
     gin.parse_config_file(os.path.join(args.run_dir, "config.gin"))
     if args.env == "metaworld":
@@ -71,7 +75,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         )
         try:
             exp.load_checkpoint_from_path(os.path.join(args.run_dir, "ckpts", "latest", "policy.pt"), False)
-            metrics = exp.evaluate_test(make_env, timesteps=10**6, episodes=args.episodes)
+            make_test_env = functools.partial(make_env, render_mode="rgb_array") if args.render_to else make_env
+            metrics = exp.evaluate_test(make_test_env, 10**6, episodes=args.episodes, render_to=args.render_to)
         finally:
             exp.close()
     print(

@@ -10,7 +10,7 @@ import gin
 import gymnasium as gym
 import numpy as np
 
-from amago_like.checks import check_ints
+from amago_like.checks import check_choice, check_ints
 
 SPLITS = ("train", "test", "all")
 Cell = tuple[int, int]
@@ -50,10 +50,11 @@ class DarkRoom(gym.Env):
 
     Each episode's last step reports ``log/Episode i Return``; the final step adds
     ``log/Success`` (goal reached in any episode). ``reset(options={"goal": (x, y)})`` fixes
-    the goal of that meta-episode.
+    the goal of that meta-episode. ``render_mode="rgb_array"``: ``render()`` draws the grid
+    (``cell_pixels`` per cell, y up) with the goal in green and the agent in white.
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"]}
 
     def __init__(
         self,
@@ -62,11 +63,19 @@ class DarkRoom(gym.Env):
         k_episodes: int = 3,
         split: str = "train",
         goal_set: Sequence[Sequence[int]] | None = None,
+        render_mode: str | None = None,
+        cell_pixels: int = 16,
     ):
-        check_ints("DarkRoom", None, size=size, episode_length=episode_length, k_episodes=k_episodes)
-        if size < 3 or episode_length < 1 or k_episodes < 1:
+        check_ints(
+            "DarkRoom", None, size=size, episode_length=episode_length, k_episodes=k_episodes, cell_pixels=cell_pixels
+        )
+        if render_mode is not None:
+            check_choice("DarkRoom.render_mode", render_mode, tuple(self.metadata["render_modes"]))
+        self.render_mode, self.cell_pixels = render_mode, cell_pixels
+        if size < 3 or episode_length < 1 or k_episodes < 1 or cell_pixels < 1:
             raise ValueError(
-                f"need size >= 3, episode_length >= 1, k_episodes >= 1; got {size}, {episode_length}, {k_episodes}"
+                "need size >= 3, episode_length >= 1, k_episodes >= 1, cell_pixels >= 1; "
+                f"got {size}, {episode_length}, {k_episodes}, {cell_pixels}"
             )
         goals = split_goals(size, split)
         if goal_set is not None:
@@ -122,6 +131,18 @@ class DarkRoom(gym.Env):
                 info["log/Success"] = float(self._found)
         info["episode"] = self._episode
         return self._obs(first), reward, terminated, False, info
+
+    def render(self) -> np.ndarray | None:
+        """The grid as an (H, W, 3) uint8 image, row 0 at the top (largest y); None without a render_mode."""
+        if self.render_mode is None:
+            return None
+        grid = np.full((self.size, self.size, 3), 40, dtype=np.uint8)  # (y, x, rgb)
+        if self.goal is not None:
+            grid[self.goal[1], self.goal[0]] = (40, 200, 80)
+        grid[self.position[1], self.position[0]] = (255, 255, 255)
+        image = np.repeat(np.repeat(grid[::-1], self.cell_pixels, axis=0), self.cell_pixels, axis=1)
+        image[:: self.cell_pixels] = image[:, :: self.cell_pixels] = 0  # cell borders
+        return image
 
     # ------------------------------------------------------------------ reference returns
     def best_return(self, search: str = "goals") -> float:

@@ -259,9 +259,12 @@ class KEpisodeMetaworld(gym.Env):
             policy that stops a few millimetres outside loses almost nothing; a bonus makes the
             threshold visible to the critic.  0 keeps the benchmark's own reward.  (On ML1 reach-v3
             it made the policy fit its training goals closer, not the held-out ones: docs/RESULTS.md.)
+        render_mode: ``"rgb_array"`` makes ``render()`` return the simulator's camera image
+            (``render_size`` x ``render_size`` pixels; MuJoCo needs an OpenGL backend, e.g.
+            ``MUJOCO_GL=egl``).  ``None``: no rendering.
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"]}
 
     def __init__(
         self,
@@ -273,8 +276,14 @@ class KEpisodeMetaworld(gym.Env):
         info_keys: tuple[str, ...] = ("success",),
         train_goals: str = "benchmark",
         success_bonus: float = 0.0,
+        render_mode: str | None = None,
+        render_size: int = 240,
     ):
         super().__init__()
+        if render_mode is not None:
+            check_choice("KEpisodeMetaworld.render_mode", render_mode, tuple(self.metadata["render_modes"]))
+        self.render_mode = render_mode
+        self.render_size = check_int("KEpisodeMetaworld.render_size", render_size, minimum=1)
         if isinstance(info_keys, str) or not all(isinstance(k, str) for k in info_keys):
             raise ValueError(f"info_keys must be a tuple of strings, got {info_keys!r}")
         self.info_keys = tuple(info_keys)
@@ -346,7 +355,10 @@ class KEpisodeMetaworld(gym.Env):
     def _get_sim(self, name: str) -> Any:
         sim = self._sims.get(name)
         if sim is None:
-            sim = self._classes[name]()
+            size = dict(width=self.render_size, height=self.render_size)
+            sim = (
+                self._classes[name](render_mode=self.render_mode, **size) if self.render_mode else self._classes[name]()
+            )
             limit = getattr(sim, "max_path_length", METAWORLD_MAX_PATH_LENGTH)
             if self.max_episode_length > limit:
                 sim.close()
@@ -458,6 +470,14 @@ class KEpisodeMetaworld(gym.Env):
         info["attempt"] = self._attempt
         return obs_out, reward, terminated, False, info
 
+    def render(self) -> np.ndarray | None:
+        """The current task's camera image (H, W, 3) uint8, or None without a render_mode."""
+        if self.render_mode is None:
+            return None
+        if self._sim is None:
+            raise RuntimeError("KEpisodeMetaworld.render() called before reset()")
+        return self._sim.render()
+
     def close(self) -> None:
         for sim in self._sims.values():
             sim.close()
@@ -479,6 +499,7 @@ def Metaworld(
     split: str = "train",
     k_episodes: int = 3,
     max_episode_length: int = 500,
+    render_mode: str | None = None,
 ):
     """A :class:`KEpisodeMetaworld` wrapped in ``AMAGOEnv`` (named after the benchmark)."""
     check_ints("Metaworld", 1, k_episodes=k_episodes, max_episode_length=max_episode_length)
@@ -489,5 +510,6 @@ def Metaworld(
         split=split,
         k_episodes=k_episodes,
         max_episode_length=max_episode_length,
+        render_mode=render_mode,
     )
     return AMAGOEnv(env, env_name=env.benchmark_name)
