@@ -11,7 +11,7 @@ from amago_like.envs import (
     MetaBandit,
     Metaworld,
 )
-from amago_like.experiment import CheckpointError, Experiment
+from amago_like.experiment import CheckpointError, Experiment, RunExistsError
 from amago_like.nets import (
     CNNTstepEncoder,
     FFTrajEncoder,
@@ -42,5 +42,6 @@ __all__ = [
     "MixtureOfDatasets",
     "MultiTaskAgent",
     "RLDataset",
+    "RunExistsError",
     "TformerTrajEncoder",
 ]

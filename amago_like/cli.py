@@ -139,10 +139,6 @@ def configure_from_args(args: argparse.Namespace, default_configs: list[str], ex
         sys.exit(f"error: {e}")
 
 
-class RunExistsError(FileExistsError):
-    """A fresh (not ``--resume``) run was pointed at a run folder that already holds checkpoints."""
-
-
 def run(experiment: Experiment, resume: bool = False) -> dict[str, float]:
     """start -> (resume) -> learn -> final checkpoint -> close; returns the last epoch's metrics.
 
@@ -158,12 +154,8 @@ def run(experiment: Experiment, resume: bool = False) -> dict[str, float]:
     """
     from amago_like.experiment import CheckpointError
 
-    if not resume and experiment.role == "both" and experiment.checkpoint_epochs():
-        raise RunExistsError(
-            f"{experiment.run_dir} already holds a run (checkpoints of epochs {experiment.checkpoint_epochs()}); "
-            "starting afresh would overwrite it. Pass --resume to continue it, choose another --run_name, "
-            "or delete that folder (and its buffer) to start over"
-        )
+    if not resume:  # before start() rewrites the run's config.gin
+        experiment.check_not_overwriting()
     config = os.path.join(experiment.run_dir, "config.gin")
     saved_config = _read_bytes(config) if resume else None
     try:

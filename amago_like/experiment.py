@@ -49,6 +49,10 @@ class DivergenceError(RuntimeError):
     """Training produced non-finite losses or gradients too many updates in a row."""
 
 
+class RunExistsError(FileExistsError):
+    """A fresh run (nothing loaded) was pointed at a run folder that already holds checkpoints."""
+
+
 def summarize_episodes(episodes: list[EpisodeStats], prefix: str) -> dict[str, float]:
     """Average return, length and every logged metric, per env name and over all episodes."""
     by_name: dict[str, list[EpisodeStats]] = defaultdict(list)
@@ -554,6 +558,7 @@ class Experiment:
         """Run epochs from the current one to ``epochs``; returns the last epoch's metrics."""
         if not self._started:
             self.start()
+        self.check_not_overwriting()
         metrics: dict[str, float] = {}
         try:
             while self.epoch < self.epochs:
@@ -593,6 +598,17 @@ class Experiment:
             if self._started and self.is_main:
                 plot_metrics(self.run_dir)
         return metrics
+
+    def check_not_overwriting(self) -> None:
+        """RunExistsError if training from epoch 0 would overwrite this run folder's checkpoints.
+        Collect / learn roles share a folder on purpose and are exempt."""
+        if self.epoch == 0 and self.role == "both" and self.checkpoint_epochs():
+            raise RunExistsError(
+                f"{self.run_dir} already holds a run (checkpoints of epochs {self.checkpoint_epochs()}); "
+                "starting afresh would overwrite it. Pass --resume to continue it, choose another --run_name, "
+                "or delete that folder (and its buffer) to start over (from Python: call load_latest_checkpoint() "
+                "before learn() to continue)"
+            )
 
     def _epoch_line(self, m: dict[str, float]) -> str:
         shown = [f"epoch {self.epoch}/{self.epochs}", f"frames {self.total_frames}", f"updates {self.grad_updates}"]

@@ -20,9 +20,9 @@ import pytest
 
 import amago_like.data.trajectory as trajectory_module
 import amago_like.experiment as experiment_module
-from amago_like import CheckpointError, DarkRoom, DiskTrajDataset, Experiment, MetaBandit, Metaworld
+from amago_like import CheckpointError, DarkRoom, DiskTrajDataset, Experiment, MetaBandit, Metaworld, RunExistsError
 from amago_like.checks import ConfigTypeError, DiskFullError, NotWritableError
-from amago_like.cli import REPO_ROOT, RunExistsError, apply_gin, run
+from amago_like.cli import REPO_ROOT, apply_gin, run
 from amago_like.data import load_trajectory, save_trajectory
 
 TINY = os.path.join(REPO_ROOT, "configs", "models", "tiny.gin")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from amago_like import CheckpointError, DiskTrajDataset, Experiment, MetaBandit
+from amago_like import CheckpointError, DiskTrajDataset, Experiment, MetaBandit, RunExistsError
 from amago_like.cli import GinBindingError, apply_gin
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -103,6 +103,25 @@ def test_checkpoint_round_trip_restores_actions_and_counters(trained, tmp_path):
         torch.testing.assert_close(v, expected_state[k], rtol=0, atol=0)
     assert torch.equal(_greedy_actions(fresh), expected_actions)
     fresh.close()
+
+
+def test_a_fresh_experiment_does_not_train_over_an_existing_run(trained, tmp_path):
+    exp, _ = trained
+    ckpts = tmp_path / "run" / "ckpts" / "training_states"
+    saved = {p.name: p.stat().st_mtime_ns for p in ckpts.iterdir()}
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
+    again = make_experiment(tmp_path, epochs=3)
+    again.start()
+    with pytest.raises(
+        RunExistsError, match=r"already holds a run \(checkpoints of epochs \[1, 2\]\).*load_latest_checkpoint"
+    ):
+        again.learn()
+    assert {p.name: p.stat().st_mtime_ns for p in ckpts.iterdir()} == saved
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == metrics
+    again.load_latest_checkpoint()  # continuing it is fine
+    again.learn()
+    assert again.epoch == 3 and "epoch_3" in os.listdir(ckpts)
+    again.close()
 
 
 def test_load_checkpoint_errors_name_the_problem(trained, tmp_path):

@@ -43,7 +43,9 @@ def test_dark_room_draws_agent_and_goal():
 
 
 def test_frame_recorder_writes_one_gif_per_episode(tmp_path):
-    env = FrameRecorder(DarkRoom(size=5, episode_length=3, k_episodes=2, render_mode="rgb_array"), str(tmp_path), fps=10)
+    env = FrameRecorder(
+        DarkRoom(size=5, episode_length=3, k_episodes=2, render_mode="rgb_array"), str(tmp_path), fps=10
+    )
     for _ in range(2):
         obs, _ = env.reset(seed=1)
         first = env.render()
