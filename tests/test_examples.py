@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from amago_like import CheckpointError
+
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 SHORT = [
     "--parallel_actors", "2",
@@ -61,6 +63,10 @@ def test_eval_split_reads_the_benchmark_from_the_run(example, tmp_path, capsys):
     assert "test/push-v3/Success" in metrics  # the run's task, though no --benchmark was given
     out = capsys.readouterr().out
     assert "on the test split, 1 meta-episodes" in out and "per attempt: 1 " in out
+    eval_split.main([str(tmp_path / "mw"), "--env", "metaworld", "--split", "test", "--episodes", "1", "--epoch", "1"])
+    assert "mw (epoch 1) on the test split" in capsys.readouterr().out
+    with pytest.raises(CheckpointError, match="no checkpoint at .*policy_epoch_7.pt"):
+        eval_split.main([str(tmp_path / "mw"), "--env", "metaworld", "--episodes", "1", "--epoch", "7"])
 
 
 def test_unknown_benchmark_fails_before_any_work(example, tmp_path, capsys):

@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument(
         "--actions", choices=("sample", "mode"), default="sample", help="sample the policy, or act with its mode"
     )
+    parser.add_argument("--epoch", type=int, default=None, help="evaluate this epoch's saved weights (default: latest)")
     parser.add_argument("--render_to", default=None, help="write the first actor's meta-episodes here as GIFs")
     args = parser.parse_args(argv)
     gin.parse_config_file(os.path.join(args.run_dir, "config.gin"))
@@ -74,13 +75,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             lambda _m, _i, dist: gaussians.append(dist) if isinstance(dist, TanhGaussian) else None
         )
         try:
-            exp.load_checkpoint_from_path(os.path.join(args.run_dir, "ckpts", "latest", "policy.pt"), False)
+            ckpts = os.path.join(args.run_dir, "ckpts")
+            weights = (
+                os.path.join(ckpts, "latest", "policy.pt")
+                if args.epoch is None
+                else os.path.join(ckpts, "policy_weights", f"policy_epoch_{args.epoch}.pt")
+            )
+            exp.load_checkpoint_from_path(weights, False)
             make_test_env = functools.partial(make_env, render_mode="rgb_array") if args.render_to else make_env
             metrics = exp.evaluate_test(make_test_env, 10**6, episodes=args.episodes, render_to=args.render_to)
         finally:
             exp.close()
     print(
-        f"{args.run_dir} on the {args.split} split, {args.episodes} meta-episodes, {args.actions} actions: return {metrics['test/return']:.2f}"
+        f"{args.run_dir}{'' if args.epoch is None else f' (epoch {args.epoch})'} on the {args.split} split, {args.episodes} meta-episodes, {args.actions} actions: return {metrics['test/return']:.2f}"
     )
     if gaussians:  # a wide pre-tanh std makes sampled actions mostly +-1 noise
         mean = torch.cat([d.mean.reshape(-1, d.mean.shape[-1]) for d in gaussians]).abs().mean(0)
