@@ -65,6 +65,10 @@ def test_eval_split_reads_the_benchmark_from_the_run(example, tmp_path, capsys):
     assert "on the test split, 1 meta-episodes" in out and "per attempt: 1 " in out
     eval_split.main([str(tmp_path / "mw"), "--env", "metaworld", "--split", "test", "--episodes", "1", "--epoch", "1"])
     assert "mw (epoch 1) on the test split" in capsys.readouterr().out
+    metrics = eval_split.main(
+        [str(tmp_path / "mw"), "--env", "metaworld", "--episodes", "1", "--gin", "Metaworld.k_episodes = 2"]
+    )
+    assert "test/Trial 2 Success" in metrics and "test/Trial 3 Success" not in metrics  # the binding won
     with pytest.raises(CheckpointError, match="no checkpoint at .*policy_epoch_7.pt"):
         eval_split.main([str(tmp_path / "mw"), "--env", "metaworld", "--episodes", "1", "--epoch", "7"])
 

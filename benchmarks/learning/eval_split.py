@@ -7,6 +7,8 @@ search" from "does not carry it over to goal cells it never saw rewarded".
     python benchmarks/learning/eval_split.py runs/learning/dark_room --split train --episodes 64
     python benchmarks/learning/eval_split.py runs/learning/ml1_reach --env metaworld --split train
     python benchmarks/learning/eval_split.py runs/learning/ml1_reach --env metaworld --split test --actions mode
+    python benchmarks/learning/eval_split.py runs/learning/ml1_reach_sampled --env metaworld --split train \
+        --gin 'KEpisodeMetaworld.train_goals = "benchmark"'
     python benchmarks/learning/eval_split.py runs/learning/dark_room --split test --episodes 8 --render_to videos
 
 ``--render_to DIR`` writes the first actor's meta-episodes there as GIFs (``MUJOCO_GL=egl`` for Meta-World).
@@ -27,7 +29,7 @@ import gin
 import torch
 
 from amago_like import DarkRoom, DiskTrajDataset, Experiment, MetaBandit, Metaworld
-from amago_like.cli import is_bound
+from amago_like.cli import apply_gin, is_bound
 from amago_like.nets.distributions import TanhGaussian
 
 ENVS = {"dark_room": DarkRoom, "bandit": MetaBandit, "metaworld": Metaworld}  # toy names as examples/toy.py
@@ -46,10 +48,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument(
         "--actions", choices=("sample", "mode"), default="sample", help="sample the policy, or act with its mode"
     )
+    parser.add_argument(
+        "--gin", action="append", default=[], help="binding applied over the run's config.gin (repeatable)"
+    )
     parser.add_argument("--epoch", type=int, default=None, help="evaluate this epoch's saved weights (default: latest)")
     parser.add_argument("--render_to", default=None, help="write the first actor's meta-episodes here as GIFs")
     args = parser.parse_args(argv)
-    gin.parse_config_file(os.path.join(args.run_dir, "config.gin"))
+    apply_gin([os.path.join(args.run_dir, "config.gin")], args.gin)
     if args.env == "metaworld":
         if args.benchmark is not None:
             gin.bind_parameter("Metaworld.benchmark_name", args.benchmark)
