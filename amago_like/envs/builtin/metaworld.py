@@ -355,10 +355,10 @@ class KEpisodeMetaworld(gym.Env):
     def _get_sim(self, name: str) -> Any:
         sim = self._sims.get(name)
         if sim is None:
-            size = dict(width=self.render_size, height=self.render_size)
-            sim = (
-                self._classes[name](render_mode=self.render_mode, **size) if self.render_mode else self._classes[name]()
-            )
+            camera = {}
+            if self.render_mode is not None:
+                camera = dict(render_mode=self.render_mode, width=self.render_size, height=self.render_size)
+            sim = self._classes[name](**camera)
             limit = getattr(sim, "max_path_length", METAWORLD_MAX_PATH_LENGTH)
             if self.max_episode_length > limit:
                 sim.close()
