@@ -755,6 +755,7 @@ class Experiment:
         if resume_training_state and "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+            self._apply_configured_rates()
             c = state["counters"]
             self.epoch, self.total_frames, self.grad_updates = c["epoch"], c["total_frames"], c["grad_updates"]
             self.bad_updates = c.get("bad_updates", 0)
@@ -764,6 +765,20 @@ class Experiment:
                 torch.cuda.set_rng_state(state["rng"]["cuda"], self.DEVICE)
             np.random.set_state(state["rng"]["numpy"])
             random.setstate(state["rng"]["python"])
+
+    def _apply_configured_rates(self) -> None:
+        """The optimizer state just loaded carries the learning rates and weight decay of the run that saved
+        it; a resume that binds other ones (e.g. a lower ``learning_rate``) gets them from here on."""
+        scheduler = getattr(self.scheduler, "scheduler", self.scheduler)  # accelerate wraps it
+        configured = self.policy.param_groups(self.learning_rate)
+        for i, (group, fresh) in enumerate(zip(self.optimizer.param_groups, configured)):
+            old_lr, lr = scheduler.base_lrs[i], fresh["lr"]
+            if old_lr != lr and self.verbose and self.is_main:
+                print(f"learning rate of parameter group {i}: {old_lr:g} in the checkpoint, {lr:g} from now on")
+            scaled = group["lr"] / old_lr if old_lr else 1.0  # where the warm-up schedule stands
+            scheduler.base_lrs[i] = group["initial_lr"] = lr
+            group["lr"] = lr * scaled
+            group["weight_decay"] = fresh.get("weight_decay", self.l2_coeff)
 
     def _restore_exploration_schedule(self) -> None:
         """Move each training actor's exploration schedule to where the checkpointed run left it.

@@ -124,6 +124,21 @@ def test_a_fresh_experiment_does_not_train_over_an_existing_run(trained, tmp_pat
     again.close()
 
 
+def test_resume_takes_the_configured_learning_rate_and_weight_decay(tmp_path, tiny_model):
+    first = make_experiment(tmp_path, learning_rate=1e-3, l2_coeff=0.0, lr_warmup_steps=1)
+    first.start()
+    first.learn()
+    first.close()
+    again = make_experiment(tmp_path, learning_rate=2e-4, l2_coeff=0.01, lr_warmup_steps=1, epochs=3)
+    again.start()
+    again.load_latest_checkpoint()
+    group = again.optimizer.param_groups[0]
+    assert group["lr"] == pytest.approx(2e-4) and group["weight_decay"] == 0.01
+    metrics = again.learn()
+    assert metrics["learn/lr"] == pytest.approx(2e-4)
+    again.close()
+
+
 def test_load_checkpoint_errors_name_the_problem(trained, tmp_path):
     exp, _ = trained
     with pytest.raises(CheckpointError, match=r"no checkpoint for epoch 7 .*available epochs: \[1, 2\]"):
