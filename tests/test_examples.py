@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 
+import numpy as np
 import pytest
 
 from amago_like import CheckpointError
@@ -82,3 +83,37 @@ def test_unknown_benchmark_fails_before_any_work(example, tmp_path, capsys):
 def test_bad_gin_binding_fails_with_its_name(example, tmp_path):
     with pytest.raises(SystemExit, match="Experiment.epocs"):
         example.main(["--benchmark", "reach-v3", "--buffer_dir", str(tmp_path), "--gin", "Experiment.epocs = 2"])
+
+
+@pytest.mark.parametrize("fmt", ["npz", "npz-compressed", "traj"])
+def test_add_success_bonus_relabels_a_buffer_in_place(tmp_path, fmt):
+    from amago_like.data import Trajectory, load_trajectory, save_trajectory
+
+    spec = importlib.util.spec_from_file_location(
+        "add_success_bonus", os.path.join(ROOT, "benchmarks", "learning", "add_success_bonus.py")
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    rews = np.array([[1.0], [10.0], [9.99], [10.0]], dtype=np.float32)  # steps 2 and 4 succeeded
+    rl2s = np.zeros((5, 2), dtype=np.float32)
+    rl2s[0, 0] = 10.0  # a segment that continues a successful step
+    rl2s[1:, 0] = rews[:, 0]
+    traj = Trajectory(
+        obs={"x": np.arange(5, dtype=np.float32)[:, None]},
+        rl2s=rl2s,
+        time_idxs=np.arange(5)[:, None],
+        actions=np.zeros((4, 1), dtype=np.float32),
+        rews=rews,
+        dones=np.zeros((4, 1), dtype=bool),
+    )
+    folder = tmp_path / "run" / "buffer" / "fifo"
+    folder.mkdir(parents=True)
+    path = save_trajectory(traj, str(folder), "reach-v3", fmt)
+    assert tool.file_format(path) == fmt
+    assert tool.add_bonus(str(tmp_path / "run"), 5.0, 10.0) == (4, 2)
+    after = load_trajectory(path)
+    np.testing.assert_array_equal(after.rews[:, 0], np.float32([1.0, 15.0, 9.99, 15.0]))
+    np.testing.assert_array_equal(after.rl2s[:, 0], np.float32([15.0, 1.0, 15.0, 9.99, 15.0]))
+    assert os.listdir(folder) == [os.path.basename(path)] and tool.file_format(path) == fmt
+    with pytest.raises(SystemExit, match="already has rewards above 10.0: was the bonus added before"):
+        tool.add_bonus(str(tmp_path / "run"), 5.0, 10.0)

@@ -129,13 +129,20 @@ def traj_filename(env_name: str, fmt: str) -> str:
 
 
 def save_trajectory(traj: Trajectory, directory: str, env_name: str, fmt: str = "npz") -> str:
-    """Write ``traj`` atomically (temporary name, then rename); returns the final path.
+    """Write ``traj`` atomically under a new unique name in ``directory``; returns the final path.
 
     A failed write leaves no file behind, partial or temporary. A full disk raises DiskFullError and a
     folder without write permission NotWritableError, each naming the file and what to do.
     """
-    name = traj_filename(env_name, fmt)
-    final = os.path.join(directory, name)
+    final = os.path.join(directory, traj_filename(env_name, fmt))
+    write_trajectory(traj, final, fmt)
+    return final
+
+
+def write_trajectory(traj: Trajectory, path: str, fmt: str = "npz") -> None:
+    """Write ``traj`` to ``path`` atomically (temporary name, then rename), replacing any file there."""
+    check_choice("trajectory format", fmt, FORMATS)
+    directory, name = os.path.split(path)
     # the temporary name has no data suffix, so readers listing the folder never pick it up
     tmp = os.path.join(directory, f".{name}.tmp")
     try:
@@ -148,14 +155,13 @@ def save_trajectory(traj: Trajectory, directory: str, env_name: str, fmt: str = 
                 np.savez(f, **traj.to_arrays())
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, final)
+        os.replace(tmp, path)
     except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
         if isinstance(e, OSError):
-            raise storage_error(e, final, _BUFFER_HINT) from None
+            raise storage_error(e, path, _BUFFER_HINT) from None
         raise
-    return final
 
 
 _BUFFER_HINT = "lower DiskTrajDataset.dset_max_size so the buffer keeps fewer trajectory files"
