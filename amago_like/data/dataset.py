@@ -198,6 +198,11 @@ class DiskTrajDataset(RLDataset):
         return len(self._files)
 
     @property
+    def files(self) -> list[str]:
+        """The trajectory files of the last refresh: ``fifo/`` then ``protected/``, each by age."""
+        return list(self._files)
+
+    @property
     def ready_for_training(self) -> bool:
         return len(self) >= max(self.dset_min_size, 1)
 

@@ -12,14 +12,13 @@ below 10 outside it); those steps get ``B`` added, in ``rews`` and in the previo
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import zipfile
 
 import numpy as np
 from tqdm import tqdm
 
-from amago_like.data import load_trajectory
+from amago_like.data import DiskTrajDataset, load_trajectory
 from amago_like.data.trajectory import write_trajectory
 
 
@@ -33,8 +32,10 @@ def file_format(path: str) -> str:
 
 def add_bonus(run_dir: str, bonus: float, success_reward: float) -> tuple[int, int]:
     """Relabel every trajectory file of ``run_dir/buffer``; returns (steps, successful steps)."""
-    files = sorted(glob.glob(os.path.join(run_dir, "buffer", "*", "*.npz")))
-    files += sorted(glob.glob(os.path.join(run_dir, "buffer", "*", "*.traj")))
+    run_dir = os.path.abspath(run_dir)
+    files = []
+    if os.path.isdir(os.path.join(run_dir, "buffer")):  # the dataset would create a missing one
+        files = DiskTrajDataset(os.path.dirname(run_dir), os.path.basename(run_dir), cache_mb=0).files
     if not files:
         raise SystemExit(f"no trajectory files under {run_dir}/buffer")
     steps = hits = 0
