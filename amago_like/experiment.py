@@ -534,8 +534,10 @@ class Experiment:
         return self._mean_across_processes({f"learn/{k}": sums[k] / counts[k] for k in sums})
 
     def _sync_buffers(self) -> None:
-        """Copy rank 0's buffers (input-normalisation statistics, ...) to every process, as DDP does
-        before each forward, so that rollouts and checkpoints agree across ranks."""
+        """Copy rank 0's buffers to every process, so that rollouts and checkpoints agree across ranks.
+
+        The running statistics already merge every rank's batches (they all-reduce); this guards
+        against any buffer that a rank updated alone."""
         if self.accelerator.num_processes > 1:
             for buf in self.policy.buffers():
                 buf.copy_(broadcast(buf.clone(), from_process=0))

@@ -10,6 +10,7 @@ import gin
 import gymnasium as gym
 import numpy as np
 import torch
+import torch.distributed as dist
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -42,8 +43,9 @@ class RunningNorm(nn.Module):
     """Running mean / std normalisation over the last dim, statistics held in buffers.
 
     `update` merges a batch of samples into the statistics (Chan et al. parallel
-    variance); `forward` only normalises. Buffers are saved in the state_dict and can be
-    all-reduced by the caller for multi-process training (count-weighted).
+    variance); `forward` only normalises. Under torch.distributed the batch sums are
+    all-reduced, so every process merges the samples of all processes and the statistics
+    stay identical.
     """
 
     def __init__(self, dim: int, eps: float = 1e-5, clip: float = 10.0):
@@ -58,17 +60,20 @@ class RunningNorm(nn.Module):
         """Merge the samples of x (..., dim) where mask (..., 1) is true (default: every sample).
 
         Masked sums rather than selecting rows: no wait for the device, and a batch with no
-        real sample leaves the statistics as they were.
+        real sample leaves the statistics as they were. Under torch.distributed every process
+        must call this, even with nothing to add.
         """
+        old_n, mean, var = self.count.double(), self.mean.double(), self.var.double()
         x = x.reshape(-1, x.shape[-1]).double()  # (N, dim)
         w = torch.ones_like(x[:, :1]) if mask is None else mask.reshape(-1, 1).double()  # (N, 1)
-        x = torch.where(w > 0, x, 0.0)  # padded rows may hold anything
-        n = w.sum()  # 0-dim
-        b_mean = x.sum(0) / n.clamp(min=1)  # (dim,)
-        b_var = (w * (x - b_mean) ** 2).sum(0) / n.clamp(min=1)
-        old_n, mean, var = self.count.double(), self.mean.double(), self.var.double()
+        d = torch.where(w > 0, x - mean, 0.0)  # centred on the running mean; padded rows may hold anything
+        sums = torch.cat([d.sum(0), (d * d).sum(0), w.sum(0)])  # (2 dim + 1,)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(sums)
+        dim, n = mean.shape[0], sums[-1]
+        delta = sums[:dim] / n.clamp(min=1)  # (dim,) batch mean - running mean
+        b_var = (sums[dim : 2 * dim] / n.clamp(min=1) - delta**2).clamp(min=0)
         tot = (old_n + n).clamp(min=1)
-        delta = b_mean - mean
         m2 = var * old_n + b_var * n + delta.pow(2) * (old_n * n / tot)
         self.mean.copy_(torch.where(n > 0, mean + delta * (n / tot), mean))
         self.var.copy_(torch.where(n > 0, m2 / tot, var))
