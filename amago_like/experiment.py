@@ -76,6 +76,29 @@ def summarize_episodes(episodes: list[EpisodeStats], prefix: str) -> dict[str, f
     return out
 
 
+def _state_mismatch(model: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]) -> str:
+    """What differs between a model's state_dict and a saved one, in a few words."""
+    parts = []
+    missing = sorted(set(model) - set(saved))
+    unexpected = sorted(set(saved) - set(model))
+    shapes = [
+        f"{k} {tuple(saved[k].shape)} saved, {tuple(model[k].shape)} here"
+        for k in model
+        if k in saved and saved[k].shape != model[k].shape
+    ]
+    for label, keys in (
+        ("not in the checkpoint", missing),
+        ("only in the checkpoint", unexpected),
+        ("other shapes", shapes),
+    ):
+        if keys:
+            more = f", ... ({len(keys)} in all)" if len(keys) > 3 else ""
+            parts.append(f"{label}: {', '.join(keys[:3])}{more}")
+    if "log_entropy_coeff" in missing + unexpected:
+        parts.append("log_entropy_coeff exists only when Agent.target_entropy is set")
+    return "; ".join(parts)
+
+
 @gin.configurable
 class Experiment:
     """A meta-RL training run. Every argument is bindable from gin (``Experiment.epochs = 10``)."""
@@ -747,12 +770,15 @@ class Experiment:
         except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear error
             raise CheckpointError(f"{file} is not a readable checkpoint: {type(e).__name__}: {e}") from None
         weights = state["agent"] if isinstance(state, dict) and "agent" in state else state
+        if not isinstance(weights, dict):
+            raise CheckpointError(f"{file} holds a {type(weights).__name__}, not a model's weights")
         try:
             self.policy.load_state_dict(weights)
-        except RuntimeError as e:
+        except RuntimeError:
+            differences = _state_mismatch(self.policy.state_dict(), weights)
             raise CheckpointError(
-                f"{file} was saved from a different model shape; build the experiment with the gin config "
-                f"of the run that wrote it (its config.gin).\n{e}"
+                f"{file} was saved from a different model shape ({differences}); build the experiment "
+                "with the gin config of the run that wrote it (its config.gin)"
             ) from None
         if resume_training_state and "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])

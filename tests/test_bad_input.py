@@ -228,7 +228,8 @@ def test_impossible_sequence_length_or_batch_size(root, flags, message):
 def test_resume_with_a_different_model_shape(root):
     before = snapshot(root)
     with pytest.raises(
-        CheckpointError, match=r"saved from a different model shape; build the experiment with .*config.gin"
+        CheckpointError,
+        match=r"saved from a different model shape \(other shapes: .*\); build the experiment with .*config.gin",
     ):
         load_example("toy").main(toy_args(root, "--resume", "--gin", "TformerTrajEncoder.d_model = 32"))
     assert_untouched(root, before)  # config.gin too: still the run's own

@@ -150,11 +150,25 @@ def test_load_checkpoint_errors_name_the_problem(trained, tmp_path):
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         exp.load_checkpoint_from_path(str(bad))
 
-    gin.bind_parameter("TformerTrajEncoder.d_model", 32)  # a different model shape
+    with open(bad, "wb") as f:
+        torch.save([1, 2], f)
+    with pytest.raises(CheckpointError, match="holds a list, not a model's weights"):
+        exp.load_checkpoint_from_path(str(bad))
+
+    saved = str(tmp_path / "run" / "ckpts" / "training_states" / "epoch_2")
+    gin.bind_parameter("Agent.target_entropy", -1.0)  # adds a learned entropy coefficient
+    gin.bind_parameter("Agent.entropy_coeff", 0.01)
     other = make_experiment(tmp_path, run_name="other")
     other.start()
-    with pytest.raises(CheckpointError, match="different model shape"):
-        other.load_checkpoint_from_path(str(tmp_path / "run" / "ckpts" / "training_states" / "epoch_2"))
+    with pytest.raises(CheckpointError, match=r"not in the checkpoint: log_entropy_coeff; .*Agent.target_entropy"):
+        other.load_checkpoint_from_path(saved)
+    other.close()
+    gin.bind_parameter("Agent.target_entropy", None)
+    gin.bind_parameter("TformerTrajEncoder.d_model", 32)  # a different model shape
+    other = make_experiment(tmp_path, run_name="other2")
+    other.start()
+    with pytest.raises(CheckpointError, match=r"different model shape \(other shapes: .*\(64,\) saved, \(32,\) here"):
+        other.load_checkpoint_from_path(saved)
     other.close()
 
 
