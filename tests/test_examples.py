@@ -72,6 +72,12 @@ def test_eval_split_reads_the_benchmark_from_the_run(example, tmp_path, capsys):
     assert "test/Trial 2 Success" in metrics and "test/Trial 3 Success" not in metrics  # the binding won
     with pytest.raises(CheckpointError, match="no checkpoint at .*policy_epoch_7.pt"):
         eval_split.main([str(tmp_path / "mw"), "--env", "metaworld", "--episodes", "1", "--epoch", "7"])
+    with pytest.raises(
+        SystemExit, match=r"(?s)bad gin binding 'Metaworld.k_episode = 2'.*did you mean Metaworld.k_episodes\?"
+    ):
+        eval_split.main([str(tmp_path / "mw"), "--env", "metaworld", "--gin", "Metaworld.k_episode = 2"])
+    with pytest.raises(SystemExit, match=r"nowhere/config.gin not found; run_dir must be a run folder"):
+        eval_split.main([str(tmp_path / "nowhere"), "--env", "metaworld"])
 
 
 def test_unknown_benchmark_fails_before_any_work(example, tmp_path, capsys):

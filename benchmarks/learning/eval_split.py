@@ -23,13 +23,14 @@ import argparse
 import functools
 import os
 import re
+import sys
 import tempfile
 
 import gin
 import torch
 
 from amago_like import DarkRoom, DiskTrajDataset, Experiment, MetaBandit, Metaworld
-from amago_like.cli import apply_gin, is_bound
+from amago_like.cli import GinBindingError, apply_gin, is_bound
 from amago_like.nets.distributions import TanhGaussian
 
 ENVS = {"dark_room": DarkRoom, "bandit": MetaBandit, "metaworld": Metaworld}  # toy names as examples/toy.py
@@ -54,7 +55,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--epoch", type=int, default=None, help="evaluate this epoch's saved weights (default: latest)")
     parser.add_argument("--render_to", default=None, help="write the first actor's meta-episodes here as GIFs")
     args = parser.parse_args(argv)
-    apply_gin([os.path.join(args.run_dir, "config.gin")], args.gin)
+    config = os.path.join(args.run_dir, "config.gin")
+    if not os.path.isfile(config):
+        sys.exit(f"error: {config} not found; run_dir must be a run folder (runs/learning/NAME)")
+    try:
+        apply_gin([config], args.gin)
+    except GinBindingError as e:
+        sys.exit(f"error: {e}")
     if args.env == "metaworld":
         if args.benchmark is not None:
             gin.bind_parameter("Metaworld.benchmark_name", args.benchmark)
