@@ -13,7 +13,7 @@ import random
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gin
@@ -761,25 +761,8 @@ class Experiment:
 
     def load_checkpoint_from_path(self, path: str, resume_training_state: bool = True) -> None:
         """Load a training-state folder (``.../epoch_N``) or a policy-weights file (``.pt``)."""
-        file = os.path.join(path, "state.pt") if os.path.isdir(path) else path
-        if not os.path.exists(file):
-            raise CheckpointError(f"no checkpoint at {path}")
-        try:
-            # onto the CPU: load_state_dict copies to the parameters' device, and the RNG states must stay CPU tensors
-            state = torch.load(file, map_location="cpu", weights_only=False)
-        except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear error
-            raise CheckpointError(f"{file} is not a readable checkpoint: {type(e).__name__}: {e}") from None
-        weights = state["agent"] if isinstance(state, dict) and "agent" in state else state
-        if not isinstance(weights, dict):
-            raise CheckpointError(f"{file} holds a {type(weights).__name__}, not a model's weights")
-        try:
-            self.policy.load_state_dict(weights)
-        except RuntimeError:
-            differences = _state_mismatch(self.policy.state_dict(), weights)
-            raise CheckpointError(
-                f"{file} was saved from a different model shape ({differences}); build the experiment "
-                "with the gin config of the run that wrote it (its config.gin)"
-            ) from None
+        file, state, weights = _read_checkpoint(path)
+        self._load_policy_weights(weights, file)
         if resume_training_state and "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
@@ -793,6 +776,37 @@ class Experiment:
                 torch.cuda.set_rng_state(state["rng"]["cuda"], self.DEVICE)
             np.random.set_state(state["rng"]["numpy"])
             random.setstate(state["rng"]["python"])
+
+    def load_average_weights(self, paths: Sequence[str]) -> None:
+        """Load the mean of several checkpoints' policy weights (training-state folders or ``.pt`` files).
+
+        Floating-point entries are averaged; integer counters come from the last path. Averaging a run's
+        late checkpoints evens out the swings between single ones (docs/RESULTS.md, ML1 reach-v3)."""
+        if not paths:
+            raise CheckpointError("load_average_weights needs at least one checkpoint path")
+        loaded = [_read_checkpoint(p) for p in paths]
+        newest_file, _, newest = loaded[-1]
+        for file, _, weights in loaded[:-1]:
+            if weights.keys() != newest.keys() or any(weights[k].shape != v.shape for k, v in newest.items()):
+                raise CheckpointError(
+                    f"{file} and {newest_file} hold different models ({_state_mismatch(newest, weights)}); "
+                    "average checkpoints of one run only"
+                )
+        mean = {
+            k: torch.stack([w[k].float() for _, _, w in loaded]).mean(0).to(v.dtype) if v.is_floating_point() else v
+            for k, v in newest.items()
+        }
+        self._load_policy_weights(mean, f"the average of {len(paths)} checkpoints ending with {newest_file}")
+
+    def _load_policy_weights(self, weights: dict[str, torch.Tensor], source: str) -> None:
+        try:
+            self.policy.load_state_dict(weights)
+        except RuntimeError:
+            differences = _state_mismatch(self.policy.state_dict(), weights)
+            raise CheckpointError(
+                f"{source} was saved from a different model shape ({differences}); build the experiment "
+                "with the gin config of the run that wrote it (its config.gin)"
+            ) from None
 
     def _apply_configured_rates(self) -> None:
         """The optimizer state just loaded carries the learning rates and weight decay of the run that saved
@@ -855,6 +869,22 @@ class Experiment:
                 close_envs(envs)
         if getattr(self, "logger", None) is not None:
             self.logger.finish()
+
+
+def _read_checkpoint(path: str) -> tuple[str, Any, dict[str, torch.Tensor]]:
+    """(file read, its whole contents, the policy's weights) of a training-state folder or weights file."""
+    file = os.path.join(path, "state.pt") if os.path.isdir(path) else path
+    if not os.path.exists(file):
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        # onto the CPU: load_state_dict copies to the parameters' device, and the RNG states must stay CPU tensors
+        state = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear error
+        raise CheckpointError(f"{file} is not a readable checkpoint: {type(e).__name__}: {e}") from None
+    weights = state["agent"] if isinstance(state, dict) and "agent" in state else state
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{file} holds a {type(weights).__name__}, not a model's weights")
+    return file, state, weights
 
 
 def _read_scalars(metrics: dict[str, torch.Tensor | float]) -> dict[str, float]:

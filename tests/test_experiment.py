@@ -172,6 +172,37 @@ def test_load_checkpoint_errors_name_the_problem(trained, tmp_path):
     other.close()
 
 
+def test_load_average_weights_takes_the_mean_of_the_checkpoints(trained, tmp_path):
+    exp, _ = trained
+    weights = tmp_path / "run" / "ckpts" / "policy_weights"
+    one, two = (torch.load(weights / f"policy_epoch_{e}.pt") for e in (1, 2))
+    exp.load_average_weights(
+        [str(weights / "policy_epoch_1.pt"), str(tmp_path / "run" / "ckpts" / "training_states" / "epoch_2")]
+    )
+    mean = exp.policy.state_dict()
+    moved = [k for k, v in one.items() if v.is_floating_point() and not torch.equal(v, two[k])]
+    assert moved  # two epochs of updates changed the weights, so the mean is neither checkpoint
+    for k in moved:
+        torch.testing.assert_close(mean[k], (one[k] + two[k]) / 2)
+    counters = [k for k, v in two.items() if not v.is_floating_point()]
+    assert counters and all(torch.equal(mean[k], two[k]) for k in counters)  # counters from the newest
+
+    with pytest.raises(CheckpointError, match="at least one checkpoint"):
+        exp.load_average_weights([])
+    gin.bind_parameter("TformerTrajEncoder.d_model", 32)
+    other = make_experiment(tmp_path, run_name="other", epochs=1)
+    other.start()
+    other.learn()
+    with pytest.raises(CheckpointError, match=r"policy_epoch_1.pt and .*hold different models .*one run only"):
+        exp.load_average_weights(
+            [
+                str(tmp_path / "other" / "ckpts" / "policy_weights" / "policy_epoch_1.pt"),
+                str(weights / "policy_epoch_2.pt"),
+            ]
+        )
+    other.close()
+
+
 def test_evaluate_test_saves_a_dataset_that_reads_back(trained, tmp_path):
     exp, _ = trained
     demos = DiskTrajDataset(str(tmp_path), "demos")

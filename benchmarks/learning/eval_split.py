@@ -10,6 +10,11 @@ search" from "does not carry it over to goal cells it never saw rewarded".
     python benchmarks/learning/eval_split.py runs/learning/ml1_reach_sampled --env metaworld --split train \
         --gin 'KEpisodeMetaworld.train_goals = "benchmark"'
     python benchmarks/learning/eval_split.py runs/learning/dark_room --split test --episodes 8 --render_to videos
+    python benchmarks/learning/eval_split.py runs/learning/ml1_reach_sampled --env metaworld --split test \
+        --actions mode --average 300:350
+
+``--average FIRST:LAST`` evaluates the mean of the weights saved at those epochs, which evens out the
+swings between single checkpoints.
 
 ``--render_to DIR`` writes the first actor's meta-episodes there as GIFs (``MUJOCO_GL=egl`` for Meta-World).
 
@@ -36,6 +41,31 @@ from amago_like.nets.distributions import TanhGaussian
 ENVS = {"dark_room": DarkRoom, "bandit": MetaBandit, "metaworld": Metaworld}  # toy names as examples/toy.py
 
 
+def epoch_range(text: str) -> tuple[int, int]:
+    """``"300:350"`` -> (300, 350)."""
+    try:
+        first, last = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not FIRST:LAST, e.g. 300:350") from None
+    if first > last:
+        raise argparse.ArgumentTypeError(f"{text!r}: FIRST is after LAST")
+    return first, last
+
+
+def saved_weights(ckpts: str, first: int, last: int) -> list[str]:
+    """The run's policy-weights files for epochs first..last, oldest first."""
+    folder = os.path.join(ckpts, "policy_weights")
+    saved = sorted(
+        int(m.group(1))
+        for n in (os.listdir(folder) if os.path.isdir(folder) else [])
+        if (m := re.fullmatch(r"policy_epoch_(\d+)\.pt", n))
+    )
+    chosen = [e for e in saved if first <= e <= last]
+    if not chosen:
+        sys.exit(f"error: no weights saved for epochs {first}-{last} in {folder}; saved epochs: {saved}")
+    return [os.path.join(folder, f"policy_epoch_{e}.pt") for e in chosen]
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Evaluate, print the summary, and return the evaluation's metrics (``test/...``)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,7 +82,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument(
         "--gin", action="append", default=[], help="binding applied over the run's config.gin (repeatable)"
     )
-    parser.add_argument("--epoch", type=int, default=None, help="evaluate this epoch's saved weights (default: latest)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--epoch", type=int, default=None, help="evaluate this epoch's saved weights (default: latest)")
+    which.add_argument(
+        "--average",
+        metavar="FIRST:LAST",
+        type=epoch_range,
+        default=None,
+        help="evaluate the mean of the weights saved at epochs FIRST to LAST",
+    )
     parser.add_argument("--render_to", default=None, help="write the first actor's meta-episodes here as GIFs")
     args = parser.parse_args(argv)
     config = os.path.join(args.run_dir, "config.gin")
@@ -88,18 +126,25 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         )
         try:
             ckpts = os.path.join(args.run_dir, "ckpts")
-            weights = (
-                os.path.join(ckpts, "latest", "policy.pt")
-                if args.epoch is None
-                else os.path.join(ckpts, "policy_weights", f"policy_epoch_{args.epoch}.pt")
-            )
-            exp.load_checkpoint_from_path(weights, False)
+            if args.average is not None:
+                exp.load_average_weights(saved_weights(ckpts, *args.average))
+            elif args.epoch is not None:
+                exp.load_checkpoint_from_path(
+                    os.path.join(ckpts, "policy_weights", f"policy_epoch_{args.epoch}.pt"), False
+                )
+            else:
+                exp.load_checkpoint_from_path(os.path.join(ckpts, "latest", "policy.pt"), False)
             make_test_env = functools.partial(make_env, render_mode="rgb_array") if args.render_to else make_env
             metrics = exp.evaluate_test(make_test_env, 10**6, episodes=args.episodes, render_to=args.render_to)
         finally:
             exp.close()
+    weights = ""
+    if args.epoch is not None:
+        weights = f" (epoch {args.epoch})"
+    elif args.average is not None:
+        weights = f" (weights of epochs {args.average[0]}-{args.average[1]} averaged)"
     print(
-        f"{args.run_dir}{'' if args.epoch is None else f' (epoch {args.epoch})'} on the {args.split} split, {args.episodes} meta-episodes, {args.actions} actions: return {metrics['test/return']:.2f}"
+        f"{args.run_dir}{weights} on the {args.split} split, {args.episodes} meta-episodes, {args.actions} actions: return {metrics['test/return']:.2f}"
     )
     if gaussians:  # a wide pre-tanh std makes sampled actions mostly +-1 noise
         mean = torch.cat([d.mean.reshape(-1, d.mean.shape[-1]) for d in gaussians]).abs().mean(0)
