@@ -66,8 +66,22 @@ def test_eval_split_reads_the_benchmark_from_the_run(example, tmp_path, capsys):
     assert "on the test split, 1 meta-episodes" in out and "per attempt: 1 " in out
     eval_split.main([str(tmp_path / "mw"), "--env", "metaworld", "--split", "test", "--episodes", "1", "--epoch", "1"])
     assert "mw (epoch 1) on the test split" in capsys.readouterr().out
-    eval_split.main([str(tmp_path / "mw"), "--env", "metaworld", "--episodes", "1", "--average", "0:4"])
+    saved = tmp_path / "demos"
+    eval_split.main(
+        [
+            str(tmp_path / "mw"),
+            "--env",
+            "metaworld",
+            "--episodes",
+            "1",
+            "--average",
+            "0:4",
+            "--save_trajs_to",
+            str(saved),
+        ]
+    )
     assert "mw (weights of epochs 0-4 averaged) on the" in capsys.readouterr().out
+    assert [f.suffix for f in saved.rglob("*") if f.is_file()][:1] == [".npz"]  # the evaluated meta-episodes
     with pytest.raises(SystemExit, match=r"no weights saved for epochs 5-9 in .*saved epochs: \[1\]"):
         eval_split.main([str(tmp_path / "mw"), "--env", "metaworld", "--episodes", "1", "--average", "5:9"])
     with pytest.raises(SystemExit):  # argparse: FIRST is after LAST

@@ -16,6 +16,8 @@ search" from "does not carry it over to goal cells it never saw rewarded".
 ``--average FIRST:LAST`` evaluates the mean of the weights saved at those epochs, which evens out the
 swings between single checkpoints.
 
+``--save_trajs_to DIR`` keeps every evaluated meta-episode there as a trajectory dataset.
+
 ``--render_to DIR`` writes the first actor's meta-episodes there as GIFs (``MUJOCO_GL=egl`` for Meta-World).
 
 Meta-World runs record their benchmark in config.gin (``Metaworld.benchmark_name``); ``--benchmark`` is
@@ -92,6 +94,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         help="evaluate the mean of the weights saved at epochs FIRST to LAST",
     )
     parser.add_argument("--render_to", default=None, help="write the first actor's meta-episodes here as GIFs")
+    parser.add_argument(
+        "--save_trajs_to", default=None, help="write every evaluated meta-episode here as a trajectory dataset"
+    )
     args = parser.parse_args(argv)
     config = os.path.join(args.run_dir, "config.gin")
     if not os.path.isfile(config):
@@ -135,7 +140,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             else:
                 exp.load_checkpoint_from_path(os.path.join(ckpts, "latest", "policy.pt"), False)
             make_test_env = functools.partial(make_env, render_mode="rgb_array") if args.render_to else make_env
-            metrics = exp.evaluate_test(make_test_env, 10**6, episodes=args.episodes, render_to=args.render_to)
+            metrics = exp.evaluate_test(
+                make_test_env,
+                10**6,
+                save_trajs_to=args.save_trajs_to,
+                episodes=args.episodes,
+                render_to=args.render_to,
+            )
         finally:
             exp.close()
     weights = ""
