@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from amago_like import CheckpointError
+from amago_like.envs.builtin.metaworld import KEpisodeMetaworld
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 SHORT = [
@@ -52,7 +53,7 @@ def test_metaworld_example_writes_checkpoint_metrics_and_per_task_success(exampl
     assert f"Metaworld.benchmark_name = '{bench}'" in (run / "config.gin").read_text()
 
 
-def test_eval_split_reads_the_benchmark_from_the_run(example, tmp_path, capsys):
+def test_eval_split_reads_the_benchmark_from_the_run(example, tmp_path, capsys, monkeypatch):
     example.main(["--benchmark", "push-v3", "--buffer_dir", str(tmp_path), "--run_name", "mw", *SHORT])
     spec = importlib.util.spec_from_file_location(
         "eval_split", os.path.join(ROOT, "benchmarks", "learning", "eval_split.py")
@@ -82,6 +83,17 @@ def test_eval_split_reads_the_benchmark_from_the_run(example, tmp_path, capsys):
     )
     assert "mw (weights of epochs 0-4 averaged) on the" in capsys.readouterr().out
     assert [f.suffix for f in saved.rglob("*") if f.is_file()][:1] == [".npz"]  # the evaluated meta-episodes
+    demos, played = tmp_path / "each", []
+    reset = KEpisodeMetaworld.reset
+    monkeypatch.setattr(
+        KEpisodeMetaworld, "reset", lambda env, **kw: (played.append(env.task_index), reset(env, **kw))[1]
+    )
+    eval_split.main(
+        [str(tmp_path / "mw"), "--env", "metaworld", "--split", "test", "--each_goal", "--save_trajs_to", str(demos)]
+    )
+    assert "50 meta-episodes (each task once)" in capsys.readouterr().out
+    assert {i for i in played if i is not None} == set(range(50))  # 50 actors, each pinned to its own task
+    assert len(list(demos.rglob("*.npz"))) == 50
     with pytest.raises(SystemExit, match=r"no weights saved for epochs 5-9 in .*saved epochs: \[1\]"):
         eval_split.main([str(tmp_path / "mw"), "--env", "metaworld", "--episodes", "1", "--average", "5:9"])
     with pytest.raises(SystemExit):  # argparse: FIRST is after LAST

@@ -276,6 +276,24 @@ def test_test_split_keeps_the_benchmark_goals_and_bad_train_goals_fail():
         KEpisodeMetaworld(ML1, train_goals="random")
 
 
+def test_task_index_pins_every_reset_to_one_task():
+    env = KEpisodeMetaworld(ML1, split="test", max_episode_length=3, task_index=7)
+    assert env.num_tasks == 50
+    for seed in range(3):
+        env.reset(seed=seed)
+        assert env.current_task is env._tasks[7]
+    env.close()
+    free = KEpisodeMetaworld(ML1, split="test", max_episode_length=3)
+    drawn = set()
+    for seed in range(6):
+        free.reset(seed=seed)
+        drawn.add(free._tasks.index(free.current_task))
+    assert len(drawn) > 1  # without it, resets draw tasks at random
+    free.close()
+    with pytest.raises(ValueError, match="task_index must be below 50, the number of reach-v3 test tasks, got 50"):
+        KEpisodeMetaworld(ML1, split="test", task_index=50)
+
+
 def test_success_bonus_is_added_on_successful_steps_only():
     env = KEpisodeMetaworld(ML1, k_episodes=2, max_episode_length=4, success_bonus=2.5)
     env.reset(seed=0)

@@ -11,10 +11,15 @@ search" from "does not carry it over to goal cells it never saw rewarded".
         --gin 'KEpisodeMetaworld.train_goals = "benchmark"'
     python benchmarks/learning/eval_split.py runs/learning/dark_room --split test --episodes 8 --render_to videos
     python benchmarks/learning/eval_split.py runs/learning/ml1_reach_sampled --env metaworld --split test \
-        --actions mode --average 300:350
+        --actions mode --average 300:350 --each_goal
 
 ``--average FIRST:LAST`` evaluates the mean of the weights saved at those epochs, which evens out the
 swings between single checkpoints.
+
+``--each_goal`` (Meta-World) plays every task of the split once, one actor each: an exact figure
+over the benchmark's 50 goals per class. ``--episodes N`` draws tasks at random instead, with
+repeats (128 draws from reach-v3's 50 held-out goals covered 45 of them), and a policy acting with
+its mode repeats the same meta-episode on a repeated goal.
 
 ``--save_trajs_to DIR`` keeps every evaluated meta-episode there as a trajectory dataset.
 
@@ -27,11 +32,14 @@ needed only for runs made before that.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import itertools
 import os
 import re
 import sys
 import tempfile
+from collections.abc import Iterator
 
 import gin
 import torch
@@ -68,6 +76,11 @@ def saved_weights(ckpts: str, first: int, last: int) -> list[str]:
     return [os.path.join(folder, f"policy_epoch_{e}.pt") for e in chosen]
 
 
+def _next_task(make_env, counter: Iterator[int], **kwargs):
+    """The env for the next task index: each call of a sync vector env's factory gets its own task."""
+    return make_env(task_index=next(counter), **kwargs)
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Evaluate, print the summary, and return the evaluation's metrics (``test/...``)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -78,6 +91,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--benchmark", default=None, help="Meta-World benchmark (default: the one in the run's config.gin)"
     )
     parser.add_argument("--episodes", type=int, default=64, help="meta-episodes to average over")
+    parser.add_argument(
+        "--each_goal",
+        action="store_true",
+        help="Meta-World: one meta-episode on every task of the split, one actor each (replaces --episodes)",
+    )
     parser.add_argument(
         "--actions", choices=("sample", "mode"), default="sample", help="sample the policy, or act with its mode"
     )
@@ -111,6 +129,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         elif not is_bound("Metaworld.benchmark_name"):
             parser.error(f"{args.run_dir}/config.gin does not name its Meta-World benchmark: pass --benchmark")
         make_env = functools.partial(Metaworld, split=args.split)
+    elif args.each_goal:
+        parser.error("--each_goal is for Meta-World runs (--env metaworld)")
+    actors = {}
+    if args.each_goal:  # one sync actor per task: a factory shared by subprocesses could not count them
+        with contextlib.closing(make_env()) as env:
+            args.episodes = env.unwrapped.num_tasks
+        actors = dict(parallel_actors=args.episodes, env_mode="sync")
     else:
         make_env = functools.partial(ENVS[args.env], split=args.split)
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,6 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             dataset=DiskTrajDataset(tmp, "eval"),
             make_train_env=make_env,
             make_val_env=make_env,
+            **actors,
             exploration_wrapper_type=None,
             eval_sample_actions=args.actions == "sample",
             verbose=False,
@@ -140,6 +166,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             else:
                 exp.load_checkpoint_from_path(os.path.join(ckpts, "latest", "policy.pt"), False)
             make_test_env = functools.partial(make_env, render_mode="rgb_array") if args.render_to else make_env
+            if args.each_goal:
+                make_test_env = functools.partial(_next_task, make_test_env, itertools.count())
             metrics = exp.evaluate_test(
                 make_test_env,
                 10**6,
@@ -155,7 +183,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     elif args.average is not None:
         weights = f" (weights of epochs {args.average[0]}-{args.average[1]} averaged)"
     print(
-        f"{args.run_dir}{weights} on the {args.split} split, {args.episodes} meta-episodes, {args.actions} actions: return {metrics['test/return']:.2f}"
+        f"{args.run_dir}{weights} on the {args.split} split, {args.episodes} meta-episodes"
+        f"{' (each task once)' if args.each_goal else ''}, {args.actions} actions: return {metrics['test/return']:.2f}"
     )
     if gaussians:  # a wide pre-tanh std makes sampled actions mostly +-1 noise
         mean = torch.cat([d.mean.reshape(-1, d.mean.shape[-1]) for d in gaussians]).abs().mean(0)

@@ -259,6 +259,9 @@ class KEpisodeMetaworld(gym.Env):
             policy that stops a few millimetres outside loses almost nothing; a bonus makes the
             threshold visible to the critic.  0 keeps the benchmark's own reward.  (On ML1 reach-v3
             it made the policy fit its training goals closer, not the held-out ones: docs/RESULTS.md.)
+        task_index: play only this task of the split (an index into its task list, in Meta-World's
+            order) at every reset, instead of drawing one at random; one env per index evaluates
+            every held-out goal exactly once (``eval_split.py --each_goal``).  ``None``: random.
         render_mode: ``"rgb_array"`` makes ``render()`` return the simulator's camera image
             (``render_size`` x ``render_size`` pixels; MuJoCo needs an OpenGL backend, e.g.
             ``MUJOCO_GL=egl``).  ``None``: no rendering.
@@ -276,6 +279,7 @@ class KEpisodeMetaworld(gym.Env):
         info_keys: tuple[str, ...] = ("success",),
         train_goals: str = "benchmark",
         success_bonus: float = 0.0,
+        task_index: int | None = None,
         render_mode: str | None = None,
         render_size: int = 240,
     ):
@@ -315,6 +319,12 @@ class KEpisodeMetaworld(gym.Env):
         else:
             self._classes = self._benchmark.test_classes
             self._tasks = list(self._benchmark.test_tasks)
+        self.task_index = check_int("KEpisodeMetaworld.task_index", task_index, minimum=0, allow_none=True)
+        if task_index is not None and task_index >= len(self._tasks):
+            raise ValueError(
+                f"KEpisodeMetaworld.task_index must be below {len(self._tasks)}, the number of "
+                f"{self.benchmark_name} {split} tasks, got {task_index}"
+            )
         #: Task class names of this split, in Meta-World's order.
         self.task_names: tuple[str, ...] = tuple(self._classes)
 
@@ -339,6 +349,11 @@ class KEpisodeMetaworld(gym.Env):
     def simulator_names(self) -> tuple[str, ...]:
         """Task classes for which a simulator has been created so far."""
         return tuple(self._sims)
+
+    @property
+    def num_tasks(self) -> int:
+        """Tasks in this split (every class's goals): the range of ``task_index``."""
+        return len(self._tasks)
 
     @property
     def attempt(self) -> int:
@@ -408,7 +423,8 @@ class KEpisodeMetaworld(gym.Env):
             self._sim_seed = int(seed)
             for name, sim in self._sims.items():
                 self._seed_sim(name, sim)
-        task = self._tasks[int(self.np_random.integers(len(self._tasks)))]
+        i = self.task_index if self.task_index is not None else int(self.np_random.integers(len(self._tasks)))
+        task = self._tasks[i]
         self._sim = self._get_sim(task.env_name)
         if self.sample_goals:
             task = self._with_fresh_goal(task, self._sim)
@@ -500,6 +516,7 @@ def Metaworld(
     k_episodes: int = 3,
     max_episode_length: int = 500,
     render_mode: str | None = None,
+    task_index: int | None = None,
 ):
     """A :class:`KEpisodeMetaworld` wrapped in ``AMAGOEnv`` (named after the benchmark)."""
     check_ints("Metaworld", 1, k_episodes=k_episodes, max_episode_length=max_episode_length)
@@ -511,5 +528,6 @@ def Metaworld(
         k_episodes=k_episodes,
         max_episode_length=max_episode_length,
         render_mode=render_mode,
+        task_index=task_index,
     )
     return AMAGOEnv(env, env_name=env.benchmark_name)
