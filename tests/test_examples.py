@@ -94,6 +94,9 @@ def test_eval_split_reads_the_benchmark_from_the_run(example, tmp_path, capsys, 
     assert "50 meta-episodes (each task once)" in capsys.readouterr().out
     assert {i for i in played if i is not None} == set(range(50))  # 50 actors, each pinned to its own task
     assert len(list(demos.rglob("*.npz"))) == 50
+    with pytest.raises(SystemExit):  # argparse: the toy envs have no task list to cover
+        eval_split.main([str(tmp_path / "mw"), "--env", "dark_room", "--each_goal"])
+    assert "--each_goal is for Meta-World runs" in capsys.readouterr().err
     with pytest.raises(SystemExit, match=r"no weights saved for epochs 5-9 in .*saved epochs: \[1\]"):
         eval_split.main([str(tmp_path / "mw"), "--env", "metaworld", "--episodes", "1", "--average", "5:9"])
     with pytest.raises(SystemExit):  # argparse: FIRST is after LAST

@@ -39,7 +39,8 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import gin
 import torch
@@ -76,7 +77,7 @@ def saved_weights(ckpts: str, first: int, last: int) -> list[str]:
     return [os.path.join(folder, f"policy_epoch_{e}.pt") for e in chosen]
 
 
-def _next_task(make_env, counter: Iterator[int], **kwargs):
+def _next_task(make_env: Callable[..., Any], counter: Iterator[int], **kwargs: Any) -> Any:
     """The env for the next task index: each call of a sync vector env's factory gets its own task."""
     return make_env(task_index=next(counter), **kwargs)
 
@@ -131,13 +132,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         make_env = functools.partial(Metaworld, split=args.split)
     elif args.each_goal:
         parser.error("--each_goal is for Meta-World runs (--env metaworld)")
+    else:
+        make_env = functools.partial(ENVS[args.env], split=args.split)
     actors = {}
     if args.each_goal:  # one sync actor per task: a factory shared by subprocesses could not count them
         with contextlib.closing(make_env()) as env:
             args.episodes = env.unwrapped.num_tasks
         actors = dict(parallel_actors=args.episodes, env_mode="sync")
-    else:
-        make_env = functools.partial(ENVS[args.env], split=args.split)
     with tempfile.TemporaryDirectory() as tmp:
         exp = Experiment(
             run_name="eval",
