@@ -10,6 +10,8 @@ from amago_like.envs import (
     KEpisodeMetaworld,
     MetaBandit,
     Metaworld,
+    PointGoal,
+    TMaze,
 )
 from amago_like.experiment import CheckpointError, Experiment, RunExistsError
 from amago_like.nets import (
@@ -41,7 +43,9 @@ __all__ = [
     "Metaworld",
     "MixtureOfDatasets",
     "MultiTaskAgent",
+    "PointGoal",
     "RLDataset",
     "RunExistsError",
+    "TMaze",
     "TformerTrajEncoder",
 ]

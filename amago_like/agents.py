@@ -2,7 +2,9 @@
 
 Loss, per real (unpadded) transition t and discount factor gamma_g:
     critic:  (Q_c(s_t, a_t)[g] - y_t[g])^2,  y_t[g] = r_t + gamma_g (1 - done_t) V_target(s_{t+1})[g]
-             V_target(s) = E_{a~pi(s)} min_c Q'_c(s, a)   (Q' = polyak-averaged target critic heads)
+             V_target(s) = E_{a~pi'(s)} min_{c in S} Q'_c(s, a)   (Q' = polyak-averaged target critic heads;
+             S = ``num_critics_td`` critics drawn at random per transition, or all of them;
+             pi' = the polyak-averaged target actor with ``target_actor``, else the actor)
     actor:   online_coeff * -E_{a~pi(s_t)} Q(s_t, a)[actor_gamma]            (policy gradient through the critic)
            + offline_coeff * -log pi(a_t | s_t) * 1[Q(s_t, a_t) > E_pi Q(s_t, .)]  (advantage-filtered BC)
            - entropy_coeff * H(pi(s_t))
@@ -62,6 +64,8 @@ class Agent(nn.Module):
         tstep_encoder_type: type[TstepEncoder] = FFTstepEncoder,
         traj_encoder_type: type[TrajEncoder] = TformerTrajEncoder,
         num_critics: int = 2,
+        num_critics_td: int | None = None,
+        target_actor: bool = False,
         gammas: tuple[float, ...] = (0.9, 0.99, 0.999),
         actor_gamma: float = 0.99,
         tau: float = 0.005,
@@ -78,6 +82,11 @@ class Agent(nn.Module):
         super().__init__()
         if actor_gamma not in gammas:
             raise ValueError(f"actor_gamma={actor_gamma} must be one of gammas={gammas}")
+        if num_critics_td is not None and not 1 <= num_critics_td <= num_critics:
+            raise ValueError(
+                f"Agent.num_critics_td must be None (all critics) or between 1 and num_critics={num_critics}, "
+                f"got {num_critics_td}"
+            )
         if target_entropy is not None and not entropy_coeff > 0:
             raise ValueError(
                 f"target_entropy learns entropy_coeff from its starting value, which must be > 0 (got "
@@ -103,6 +112,7 @@ class Agent(nn.Module):
         # learned log(entropy_coeff) (None: entropy_coeff stays fixed)
         self.log_entropy_coeff = None if target_entropy is None else nn.Parameter(torch.tensor(math.log(entropy_coeff)))
         self.num_actions_for_value = num_actions_for_value
+        self.num_critics_td = num_critics_td
         self.register_buffer("gammas", torch.tensor(gammas, dtype=torch.float32))
         self.actor_gamma_idx = list(gammas).index(actor_gamma)
 
@@ -112,6 +122,8 @@ class Agent(nn.Module):
         self.actor = Actor(d, self.action_dim, self.discrete, multi_binary=self.multi_binary)
         self.critics = CriticEnsemble(d, self.action_dim, len(gammas), num_critics, num_bins=1)
         self.target_critics = copy.deepcopy(self.critics).requires_grad_(False)
+        # TD targets act with a slowly moving copy of the actor, so targets do not chase every actor step
+        self.target_actor = copy.deepcopy(self.actor).requires_grad_(False) if target_actor else None
         self.popart = PopArt(len(gammas)) if popart else None
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
@@ -192,8 +204,9 @@ class Agent(nn.Module):
 
         # critic: TD targets from target heads on the (detached) next states
         with torch.no_grad():
-            next_dist = self.actor(s_next.detach())
+            next_dist = (self.actor if self.target_actor is None else self.target_actor)(s_next.detach())
             q_next, probs = self._policy_values(self.target_critics, s_next.detach(), next_dist, self.q_values)
+            q_next = self._td_critics(q_next)  # (C_td, ...)
             if self.discrete:
                 v_next = (q_next.min(0).values * probs.unsqueeze(-1)).sum(-2)  # (B, L-1, G)
             else:
@@ -249,10 +262,22 @@ class Agent(nn.Module):
                 metrics["popart_std"] = self.popart.std[g]
         return critic_loss, actor_loss, metrics
 
+    def _td_critics(self, q: torch.Tensor) -> torch.Tensor:
+        """q (C, ...) -> (num_critics_td, ...): a random subset of critics per entry (all with None),
+        so the minimum over them is pessimistic without the bias of always taking the whole ensemble's."""
+        C = q.shape[0]
+        if self.num_critics_td is None or self.num_critics_td == C:
+            return q
+        idx = torch.rand(C, *q.shape[1:], device=q.device).argsort(0)[: self.num_critics_td]
+        return q.gather(0, idx)
+
     @torch.no_grad()
     def soft_sync_targets(self) -> None:
         for p, tp in zip(self.critics.parameters(), self.target_critics.parameters()):
             tp.lerp_(p, self.tau)
+        if self.target_actor is not None:
+            for p, tp in zip(self.actor.parameters(), self.target_actor.parameters()):
+                tp.lerp_(p, self.tau)
 
     # ------------------------------------------------------------------ rollouts
     def init_hidden_state(self, batch_size: int, device: torch.device) -> Any:

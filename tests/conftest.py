@@ -1,6 +1,12 @@
+import importlib.util
+import os
+import sys
+
 import gin
 import pytest
 import torch
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
 @pytest.fixture(autouse=True)
@@ -28,3 +34,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def suite():
+    """benchmarks/learning/suite.py as a module (benchmarks/ is no package)."""
+    spec = importlib.util.spec_from_file_location("suite", os.path.join(ROOT, "benchmarks", "learning", "suite.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["suite"] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module

@@ -4,6 +4,8 @@ import importlib.util
 import json
 import os
 
+import numpy as np
+
 from amago_like import MetaBandit
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -31,3 +33,15 @@ def test_bandit_agent_learns_to_explore_then_exploit(tmp_path, two_threads):
     # ... because later pulls exploit what earlier pulls found
     assert final["val/Episode 6 Return"] >= 0.9
     assert final["val/Episode 6 Return"] > final["val/Episode 1 Return"] + 0.4
+
+
+def test_learning_suite_quick_run_learns_the_bandit_with_defaults(tmp_path, suite):
+    """benchmarks/learning/suite.py --quick (about 2 min): the default agent, with nothing bound but
+    the env and its budget, learns the 3-arm bandit; the other tasks run end to end and score."""
+    results = suite.main(["--quick", "--out", str(tmp_path)])
+    scores = {r.task: r.score for r in results}
+    assert set(scores) == set(suite.TOY_TASKS)
+    assert all(np.isfinite(s) for s in scores.values()), scores
+    assert scores["bandit"] >= 0.6, scores  # random play scores 0, the best explore-then-exploit 1
+    assert (tmp_path / "table.md").read_text().count("IQM of normalized scores") == 1
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == len(suite.TOY_TASKS)

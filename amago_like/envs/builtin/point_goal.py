@@ -1,0 +1,174 @@
+"""Point goal: a 2-D point robot must find a hidden goal on a half circle and return to it over k episodes."""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import gin
+import gymnasium as gym
+import numpy as np
+
+from amago_like.checks import check_choice, check_ints
+
+SPLITS = ("train", "test")
+REWARDS = ("dense", "sparse")
+N_SECTORS = 10  # the half circle is cut into this many equal sectors of goal angles
+TEST_SECTORS = (2, 5, 8)  # held out: goals never drawn in training
+STEP = 0.2  # largest move per axis and step
+START = np.zeros(2)
+
+
+def goal_angle(u: float, split: str) -> float:
+    """The goal angle (radians, in [0, pi]) of ``split`` at position ``u`` in [0, 1) of its sectors."""
+    sectors = TEST_SECTORS if split == "test" else tuple(i for i in range(N_SECTORS) if i not in TEST_SECTORS)
+    pick = u * len(sectors)
+    i = min(int(pick), len(sectors) - 1)
+    return (sectors[i] + (pick - i)) * math.pi / N_SECTORS
+
+
+@gin.configurable
+class PointGoal(gym.Env):
+    """A point robot starts each of ``k_episodes`` episodes of ``episode_length`` steps at the origin.
+
+    A goal at distance 1 from the origin, at an angle drawn per meta-episode from the split's
+    sectors of [0, pi], stays put for the whole meta-episode and is never observed. Observation:
+    ``[x, y]`` plus a flag that is 1.0 on the first step of each episode; action ``Box(-1, 1, (2,))``
+    moves the robot by ``0.2 * action``. Reward ``"dense"``: minus the distance to the goal after the
+    move (the first reward already tells where the goal is); ``"sparse"``: 1.0 for every step that
+    ends within ``goal_radius`` of the goal, else 0 (the goal must be searched for). A good policy
+    finds the goal in the first episode and goes straight back to it in the later ones.
+
+    Each episode's last step reports ``log/Episode i Return``; the final step adds ``log/Success``
+    (within ``goal_radius`` at the end of the last episode). ``reset(options={"angle": a})``
+    fixes the goal's angle for that meta-episode.
+    """
+
+    def __init__(
+        self,
+        reward: str = "dense",
+        episode_length: int = 25,
+        k_episodes: int = 3,
+        split: str = "train",
+        goal_radius: float = 0.2,
+    ):
+        check_choice("PointGoal.reward", reward, REWARDS)
+        check_choice("PointGoal.split", split, SPLITS)
+        check_ints("PointGoal", 1, episode_length=episode_length, k_episodes=k_episodes)
+        if not 0.0 < goal_radius < 1.0:
+            raise ValueError(f"PointGoal.goal_radius must be in (0, 1), got {goal_radius}")
+        self.reward_type, self.episode_length, self.k, self.split = reward, episode_length, k_episodes, split
+        self.goal_radius = goal_radius
+        self.env_name = f"point-goal-{reward}"
+        self.observation_space = gym.spaces.Box(-3.0, 3.0, (3,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.goal = np.array([1.0, 0.0])
+        self.position = START.copy()
+        self._episode, self._t, self._ep_return, self._done = 0, 0, 0.0, True
+
+    def _obs(self, first: bool) -> np.ndarray:
+        return np.array([*self.position, float(first)], dtype=np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        angle = (options or {}).get("angle")
+        if angle is None:
+            angle = goal_angle(float(self.np_random.random()), self.split)
+        self.goal = np.array([math.cos(angle), math.sin(angle)])
+        self.position = START.copy()
+        self._episode, self._t, self._ep_return, self._done = 1, 0, 0.0, False
+        return self._obs(first=True), {}
+
+    def reward(self, position: np.ndarray) -> float:
+        distance = float(np.linalg.norm(position - self.goal))
+        if self.reward_type == "dense":
+            return -distance
+        return float(distance <= self.goal_radius)
+
+    def step(self, action):
+        if self._done:
+            raise RuntimeError("PointGoal.step() called before reset() or after the meta-episode ended")
+        move = np.clip(np.asarray(action, dtype=np.float64).reshape(2), -1.0, 1.0) * STEP
+        self.position = np.clip(self.position + move, -3.0, 3.0)
+        reward = self.reward(self.position)
+        self._ep_return += reward
+        self._t += 1
+        info: dict[str, Any] = {}
+        terminated, first = False, False
+        if self._t == self.episode_length:
+            info[f"log/Episode {self._episode} Return"] = self._ep_return
+            if self._episode < self.k:
+                self._episode, self._t, self._ep_return, first = self._episode + 1, 0, 0.0, True
+                self.position = START.copy()
+            else:
+                terminated = self._done = True
+                info["log/Success"] = float(np.linalg.norm(self.position - self.goal) <= self.goal_radius)
+        return self._obs(first), reward, terminated, False, info
+
+    # ------------------------------------------------------------------ reference returns
+    def best_return(self) -> float:
+        """Expected return of a hand-written searcher over the split's goals (see :func:`searcher_return`)."""
+        return _reference(self.reward_type, self.episode_length, self.k, self.split, self.goal_radius, "searcher")
+
+    def random_return(self) -> float:
+        """Expected return of uniform random actions (Monte Carlo, seed 0)."""
+        return _reference(self.reward_type, self.episode_length, self.k, self.split, self.goal_radius, "random")
+
+
+def _toward(position: np.ndarray, target: np.ndarray) -> np.ndarray:
+    return np.clip((target - position) / STEP, -1.0, 1.0)
+
+
+def searcher_return(env: PointGoal, angle: float) -> float:
+    """Return of the searcher in one meta-episode with the goal at ``angle``.
+
+    Dense: the first step's reward (a distance) fixes the goal's angle, since the goal lies on the
+    unit circle in the upper half plane; then it walks to the goal and stays. Sparse: it walks to
+    (1, 0), then along the circle by 0.18 rad a step until a step is rewarded, and returns to that
+    spot in every later episode.
+    """
+    env.reset(options={"angle": angle})
+    known: np.ndarray | None = None
+    total, done = 0.0, False
+    while not done:
+        pos = env.position.copy()
+        if known is not None:
+            action = _toward(pos, known)
+        elif env.reward_type == "dense":
+            action = np.array([1.0, 0.0])
+        else:  # sparse search: out to the circle, then around it
+            radius, phi = float(np.linalg.norm(pos)), math.atan2(pos[1], pos[0])
+            if radius < 0.99:
+                action = _toward(pos, np.array([1.0, 0.0]))
+            else:
+                nxt = phi + 0.18
+                action = _toward(pos, np.array([math.cos(nxt), math.sin(nxt)]))
+        _, reward, done, _, _ = env.step(action)
+        total += reward
+        if known is None and env.reward_type == "dense":
+            # |p - g|^2 = |p|^2 + 1 - 2 p.g with p = (0.2, 0): cos(angle) from the distance
+            d, px = -reward, env.position[0]
+            cos_a = float(np.clip((px**2 + 1 - d**2) / (2 * px), -1.0, 1.0))
+            known = np.array([cos_a, math.sqrt(max(1 - cos_a**2, 0.0))])
+        elif known is None and reward > 0:
+            known = env.position.copy()
+    return total
+
+
+@functools.lru_cache(maxsize=32)
+def _reference(reward: str, episode_length: int, k: int, split: str, goal_radius: float, which: str) -> float:
+    env = PointGoal(reward, episode_length, k, split, goal_radius)
+    angles = [goal_angle(u, split) for u in (np.arange(60) + 0.5) / 60]
+    if which == "searcher":
+        return float(np.mean([searcher_return(env, a) for a in angles]))
+    rng = np.random.default_rng(0)
+    returns = []
+    for angle in angles * 5:
+        env.reset(options={"angle": angle})
+        total, done = 0.0, False
+        while not done:
+            _, r, done, _, _ = env.step(rng.uniform(-1.0, 1.0, 2))
+            total += r
+        returns.append(total)
+    return float(np.mean(returns))

@@ -1,0 +1,361 @@
+"""The learning suite: train the DEFAULT agent on several small meta-RL tasks and score it.
+
+python benchmarks/learning/suite.py                         # every toy task, 3 seeds
+python benchmarks/learning/suite.py --tasks tmaze point_sparse --seeds 0
+python benchmarks/learning/suite.py --quick                 # one seed, short budgets: a CI smoke run
+python benchmarks/learning/suite.py --tasks reach --seeds 0 1   # Meta-World ML1 reach-v3 (long)
+python benchmarks/learning/suite.py --gin "Agent.tau = 0.01"    # the same suite with one binding changed
+
+Each task binds only its env, its context (``max_seq_len``, the meta-episode's length), its budget
+(epochs, env steps and updates per epoch) and ``parallel_actors``; everything else is the library's
+gin defaults, so the suite measures what a new user gets. After training, the policy is evaluated
+on the task's held-out split (sampled actions, as in training); the score is normalised per task,
+random play = 0 and the task's reference return = 1, and aggregated across tasks and seeds as an
+interquartile mean (IQM) with a 95% stratified bootstrap confidence interval.
+
+Results go to ``--out`` (default ``runs/suite``): one run folder per task and seed, ``results.jsonl``
+(one row per finished run, appended as runs finish) and ``table.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+
+import gin
+import gymnasium as gym
+import numpy as np
+import torch
+
+from amago_like import DarkRoom, DiskTrajDataset, Experiment, MetaBandit, PointGoal, TMaze
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    epochs: int
+    steps_per_epoch: int  # per actor
+    updates_per_epoch: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One suite task: an env factory ``make_env(split)`` with its reference and random returns."""
+
+    name: str
+    kind: str
+    make_env: Callable[..., gym.Env]
+    max_seq_len: int
+    parallel_actors: int
+    budget: Budget
+    quick: Budget  # --quick: the bandit learns within it; the others only run end to end
+    eval_episodes: int
+    reference: str  # what the reference return is
+
+    def env(self, split: str) -> gym.Env:
+        return self.make_env(split=split)
+
+    def reference_return(self) -> float:
+        return float(self.env("test").best_return())
+
+    def random_return(self) -> float:
+        return float(self.env("test").random_return())
+
+
+def _reach(split: str):
+    from amago_like import Metaworld
+
+    return Metaworld("reach-v3", split, 3, max_episode_length=150)
+
+
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in (
+        Task(
+            "bandit",
+            "discrete, 3 arms x 6 pulls",
+            functools.partial(MetaBandit, 3, 6),
+            7,
+            8,
+            Budget(10, 30, 100),
+            Budget(5, 30, 100),
+            400,
+            "optimal explore-then-exploit",
+        ),
+        Task(
+            "bandit_noisy",
+            "discrete, 5 arms x 12 pulls, payoffs 0.8 / 0.2",
+            functools.partial(MetaBandit, 5, 12, good_prob=0.8, bad_prob=0.2),
+            13,
+            8,
+            Budget(16, 48, 100),
+            Budget(1, 13, 10),
+            400,
+            "Bayes-greedy searcher that knows the payoffs",
+        ),
+        Task(
+            "dark_room",
+            "discrete gridworld 5x5, invisible goal, 3 x 12 steps, held-out goal cells",
+            functools.partial(DarkRoom, 5, 12, 3),
+            37,
+            16,
+            Budget(15, 72, 100),
+            Budget(1, 37, 10),
+            200,
+            "searcher over the training goal cells",
+        ),
+        Task(
+            "point_dense",
+            "continuous 2-D point robot, hidden goal, 3 x 25 steps, dense reward",
+            functools.partial(PointGoal, "dense", 25, 3),
+            76,
+            8,
+            Budget(10, 75, 100),
+            Budget(1, 76, 10),
+            120,
+            "infers the goal from the first reward",
+        ),
+        Task(
+            "point_sparse",
+            "continuous 2-D point robot, hidden goal, 3 x 25 steps, sparse reward",
+            functools.partial(PointGoal, "sparse", 25, 3),
+            76,
+            8,
+            Budget(10, 75, 100),
+            Budget(1, 76, 10),
+            120,
+            "sweeps the circle, then returns",
+        ),
+        Task(
+            "tmaze",
+            "discrete, cue at step 0, turn 100 steps later",
+            functools.partial(TMaze, 100),
+            102,
+            8,
+            Budget(8, 101, 100),
+            Budget(1, 102, 10),
+            200,
+            "remembers the cue",
+        ),
+        Task(
+            "reach",
+            "Meta-World ML1 reach-v3, 3 x 150 steps, 50 held-out goals",
+            _reach,
+            64,
+            8,
+            Budget(80, 450, 80),
+            Budget(1, 150, 10),
+            50,
+            "success in every attempt (return: success rate of the final attempt)",
+        ),
+    )
+}
+TOY_TASKS = [name for name in TASKS if name != "reach"]
+
+
+@dataclasses.dataclass
+class Result:
+    task: str
+    seed: int
+    env_steps: int
+    updates: int
+    wall_s: float
+    ret: float
+    per_episode: list[float]
+    score: float
+    bindings: list[str]
+
+    def row(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _episode_returns(metrics: dict[str, float], prefix: str = "test") -> list[float]:
+    keys = sorted(
+        (k for k in metrics if k.startswith(f"{prefix}/Episode ") and k.endswith(" Return") and k.count("/") == 1),
+        key=lambda k: int(k.split()[1]),
+    )
+    return [metrics[k] for k in keys]
+
+
+def normalized(task: Task, ret: float) -> float:
+    lo, hi = task.random_return(), task.reference_return()
+    return (ret - lo) / (hi - lo)
+
+
+def run_task(task: Task, seed: int, out: str, quick: bool = False, bindings: Sequence[str] = ()) -> Result:
+    """Train the default agent on ``task`` (only env, context, budget and actors bound) and evaluate it."""
+    gin.clear_config()
+    for b in bindings:
+        gin.parse_config(b)
+    budget = task.quick if quick else task.budget
+    run_name = f"{task.name}_s{seed}"
+    if os.path.exists(os.path.join(out, run_name)):
+        import shutil
+
+        shutil.rmtree(os.path.join(out, run_name))
+    start = time.time()
+    experiment = Experiment(
+        run_name=run_name,
+        ckpt_base_dir=out,
+        max_seq_len=task.max_seq_len,
+        dataset=DiskTrajDataset(dset_root=out, dset_name=run_name),
+        make_train_env=functools.partial(task.env, "train"),
+        make_val_env=functools.partial(task.env, "test"),
+        val_timesteps_per_epoch=task.max_seq_len,
+        parallel_actors=task.parallel_actors,
+        env_mode="sync",
+        epochs=budget.epochs,
+        train_timesteps_per_epoch=budget.steps_per_epoch,
+        train_batches_per_epoch=budget.updates_per_epoch,
+        val_interval=max(budget.epochs // 5, 1),
+        ckpt_interval=None,
+        seed=seed,
+        verbose=False,
+    )
+    try:
+        experiment.start()
+        experiment.learn()
+        if task.name == "reach":
+            ret, per_episode = _evaluate_each_goal(experiment, quick)
+        else:
+            episodes = max(task.eval_episodes // 4, 8) if quick else task.eval_episodes
+            metrics = experiment.evaluate_test(functools.partial(task.env, "test"), timesteps=10**9, episodes=episodes)
+            ret, per_episode = metrics["test/return"], _episode_returns(metrics)
+        result = Result(
+            task.name,
+            seed,
+            int(experiment.total_frames),
+            int(experiment.grad_updates),
+            round(time.time() - start, 1),
+            float(ret),
+            [round(float(r), 3) for r in per_episode],
+            float(normalized(task, ret)),
+            list(bindings),
+        )
+    finally:
+        experiment.close()
+        experiment.delete_buffer_from_disk()
+    return result
+
+
+def _evaluate_each_goal(experiment: Experiment, quick: bool) -> tuple[float, list[float]]:
+    """ML1 reach-v3: every held-out goal played once (one sync actor per goal, in rounds);
+    returns (final-attempt success, success per attempt)."""
+    from amago_like import Metaworld
+
+    n_goals = 10 if quick else 50
+    per_attempt: list[list[float]] = []
+    actors = experiment.parallel_actors
+    for first in range(0, n_goals, actors):
+        indices = iter(range(first, min(first + actors, n_goals)))
+        count = min(actors, n_goals - first)
+        experiment.parallel_actors = count
+
+        def make(indices=indices):
+            return Metaworld("reach-v3", "test", 3, max_episode_length=150, task_index=next(indices))
+
+        metrics = experiment.evaluate_test(make, timesteps=450, episodes=count)
+        per_attempt.append([metrics[f"test/Trial {i} Success"] for i in (1, 2, 3)])
+        experiment.parallel_actors = actors
+    attempts = np.mean(np.array(per_attempt), axis=0).tolist()  # equal-sized rounds except the last
+    return float(attempts[-1]), attempts
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+def iqm(scores: np.ndarray) -> float:
+    """Interquartile mean: the mean of the middle 50% of the values (25% trimmed off each end)."""
+    x = np.sort(np.asarray(scores, dtype=np.float64).ravel())
+    n = len(x)
+    lo, hi = n * 0.25, n * 0.75
+    # fractional trimming, so that every n (not only multiples of 4) gets the exact middle half
+    weights = np.clip(np.minimum(np.arange(1, n + 1), hi) - np.maximum(np.arange(n), lo), 0.0, 1.0)
+    return float((weights * x).sum() / weights.sum())
+
+
+def stratified_bootstrap_ci(
+    scores: np.ndarray, stat: Callable[[np.ndarray], float] = iqm, reps: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """95% CI of ``stat`` over a (runs, tasks) score matrix, resampling runs within each task."""
+    rng = np.random.default_rng(seed)
+    runs, tasks = scores.shape
+    values = []
+    for _ in range(reps):
+        idx = rng.integers(runs, size=(runs, tasks))
+        values.append(stat(np.take_along_axis(scores, idx, axis=0)))
+    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+
+
+def score_matrix(results: Sequence[Result], tasks: Sequence[str]) -> np.ndarray:
+    """(seeds, tasks) normalised scores; tasks with fewer seeds repeat their mean to fill."""
+    by_task = {t: [r.score for r in results if r.task == t] for t in tasks}
+    n = max(len(v) for v in by_task.values())
+    cols = [v + [float(np.mean(v))] * (n - len(v)) for v in by_task.values()]
+    return np.array(cols).T
+
+
+def table(results: Sequence[Result]) -> str:
+    tasks = list(dict.fromkeys(r.task for r in results))
+    lines = [
+        "| task | seed | env steps | updates | wall s | return | per episode | normalized |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.task} | {r.seed} | {r.env_steps} | {r.updates} | {r.wall_s:.0f} | {r.ret:.3f} | "
+            f"{', '.join(f'{x:.2f}' for x in r.per_episode)} | {r.score:.3f} |"
+        )
+    lines.append("")
+    lines.append("| task | reference | random | mean normalized |")
+    lines.append("|---|---|---|---|")
+    for t in tasks:
+        task = TASKS[t]
+        mean = np.mean([r.score for r in results if r.task == t])
+        lines.append(f"| {t} | {task.reference_return():.3f} | {task.random_return():.3f} | {mean:.3f} |")
+    scores = score_matrix(results, tasks)
+    lo, hi = stratified_bootstrap_ci(scores)
+    lines.append("")
+    lines.append(f"IQM of normalized scores: {iqm(scores):.3f} (95% CI {lo:.3f} to {hi:.3f}) over {len(tasks)} tasks")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[Result]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=TOY_TASKS, help="default: every toy task")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0 1 2 (0 with --quick)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="one seed, short budgets: the bandit learns, the rest only runs (about 2 min)",
+    )
+    parser.add_argument("--out", default="runs/suite", help="folder for run folders, results.jsonl, table.md")
+    parser.add_argument("--gin", action="append", default=[], help="a binding over the defaults (repeatable)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one run per core)")
+    args = parser.parse_args(argv)
+    seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.out, exist_ok=True)
+    results = []
+    for task_name in args.tasks:
+        for seed in seeds:
+            result = run_task(TASKS[task_name], seed, args.out, args.quick, args.gin)
+            results.append(result)
+            print(
+                f"{task_name} seed {seed}: return {result.ret:.3f}, normalized {result.score:.3f} "
+                f"({result.env_steps} env steps, {result.updates} updates, {result.wall_s:.0f} s)",
+                flush=True,
+            )
+            with open(os.path.join(args.out, "results.jsonl"), "a") as f:
+                f.write(json.dumps(result.row()) + "\n")
+    summary = table(results)
+    with open(os.path.join(args.out, "table.md"), "w") as f:
+        f.write(summary + "\n")
+    print(summary)
+    return results
+
+
+if __name__ == "__main__":
+    main()

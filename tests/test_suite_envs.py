@@ -1,0 +1,146 @@
+"""The learning suite's envs (PointGoal, TMaze, the noisy MetaBandit) and its statistics."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from amago_like import MetaBandit, PointGoal, TMaze
+from amago_like.envs.builtin.bandit import bayes_greedy_return
+from amago_like.envs.builtin.point_goal import TEST_SECTORS, goal_angle, searcher_return
+from amago_like.envs.wrapper import AMAGOEnv
+
+
+# ------------------------------------------------------------------ PointGoal
+def test_point_goal_splits_are_disjoint_sectors_of_the_half_circle():
+    width = math.pi / 10
+    for u in np.linspace(0, 0.999, 200):
+        train, test = goal_angle(u, "train"), goal_angle(u, "test")
+        assert 0 <= train <= math.pi and 0 <= test <= math.pi
+        assert int(test // width) in TEST_SECTORS
+        assert int(train // width) not in TEST_SECTORS
+
+
+@pytest.mark.parametrize("reward", ["dense", "sparse"])
+def test_point_goal_soft_resets_and_reports_each_episode(reward):
+    env = PointGoal(reward, episode_length=5, k_episodes=3)
+    obs, _ = env.reset(seed=0, options={"angle": math.pi / 2})
+    np.testing.assert_allclose(obs, [0, 0, 1])
+    np.testing.assert_allclose(env.goal, [0, 1], atol=1e-12)
+    infos = []
+    for t in range(15):
+        obs, r, term, trunc, info = env.step(np.array([0.0, 1.0]))
+        infos.append(info)
+        assert term == (t == 14) and not trunc
+        if t % 5 == 4 and t < 14:
+            np.testing.assert_allclose(obs, [0, 0, 1])  # next episode starts at the origin
+    # every episode walks straight up to the goal: 5 steps of 0.2 end on it
+    assert infos[-1]["log/Success"] == 1.0
+    assert {k for i in infos for k in i if k.startswith("log/Episode")} == {
+        f"log/Episode {i} Return" for i in (1, 2, 3)
+    }
+    with pytest.raises(RuntimeError):
+        env.step(np.zeros(2))
+
+
+def test_point_goal_rewards():
+    dense, sparse = PointGoal("dense"), PointGoal("sparse")
+    for env in (dense, sparse):
+        env.reset(options={"angle": 0.0})
+    _, r_dense, *_ = dense.step(np.array([1.0, 0.0]))
+    _, r_sparse, *_ = sparse.step(np.array([1.0, 0.0]))
+    assert r_dense == pytest.approx(-0.8) and r_sparse == 0.0
+    for _ in range(3):
+        _, r_sparse, *_ = sparse.step(np.array([1.0, 0.0]))
+    assert r_sparse == 1.0  # at (0.8, 0): within 0.2 of (1, 0)
+
+
+@pytest.mark.parametrize("reward", ["dense", "sparse"])
+def test_point_goal_searcher_beats_random_and_finds_every_goal(reward):
+    env = PointGoal(reward, split="test")
+    assert env.best_return() > env.random_return() + (50 if reward == "dense" else 40)
+    for u in np.linspace(0, 0.99, 7):
+        total = searcher_return(env, goal_angle(u, "test"))
+        # it stays on the goal once found, so the last episode ends there
+        assert np.linalg.norm(env.position - env.goal) <= env.goal_radius
+        assert total > (-12 if reward == "dense" else 25)
+
+
+def test_point_goal_wraps_in_amago_env():
+    env = AMAGOEnv(PointGoal("sparse", episode_length=4, k_episodes=2))
+    obs, _ = env.reset(seed=0)
+    steps = 0
+    done = False
+    while not done:
+        obs, r, term, trunc, info = env.step(np.zeros(2, np.float32))
+        done, steps = term or trunc, steps + 1
+    assert steps == 8
+
+
+# ------------------------------------------------------------------ TMaze
+@pytest.mark.parametrize("cue", [1, -1])
+def test_tmaze_rewards_only_the_turn_the_cue_named(cue):
+    for turn in (0, 1):
+        env = TMaze(length=10)
+        obs, _ = env.reset(options={"cue": cue})
+        np.testing.assert_allclose(obs, [cue, 0])
+        for t in range(10):
+            obs, r, term, _, _ = env.step(1 - turn)  # the corridor ignores the action
+            assert r == 0.0 and not term and obs[0] == 0.0
+            assert obs[1] == float(t == 9)
+        obs, r, term, _, info = env.step(turn)
+        assert term and r == float((turn == 0) == (cue == 1)) == info["log/Success"]
+
+
+def test_tmaze_cues_are_balanced():
+    env = TMaze(length=3)
+    cues = [env.reset(seed=s)[0][0] for s in range(400)]
+    assert 150 < sum(c > 0 for c in cues) < 250
+
+
+# ------------------------------------------------------------------ noisy bandit
+def test_noisy_bandit_pays_by_probability_and_names_itself():
+    env = MetaBandit(4, 200, good_prob=0.8, bad_prob=0.2)
+    assert env.env_name == "bandit-4arms-noisy"
+    env.reset(seed=0)
+    good = env._good
+    wins = [env.step(good)[1] for _ in range(100)] + [env.step((good + 1) % 4)[1] for _ in range(100)]
+    assert 0.65 < np.mean(wins[:100]) < 0.95 and 0.05 < np.mean(wins[100:]) < 0.35
+    assert env.random_return() == pytest.approx(200 * (0.8 + 3 * 0.2) / 4)
+    with pytest.raises(ValueError, match="bad_prob < good_prob"):
+        MetaBandit(3, 6, good_prob=0.2, bad_prob=0.5)
+
+
+def test_bayes_greedy_searcher_is_optimal_without_noise_and_beats_random_with_it():
+    assert bayes_greedy_return(3, 6, 1.0, 0.0) == pytest.approx(MetaBandit(3, 6).best_return(), abs=0.03)
+    noisy = MetaBandit(5, 12, good_prob=0.8, bad_prob=0.2)
+    assert noisy.random_return() + 2.0 < noisy.best_return() < 12 * 0.8
+
+
+# ------------------------------------------------------------------ suite statistics
+def test_iqm_is_the_mean_of_the_middle_half(suite):
+    assert suite.iqm(np.array([0.0, 1.0, 2.0, 100.0])) == pytest.approx(1.5)  # middle two of four
+    assert suite.iqm(np.arange(8.0)) == pytest.approx(np.mean([2, 3, 4, 5]))
+    # n = 5: the middle half is 3/4 of the 2nd value, the 3rd and 3/4 of the 4th
+    assert suite.iqm(np.array([0.0, 10.0, 20.0, 30.0, 1000.0])) == pytest.approx(20.0)
+    assert suite.iqm(np.array([0.0, 10.0, 20.0, 40.0, 1000.0])) == pytest.approx((7.5 + 20 + 30) / 2.5)
+    assert suite.iqm(np.full(7, 0.3)) == pytest.approx(0.3)
+
+
+def test_stratified_bootstrap_ci_brackets_the_iqm_and_collapses_without_spread(suite):
+    same = np.full((3, 4), 0.7)
+    assert suite.stratified_bootstrap_ci(same) == pytest.approx((0.7, 0.7))
+    rng = np.random.default_rng(1)
+    scores = rng.uniform(0, 1, size=(5, 6))
+    lo, hi = suite.stratified_bootstrap_ci(scores)
+    assert lo <= suite.iqm(scores) <= hi and hi - lo > 0.05
+
+
+def test_every_task_states_a_reference_above_random(suite):
+    for name in suite.TOY_TASKS:
+        task = suite.TASKS[name]
+        assert task.reference_return() > task.random_return(), name
+        assert suite.normalized(task, task.random_return()) == pytest.approx(0.0)
+        assert suite.normalized(task, task.reference_return()) == pytest.approx(1.0)
