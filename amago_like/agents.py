@@ -12,7 +12,9 @@ With ``target_entropy`` set, entropy_coeff is learned (starting from the given v
 dual step on log(entropy_coeff) * (H - target_entropy): it rises while the policy's entropy is below
 the target and falls while above. For a tanh-squashed policy H counts the squashing: actions piled
 up at +-1 have low entropy, whether from large pre-tanh means or from a wide pre-tanh std.
-The critics learn every gamma at once (a cheap auxiliary signal); the actor follows ``actor_gamma``.
+The critics learn every gamma at once (a cheap auxiliary signal); the actor follows ``actor_gamma``,
+or, with ``multigamma_actor``, has one policy per gamma, each trained on its own gamma's values
+(the actor loss averages them; rollouts act with ``actor_gamma``'s policy).
 
 With ``popart`` the critics predict values normalised by running per-gamma target statistics
 (the critic loss is then in normalised units and the actor maximises normalised Q).
@@ -66,6 +68,7 @@ class Agent(nn.Module):
         num_critics: int = 2,
         num_critics_td: int | None = None,
         target_actor: bool = False,
+        multigamma_actor: bool = False,
         gammas: tuple[float, ...] = (0.9, 0.99, 0.999),
         actor_gamma: float = 0.99,
         tau: float = 0.005,
@@ -112,14 +115,20 @@ class Agent(nn.Module):
         # learned log(entropy_coeff) (None: entropy_coeff stays fixed)
         self.log_entropy_coeff = None if target_entropy is None else nn.Parameter(torch.tensor(math.log(entropy_coeff)))
         self.num_actions_for_value = num_actions_for_value
-        self.num_critics_td = num_critics_td
+        self.num_critics_td, self.multigamma_actor = num_critics_td, multigamma_actor
         self.register_buffer("gammas", torch.tensor(gammas, dtype=torch.float32))
         self.actor_gamma_idx = list(gammas).index(actor_gamma)
 
         self.tstep_encoder = tstep_encoder_type(obs_space, rl2_space)
         self.traj_encoder = traj_encoder_type(self.tstep_encoder.emb_dim, max_seq_len)
         d = self.traj_encoder.emb_dim
-        self.actor = Actor(d, self.action_dim, self.discrete, multi_binary=self.multi_binary)
+        self.actor = Actor(
+            d,
+            self.action_dim,
+            self.discrete,
+            multi_binary=self.multi_binary,
+            num_gammas=len(gammas) if multigamma_actor else 1,
+        )
         self.critics = CriticEnsemble(d, self.action_dim, len(gammas), num_critics, num_bins=1)
         self.target_critics = copy.deepcopy(self.critics).requires_grad_(False)
         # TD targets act with a slowly moving copy of the actor, so targets do not chase every actor step
@@ -178,13 +187,29 @@ class Agent(nn.Module):
         eye = torch.eye(self.action_dim, device=like.device, dtype=like.dtype)
         return eye.view(self.action_dim, *([1] * (like.dim() - 1)), self.action_dim)
 
-    def _policy_values(self, critics: nn.Module, state: torch.Tensor, dist, to_values) -> tuple[torch.Tensor, Any]:
-        """Values of on-policy actions: discrete (C, B, L, A, G) + probs, otherwise (C, K, B, L, G) + None."""
+    def _policy_values(
+        self, critics: nn.Module, state: torch.Tensor, dist, to_values
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Values of the policy's actions for every gamma, q (C, B, L, G, N) over N actions, and their
+        probabilities (B, L, G or 1, N); None means N equally likely samples. Discrete: N = every
+        action; otherwise N = ``num_actions_for_value`` reparameterised samples. With a policy per
+        gamma, gamma g's values are of its own policy's actions."""
         if self.discrete:
             q = to_values(critics(state.unsqueeze(0), self._all_actions(state)))  # (C, A, B, L, G)
-            return q.movedim(1, -2), dist.probs  # (C, B, L, A, G), (B, L, A)
-        actions = dist.rsample(self.num_actions_for_value)  # (K, B, L, A)
-        return to_values(critics(state.unsqueeze(0), actions)), None  # (C, K, B, L, G)
+            probs = dist.probs if self.multigamma_actor else dist.probs.unsqueeze(-2)  # (B, L, G|1, A)
+            return q.movedim(1, -1), probs  # (C, B, L, G, A)
+        actions = dist.rsample(self.num_actions_for_value)  # (K, B, L, [G,] A)
+        if self.multigamma_actor:
+            q = to_values(critics(state.unsqueeze(0).unsqueeze(-2), actions))  # (C, K, B, L, G_actor, G)
+            q = q.diagonal(dim1=-2, dim2=-1)  # (C, K, B, L, G)
+        else:
+            q = to_values(critics(state.unsqueeze(0), actions))  # (C, K, B, L, G)
+        return q.movedim(1, -1), None  # (C, B, L, G, K)
+
+    @staticmethod
+    def _expectation(q: torch.Tensor, probs: torch.Tensor | None) -> torch.Tensor:
+        """E over the last (action) dim of q (..., N) under probs (None: a mean over samples)."""
+        return q.mean(-1) if probs is None else (q * probs).sum(-1)
 
     # ------------------------------------------------------------------ training
     def forward(
@@ -206,36 +231,40 @@ class Agent(nn.Module):
         with torch.no_grad():
             next_dist = (self.actor if self.target_actor is None else self.target_actor)(s_next.detach())
             q_next, probs = self._policy_values(self.target_critics, s_next.detach(), next_dist, self.q_values)
-            q_next = self._td_critics(q_next)  # (C_td, ...)
-            if self.discrete:
-                v_next = (q_next.min(0).values * probs.unsqueeze(-1)).sum(-2)  # (B, L-1, G)
-            else:
-                v_next = q_next.min(0).values.mean(0)  # (B, L-1, G)
+            v_next = self._expectation(self._td_critics(q_next).min(0).values, probs)  # (B, L-1, G)
             rews = batch.rews * self.reward_multiplier  # (B, L-1, 1)
             target = rews + self.gammas * (1.0 - batch.dones) * v_next  # (B, L-1, G)
             self.update_value_stats(target, mask)
         raw_taken = self.critics(s, batch.actions)  # (C, B, L-1, G[, bins])
         critic_loss = self.critic_loss(raw_taken, target, mask)
 
-        # actor: policy gradient through frozen critics (on detached states) + filtered BC
-        dist = self.actor(s)
+        # actor: policy gradient through frozen critics (on detached states) + filtered BC, for the policy
+        # of actor_gamma, or for each gamma's own policy (P = G policies, their losses averaged)
+        dist = self.actor(s)  # batch (B, L-1[, G])
+        gs = slice(None) if self.multigamma_actor else slice(g, g + 1)  # the gammas with a policy
         q_pi, probs = self._policy_values(_frozen(self.critics), s.detach(), dist, self.actor_values)
-        if self.discrete:
-            q_pi = q_pi.mean(0)[..., g]  # (B, L-1, A)
-            value = (probs * q_pi).sum(-1, keepdim=True)  # (B, L-1, 1)
-        else:
-            value = q_pi.mean(0)[..., g : g + 1].mean(0)  # (B, L-1, 1)
-        entropy = dist.entropy().unsqueeze(-1)  # (B, L-1, 1)
+        value = self._expectation(q_pi.mean(0), probs)[..., gs]  # (B, L-1, P)
+        entropy = dist.entropy()
+        entropy = entropy if self.multigamma_actor else entropy.unsqueeze(-1)  # (B, L-1, P)
         with torch.no_grad():
-            advantage = self.actor_values(raw_taken).mean(0)[..., g : g + 1] - value  # (B, L-1, 1)
+            advantage = self.actor_values(raw_taken).mean(0)[..., gs] - value  # (B, L-1, P)
             bc_filter = (advantage > 0).float()
         if self.discrete:
-            bc_actions = batch.actions.argmax(-1)
+            bc_actions = batch.actions.argmax(-1)  # (B, L-1)
         elif self.bc_action_limit is not None and not self.multi_binary:
-            bc_actions = batch.actions.clamp(-self.bc_action_limit, self.bc_action_limit)
+            bc_actions = batch.actions.clamp(-self.bc_action_limit, self.bc_action_limit)  # (B, L-1, A)
         else:
             bc_actions = batch.actions
-        logp = dist.log_prob(bc_actions).unsqueeze(-1)
+        if self.multigamma_actor:  # the same taken action for every gamma's policy
+            G = len(self.gammas)
+            bc_actions = (
+                bc_actions.unsqueeze(-1).expand(-1, -1, G)
+                if self.discrete
+                else bc_actions.unsqueeze(-2).expand(-1, -1, G, -1)
+            )
+            logp = dist.log_prob(bc_actions)  # (B, L-1, G)
+        else:
+            logp = dist.log_prob(bc_actions).unsqueeze(-1)  # (B, L-1, 1)
         learned = self.log_entropy_coeff is not None
         ent_coeff = self.log_entropy_coeff.exp().detach() if learned else self.entropy_coeff
         actor_loss = masked_mean(
@@ -298,7 +327,7 @@ class Agent(nn.Module):
         """One step for N actors: inputs (N, 1, ...) -> actions (N,) long, (N, A) long for
         multi-binary, or (N, A) float; and the new hidden state."""
         states, hidden_state = self.encode(obs, rl2s, time_idxs, hidden_state=hidden_state)  # (N, 1, D)
-        dist = self.actor(states[:, -1])
+        dist = self.actor(states[:, -1], gamma_index=self.actor_gamma_idx)
         if self.discrete:
             actions = dist.sample() if sample else dist.mode()
         else:

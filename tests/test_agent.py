@@ -485,3 +485,47 @@ def test_agent_with_image_observations():
     critic_loss, actor_loss, _ = agent(batch)
     (critic_loss + actor_loss).backward()
     assert torch.isfinite(critic_loss) and all(p.grad is not None for p in agent.tstep_encoder.cnn.parameters())
+
+
+@pytest.mark.parametrize("space", [True, False, "multi_binary"])
+def test_policy_per_gamma_trains_every_gamma_and_acts_with_actor_gamma(space):
+    agent = make_agent(space, multigamma_actor=True, gammas=(0.5, 0.9, 0.99), actor_gamma=0.9)
+    batch = make_batch(agent)
+    critic_loss, actor_loss, metrics = agent(batch)
+    assert torch.isfinite(critic_loss) and torch.isfinite(actor_loss)
+    actor_loss.backward()
+    # the actor's output layer holds G policies; each gets a gradient from its own gamma's loss
+    out_grad = agent.actor.net[-1].weight.grad.view(3, agent.actor.d_out, -1)
+    assert all(out_grad[i].abs().sum() > 0 for i in range(3))
+    # rollouts act with actor_gamma's policy: the actions of the middle policy's distribution
+    obs = {"observation": torch.randn(4, 1, OBS_DIM)}
+    rl2s, t = torch.zeros(4, 1, 1 + agent.action_dim), torch.zeros(4, 1, 1, dtype=torch.long)
+    agent.eval()
+    actions, _ = agent.get_actions(obs, rl2s, t, agent.init_hidden_state(4, torch.device("cpu")), sample=False)
+    states, _ = agent.encode(obs, rl2s, t)
+    torch.testing.assert_close(actions.float(), agent.actor(states[:, -1]).mode()[:, 1].float())
+
+
+def test_random_critic_subset_for_td_targets_takes_the_minimum_of_a_subset():
+    agent = make_agent(True, num_critics=4, num_critics_td=2)
+    q = torch.arange(4.0).view(4, 1, 1).expand(4, 200, 3).clone()  # critic c predicts c everywhere
+    chosen = agent._td_critics(q)
+    assert chosen.shape == (2, 200, 3)
+    mins = chosen.min(0).values
+    # the minimum of two distinct critics out of 0..3 is 0, 1 or 2, each often; never 3
+    assert set(mins.unique().tolist()) == {0.0, 1.0, 2.0}
+    assert make_agent(True, num_critics=4)._td_critics(q) is q
+    with pytest.raises(ValueError, match="num_critics_td"):
+        make_agent(True, num_critics=2, num_critics_td=3)
+
+
+def test_target_actor_trails_the_actor_by_tau():
+    agent = make_agent(False, target_actor=True, tau=0.1)
+    before = [p.clone() for p in agent.target_actor.parameters()]
+    with torch.no_grad():
+        for p in agent.actor.parameters():
+            p.add_(1.0)
+    agent.soft_sync_targets()
+    for b, tp, p in zip(before, agent.target_actor.parameters(), agent.actor.parameters()):
+        torch.testing.assert_close(tp, b + 0.1 * (p - b))
+    assert all(not p.requires_grad for p in agent.target_actor.parameters())

@@ -32,6 +32,9 @@ class Actor(nn.Module):
     discrete -> Discrete (Categorical); multi_binary -> MultiBinary (independent Bernoulli);
     otherwise ``continuous_dist``: "tanh_gaussian", "beta" (affinely mapped to [-1, 1]) or
     "gmm" (``gmm_components`` tanh-squashed diagonal Gaussians).
+
+    With ``num_gammas`` > 1 (set by the agent) the head outputs one policy per discount factor: the
+    distribution's batch shape gains a gamma dimension, (..., G); ``gamma_index`` picks one policy.
     """
 
     def __init__(
@@ -44,6 +47,7 @@ class Actor(nn.Module):
         continuous_dist: str = "tanh_gaussian",
         gmm_components: int = 4,
         multi_binary: bool = False,
+        num_gammas: int = 1,
     ):
         super().__init__()
         if continuous_dist not in CONTINUOUS_DISTS:
@@ -56,14 +60,19 @@ class Actor(nn.Module):
             d_out = gmm_components * (1 + 2 * action_dim)
         else:
             d_out = 2 * action_dim
-        self.net = mlp(state_dim, hidden, d_out)
+        self.num_gammas, self.d_out = num_gammas, d_out
+        self.net = mlp(state_dim, hidden, num_gammas * d_out)
 
     def _log_std(self, raw: torch.Tensor) -> torch.Tensor:
         lo, hi = self.log_std_bounds
         return lo + 0.5 * (hi - lo) * (torch.tanh(raw) + 1)
 
-    def forward(self, state: torch.Tensor) -> PolicyDist:
-        out = self.net(state).float()  # distributions in fp32 under autocast; (..., d_out)
+    def forward(self, state: torch.Tensor, gamma_index: int | None = None) -> PolicyDist:
+        out = self.net(state).float()  # distributions in fp32 under autocast; (..., G * d_out)
+        if self.num_gammas > 1:
+            out = out.unflatten(-1, (self.num_gammas, self.d_out))  # (..., G, d_out)
+            if gamma_index is not None:
+                out = out[..., gamma_index, :]  # (..., d_out)
         if self.discrete:
             return Discrete(out)
         if self.multi_binary:
