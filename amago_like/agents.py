@@ -5,7 +5,9 @@ Loss, per real (unpadded) transition t and discount factor gamma_g:
              V_target(s) = E_{a~pi'(s)} min_{c in S} Q'_c(s, a)   (Q' = polyak-averaged target critic heads;
              S = ``num_critics_td`` critics drawn at random per transition, or all of them;
              pi' = the polyak-averaged target actor with ``target_actor``, else the actor)
-    actor:   online_coeff * -E_{a~pi(s_t)} Q(s_t, a)[actor_gamma]            (policy gradient through the critic)
+    actor:   online_coeff * -E_{a~pi(s_t)} Q(s_t, a)[actor_gamma]            (policy gradient through the critic;
+                                                            Q: the critics' mean, or their minimum with
+                                                            ``pessimistic_actor``)
            + offline_coeff * -log pi(a_t | s_t) * 1[Q(s_t, a_t) > E_pi Q(s_t, .)]  (advantage-filtered BC)
            - entropy_coeff * H(pi(s_t))
 With ``target_entropy`` set, entropy_coeff is learned (starting from the given value) by a SAC-style
@@ -69,6 +71,7 @@ class Agent(nn.Module):
         num_critics_td: int | None = None,
         target_actor: bool = False,
         multigamma_actor: bool = False,
+        pessimistic_actor: bool = False,
         gammas: tuple[float, ...] = (0.9, 0.99, 0.999),
         actor_gamma: float = 0.99,
         tau: float = 0.005,
@@ -116,6 +119,7 @@ class Agent(nn.Module):
         self.log_entropy_coeff = None if target_entropy is None else nn.Parameter(torch.tensor(math.log(entropy_coeff)))
         self.num_actions_for_value = num_actions_for_value
         self.num_critics_td, self.multigamma_actor = num_critics_td, multigamma_actor
+        self.pessimistic_actor = pessimistic_actor
         self.register_buffer("gammas", torch.tensor(gammas, dtype=torch.float32))
         self.actor_gamma_idx = list(gammas).index(actor_gamma)
 
@@ -243,7 +247,10 @@ class Agent(nn.Module):
         dist = self.actor(s)  # batch (B, L-1[, G])
         gs = slice(None) if self.multigamma_actor else slice(g, g + 1)  # the gammas with a policy
         q_pi, probs = self._policy_values(_frozen(self.critics), s.detach(), dist, self.actor_values)
-        value = self._expectation(q_pi.mean(0), probs)[..., gs]  # (B, L-1, P)
+        # pessimistic: the policy climbs the ensemble's minimum, so it cannot chase one critic's error
+        # into actions the data never tried (where critics disagree)
+        q_ens = q_pi.min(0).values if self.pessimistic_actor else q_pi.mean(0)
+        value = self._expectation(q_ens, probs)[..., gs]  # (B, L-1, P)
         entropy = dist.entropy()
         entropy = entropy if self.multigamma_actor else entropy.unsqueeze(-1)  # (B, L-1, P)
         with torch.no_grad():
