@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 
@@ -205,8 +206,6 @@ def run_task(task: Task, seed: int, out: str, quick: bool = False, bindings: Seq
     budget = task.quick if quick else task.budget
     run_name = f"{task.name}_s{seed}"
     if os.path.exists(os.path.join(out, run_name)):
-        import shutil
-
         shutil.rmtree(os.path.join(out, run_name))
     start = time.time()
     experiment = Experiment(
@@ -249,7 +248,8 @@ def run_task(task: Task, seed: int, out: str, quick: bool = False, bindings: Seq
         )
     finally:
         experiment.close()
-        experiment.delete_buffer_from_disk()
+        # the buffer only: the run folder's metrics, plots and config stay for reading the curves
+        shutil.rmtree(os.path.join(out, run_name, "buffer"), ignore_errors=True)
     return result
 
 
