@@ -36,31 +36,89 @@ FLAG_BINDINGS = {
 }
 
 
-def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--run_name", default=None, help="name of the run folder (default: derived from the env)")
-    parser.add_argument("--buffer_dir", default="runs", help="root folder of run folders and replay buffers")
-    parser.add_argument("--configs", nargs="*", default=None, help="gin files, applied in order")
+def add_common_args(parser: argparse.ArgumentParser, default_configs: str = "") -> argparse.ArgumentParser:
+    """The flags every example shares. ``default_configs``: the gin files used without ``--configs``, as the
+    help text should name them (e.g. "configs/metaworld/quick.gin")."""
+    from_config = "default: the value in the gin config"
     parser.add_argument(
-        "--gin", action="append", default=[], help='extra gin binding, e.g. --gin "Experiment.epochs=10"'
+        "--run_name", default=None, help="name of the run folder inside --buffer_dir (default: derived from the env)"
     )
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--parallel_actors", type=int, default=None)
-    parser.add_argument("--env_mode", choices=["sync", "async"], default=None)
-    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
-    parser.add_argument("--max_seq_len", type=int, default=None)
-    parser.add_argument("--batch_size", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--buffer_dir",
+        default="runs",
+        metavar="DIR",
+        help="root folder of run folders and their replay buffers, relative to the working directory "
+        "(default: %(default)s/)",
+    )
+    parser.add_argument(
+        "--configs",
+        nargs="*",
+        default=None,
+        metavar="FILE",
+        help="gin files, applied in order (default: " + (default_configs or "the example's own") + ")",
+    )
+    parser.add_argument(
+        "--gin",
+        action="append",
+        default=[],
+        metavar="BINDING",
+        help='extra gin binding, applied after the files and flags; repeatable, e.g. --gin "Experiment.epochs = 10"',
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=None, metavar="N", help=f"training epochs (Experiment.epochs; {from_config})"
+    )
+    parser.add_argument(
+        "--parallel_actors",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"environments stepped side by side per process (Experiment.parallel_actors; {from_config})",
+    )
+    parser.add_argument(
+        "--env_mode",
+        choices=["sync", "async"],
+        default=None,
+        help="step the actors' envs in this process (sync) or in one subprocess each (async) "
+        f"(Experiment.env_mode; {from_config})",
+    )
+    parser.add_argument(
+        "--mixed_precision",
+        choices=["no", "fp16", "bf16"],
+        default=None,
+        help=f"autocast precision of forward passes; bf16 needs a GPU to pay off (Experiment.mixed_precision; {from_config})",
+    )
+    parser.add_argument(
+        "--max_seq_len",
+        type=int,
+        default=None,
+        metavar="L",
+        help=f"timesteps of context the model sees and trains on (Experiment.max_seq_len; {from_config})",
+    )
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=None,
+        metavar="B",
+        help=f"sequences per gradient update (Experiment.batch_size; {from_config})",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help=f"seed of python, numpy, torch and the envs (Experiment.seed; {from_config}, unseeded if unset)",
+    )
     parser.add_argument(
         "--log_to_wandb",
         action="store_true",
         default=None,
-        help="log to wandb (WANDB_MODE=offline works without a key)",
+        help="also log to wandb (needs an API key: `wandb login`, or set WANDB_MODE=offline to log without one)",
     )
     parser.add_argument(
         "--mode",
         choices=["both", "collect", "learn"],
         default=None,
-        help="actor/learner split: run collect-only and learn-only processes with the same --run_name and --buffer_dir",
+        help="actor/learner split: run collect-only and learn-only processes with the same --run_name and "
+        "--buffer_dir (default: both)",
     )
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint of the run")
     return parser
@@ -80,7 +138,9 @@ class GinBindingError(ValueError):
 
 def apply_gin(configs: list[str], bindings: list[str]) -> None:
     """Parse gin files then bindings (later ones win); a bad one fails at once, naming it."""
-    import amago_like  # noqa: F401  (registers every configurable before parsing)
+    from amago_like import register_configurables
+
+    register_configurables()  # every configurable must be known before parsing
 
     global _search_path_added
     if not _search_path_added:

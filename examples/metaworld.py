@@ -16,9 +16,8 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != HERE]
 
-from amago_like import DiskTrajDataset, Experiment, Metaworld  # noqa: E402
+# torch, accelerate and Meta-World load inside main(), after the flags parsed: --help stays instant
 from amago_like.cli import add_common_args, configure_from_args, run  # noqa: E402
-from amago_like.envs.builtin.metaworld import normalize_benchmark_name  # noqa: E402
 
 ROOT = os.path.dirname(HERE)
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "metaworld", "quick.gin")
@@ -26,12 +25,21 @@ DEFAULT_CONFIG = os.path.join(ROOT, "configs", "metaworld", "quick.gin")
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--benchmark", default="ml10", help="ml10, ml45 or an ML1 task name such as reach-v3")
     parser.add_argument(
-        "--k_episodes", type=int, default=None, help="attempts per meta-episode (gin: Metaworld.k_episodes)"
+        "--benchmark", default="ml10", help="ml10, ml45 or an ML1 task name such as reach-v3 (default: %(default)s)"
     )
-    add_common_args(parser)
+    parser.add_argument(
+        "--k_episodes",
+        type=int,
+        default=None,
+        metavar="K",
+        help="attempts per meta-episode (Metaworld.k_episodes; default: the value in the gin config)",
+    )
+    add_common_args(parser, default_configs="configs/metaworld/quick.gin")
     args = parser.parse_args(argv)
+
+    from amago_like import DiskTrajDataset, Experiment, Metaworld
+    from amago_like.envs.builtin.metaworld import normalize_benchmark_name
 
     # fail on a bad benchmark name before anything slow happens
     try:

@@ -11,19 +11,24 @@ import argparse
 import functools
 import os
 
-from amago_like import DarkRoom, DiskTrajDataset, Experiment, MetaBandit
+# torch, accelerate and the envs load inside main(), after the flags parsed: --help stays instant
 from amago_like.cli import add_common_args, configure_from_args, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENVS = {"bandit": (MetaBandit, "bandit.gin"), "dark_room": (DarkRoom, "dark_room.gin")}
+CONFIGS = {"bandit": "bandit.gin", "dark_room": "dark_room.gin"}
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env", choices=sorted(ENVS), default="bandit")
-    add_common_args(parser)
+    parser.add_argument(
+        "--env", choices=sorted(CONFIGS), default="bandit", help="built-in meta-RL env (default: %(default)s)"
+    )
+    add_common_args(parser, default_configs="configs/bandit.gin or configs/dark_room.gin, after --env")
     args = parser.parse_args(argv)
-    env_type, config = ENVS[args.env]
+
+    from amago_like import DarkRoom, DiskTrajDataset, Experiment, MetaBandit
+
+    env_type, config = {"bandit": MetaBandit, "dark_room": DarkRoom}[args.env], CONFIGS[args.env]
     buffer_dir = os.path.abspath(args.buffer_dir)
     configure_from_args(args, [os.path.join(ROOT, "configs", config)])
 
