@@ -17,6 +17,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != HERE]
 
 # torch, accelerate and Meta-World load inside main(), after the flags parsed: --help stays instant
+from amago_like.checks import removed_if_left_empty  # noqa: E402
 from amago_like.cli import add_common_args, configure_from_args, run  # noqa: E402
 
 ROOT = os.path.dirname(HERE)
@@ -53,14 +54,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     run_name = args.run_name or f"metaworld_{args.benchmark}"
     buffer_dir = os.path.abspath(args.buffer_dir)
-    experiment = Experiment(
-        run_name=run_name,
-        ckpt_base_dir=buffer_dir,
-        dataset=DiskTrajDataset(dset_root=buffer_dir, dset_name=run_name),
-        make_train_env=functools.partial(Metaworld, split="train"),
-        make_val_env=functools.partial(Metaworld, split="test"),
-    )
-    metrics = run(experiment, resume=args.resume)
+    with removed_if_left_empty(
+        os.path.join(buffer_dir, run_name), buffer_dir
+    ):  # a failed start leaves no empty run folder
+        experiment = Experiment(
+            run_name=run_name,
+            ckpt_base_dir=buffer_dir,
+            dataset=DiskTrajDataset(dset_root=buffer_dir, dset_name=run_name),
+            make_train_env=functools.partial(Metaworld, split="train"),
+            make_val_env=functools.partial(Metaworld, split="test"),
+        )
+        metrics = run(experiment, resume=args.resume)
     run_dir = experiment.run_dir
     print(f"\nresults in {run_dir}:")
     print(f"  metrics  {os.path.join(run_dir, 'metrics.jsonl')}  (plots in {os.path.join(run_dir, 'plots')})")

@@ -12,6 +12,7 @@ import functools
 import os
 
 # torch, accelerate and the envs load inside main(), after the flags parsed: --help stays instant
+from amago_like.checks import removed_if_left_empty
 from amago_like.cli import add_common_args, configure_from_args, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,14 +34,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     configure_from_args(args, [os.path.join(ROOT, "configs", config)])
 
     run_name = args.run_name or args.env
-    experiment = Experiment(
-        run_name=run_name,
-        ckpt_base_dir=buffer_dir,
-        dataset=DiskTrajDataset(dset_root=buffer_dir, dset_name=run_name),
-        make_train_env=functools.partial(env_type, split="train"),
-        make_val_env=functools.partial(env_type, split="test"),  # held-out tasks where the env has them
-    )
-    metrics = run(experiment, resume=args.resume)
+    with removed_if_left_empty(
+        os.path.join(buffer_dir, run_name), buffer_dir
+    ):  # a failed start leaves no empty run folder
+        experiment = Experiment(
+            run_name=run_name,
+            ckpt_base_dir=buffer_dir,
+            dataset=DiskTrajDataset(dset_root=buffer_dir, dset_name=run_name),
+            make_train_env=functools.partial(env_type, split="train"),
+            make_val_env=functools.partial(env_type, split="test"),  # held-out tasks where the env has them
+        )
+        metrics = run(experiment, resume=args.resume)
     env = env_type(split="test")
     # held-out dark-room goals lie in cells never rewarded in training: the reference searches every cell
     best = env.best_return("grid") if isinstance(env, DarkRoom) else env.best_return()

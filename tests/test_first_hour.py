@@ -62,3 +62,69 @@ def test_help_describes_every_flag_and_shows_defaults(example):
         assert _help_of(options, flag), f"{flag} has no help text"
     assert "(default: runs/)" in options
     assert "quick.gin" in options if example == "metaworld" else "bandit.gin" in options
+
+
+# ------------------------------------------------------------------ item 6: a wrong-type binding is one line, exit 2
+def _toy():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("example_toy", os.path.join(REPO_ROOT, "examples", "toy.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "binding, message",
+    [
+        ('Agent.num_critics = "four"', "Agent.num_critics must be an integer, got 'four' (str); bind a whole number"),
+        ("Agent.num_critics = 2.5", "Agent.num_critics must be an integer, got 2.5 (float); bind a whole number"),
+        ('Experiment.learning_rate = "fast"', "Experiment.learning_rate must be a number, got 'fast' (str); bind a"),
+        ("Agent.popart = 1", "Agent.popart must be True or False, got 1 (int); bind True or False"),
+        ('Agent.gammas = (0.9, "x")', "Agent.gammas must be a tuple of numbers"),
+        ('Experiment.dataset = "demos/"', "Experiment.dataset must be a RLDataset object, got 'demos/' (str)"),
+    ],
+)
+def test_wrong_type_binding_is_one_line_with_exit_status_2(tmp_path, capsys, binding, message):
+    buffer_dir = tmp_path / "runs"
+    with pytest.raises(SystemExit) as exit_info:
+        _toy().main(["--buffer_dir", str(buffer_dir), "--gin", binding])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert err.startswith(f"error: bad gin binding {binding!r}: ") and message in err
+    assert not buffer_dir.exists()  # nothing was built
+
+
+def test_wrong_type_in_a_config_file_names_the_file_and_line(tmp_path, capsys):
+    config = tmp_path / "mine.gin"
+    config.write_text("include 'configs/bandit.gin'\n\nExperiment.epochs = 3\nTformerTrajEncoder.n_layers = '2'\n")
+    with pytest.raises(SystemExit) as exit_info:
+        _toy().main(["--buffer_dir", str(tmp_path / "runs"), "--configs", str(config)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error: in gin file {config} line 4: TformerTrajEncoder.n_layers must be an integer, got '2' (str); "
+        "bind a whole number without quotes or decimals, e.g. TformerTrajEncoder.n_layers = 3"
+    )
+
+
+def test_unparsable_binding_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _toy().main(["--buffer_dir", str(tmp_path / "runs"), "--gin", "Experiment.epochs = (3"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "close every bracket" in err
+
+
+def test_references_and_macros_are_not_type_checked():
+    from amago_like.cli import apply_gin
+
+    apply_gin([], ["BATCH = 8", "Experiment.batch_size = %BATCH", "Experiment.tstep_encoder_type = @FFTstepEncoder"])
+
+
+def test_failed_start_leaves_no_empty_run_folder(tmp_path):
+    buffer_dir = tmp_path / "runs"
+    with pytest.raises(ValueError, match="max_seq_len must be >= 2"):
+        _toy().main(["--buffer_dir", str(buffer_dir), "--max_seq_len", "1"])
+    assert not buffer_dir.exists()
