@@ -265,6 +265,12 @@ def configure_from_args(args: argparse.Namespace, default_configs: list[str], ex
         apply_gin(configs, flag_bindings(args) + list(extra_bindings) + args.gin)
     except GinBindingError as e:
         _usage_error(str(e))
+    if is_bound("Experiment.log_to_wandb") and gin.query_parameter("Experiment.log_to_wandb") is True:
+        from amago_like.logging import wandb_key_problem
+
+        problem = wandb_key_problem()  # before the run folder is made, not at wandb.init after start-up
+        if problem:
+            _usage_error(problem)
 
 
 def _usage_error(message: str) -> None:

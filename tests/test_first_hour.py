@@ -128,3 +128,110 @@ def test_failed_start_leaves_no_empty_run_folder(tmp_path):
     with pytest.raises(ValueError, match="max_seq_len must be >= 2"):
         _toy().main(["--buffer_dir", str(buffer_dir), "--max_seq_len", "1"])
     assert not buffer_dir.exists()
+
+
+# ------------------------------------------------------------------ item 2: progress lines without a terminal
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _run_phase(reporter, clock, desc, steps, seconds_per_step, unit="batches"):
+    for _ in reporter.track(range(steps), desc, unit=unit):
+        clock.now += seconds_per_step
+
+
+def test_progress_lines_every_interval_with_rate_and_eta():
+    import io
+
+    from amago_like.logging import ProgressReporter
+
+    clock, out = FakeClock(), io.StringIO()
+    reporter = ProgressReporter(interval_s=20.0, stream=out, clock=clock)
+    _run_phase(reporter, clock, "epoch 3 train", steps=120, seconds_per_step=1.0)  # a 2-minute phase
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 120 // 20 + 1  # one every 20 s, and one when it ends
+    assert lines[0] == "epoch 3 train: 20/120 batches (17%), 1 batches/s, ETA 1m40s, 20s so far"
+    assert lines[2].startswith("epoch 3 train: 60/120 batches (50%)") and "ETA 1m00s" in lines[2]
+    assert lines[-1] == "epoch 3 train: 120 batches done in 2m00s (1 batches/s)"
+
+
+def test_progress_is_quiet_for_short_phases_and_shares_the_interval_across_phases():
+    import io
+
+    from amago_like.logging import ProgressReporter
+
+    clock, out = FakeClock(), io.StringIO()
+    reporter = ProgressReporter(interval_s=20.0, stream=out, clock=clock)
+    _run_phase(reporter, clock, "epoch 0 val", steps=10, seconds_per_step=0.5)  # 5 s: nothing
+    assert out.getvalue() == ""
+    for epoch in range(1, 5):  # 8 s phases: a line each time 20 s have passed since the last line
+        _run_phase(reporter, clock, f"epoch {epoch} collect", steps=8, seconds_per_step=1.0, unit="steps")
+    lines = out.getvalue().splitlines()
+    assert lines and all("collect" in ln for ln in lines)
+    assert lines[0].startswith("epoch 2 collect: 7/8 steps (88%)")  # 5 + 8 + 7 = 20 s after the start
+
+
+def test_progress_shows_slow_steps_as_seconds_per_step():
+    import io
+
+    from amago_like.logging import ProgressReporter
+
+    clock, out = FakeClock(), io.StringIO()
+    reporter = ProgressReporter(interval_s=20.0, stream=out, clock=clock)
+    _run_phase(reporter, clock, "epoch 0 train", steps=3, seconds_per_step=25.0)
+    assert out.getvalue().splitlines()[0] == "epoch 0 train: 1/3 batches (33%), 25 s each, ETA 50s, 25s so far"
+
+
+def test_progress_uses_bars_only_on_a_terminal(monkeypatch, capsys):
+    import amago_like.logging as logging_module
+
+    monkeypatch.setattr(logging_module, "bars_wanted", lambda: False)
+    assert list(logging_module.progress(range(3), "x", disable=True)) == [0, 1, 2]
+    tracked = logging_module.progress(range(3), "x", disable=None)
+    assert type(tracked).__name__ == "generator" and list(tracked) == [0, 1, 2]
+    monkeypatch.setattr(logging_module, "bars_wanted", lambda: True)
+    assert type(logging_module.progress(range(3), "x", disable=None)).__name__ == "tqdm"
+
+
+# ------------------------------------------------------------------ item 10: wandb without an API key
+def _no_wandb_key(monkeypatch, home):
+    for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DISABLED", "NETRC", "WANDB_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+
+
+def test_log_to_wandb_without_a_key_says_wandb_mode_offline(tmp_path, monkeypatch, capsys):
+    _no_wandb_key(monkeypatch, tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        _toy().main(["--buffer_dir", str(tmp_path / "runs"), "--log_to_wandb"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no API key" in err and "WANDB_MODE=offline" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_wandb_key_check_accepts_offline_mode_a_key_or_a_login(tmp_path, monkeypatch):
+    from amago_like.logging import wandb_key_problem
+
+    _no_wandb_key(monkeypatch, tmp_path)
+    assert "WANDB_MODE=offline" in wandb_key_problem()
+    assert wandb_key_problem({"HOME": str(tmp_path), "WANDB_MODE": "offline"}) is None
+    assert wandb_key_problem({"HOME": str(tmp_path), "WANDB_API_KEY": "x" * 40}) is None
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "y" * 40 + "\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    assert wandb_key_problem({"HOME": str(tmp_path)}) is None
+
+
+def test_init_wandb_turns_the_missing_key_into_one_line(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from amago_like.logging import WandbSetupError, init_wandb
+
+    _no_wandb_key(monkeypatch, tmp_path)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    with pytest.raises(WandbSetupError, match="WANDB_MODE=offline") as info:
+        init_wandb(project="p", dir=str(tmp_path), mode="online")
+    assert "\n" not in str(info.value)
