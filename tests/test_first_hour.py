@@ -235,3 +235,117 @@ def test_init_wandb_turns_the_missing_key_into_one_line(tmp_path, monkeypatch):
     with pytest.raises(WandbSetupError, match="WANDB_MODE=offline") as info:
         init_wandb(project="p", dir=str(tmp_path), mode="online")
     assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------ items 3/4: plots at any time, that do not mislead
+def _metrics_rows(tasks: list[str], epochs: int = 4, batches: int = 6, log_interval: int = 2) -> list[dict]:
+    """Rows as Experiment.log writes them: a row of one batch every log_interval updates (learn/ only),
+    an epoch row (epoch means, val/ measured at the epoch's start, epoch_seconds), then the final
+    evaluation (val/ only) after the last epoch."""
+    rows, updates = [], 0
+    for epoch in range(epochs):
+        epoch_row = {"val/return": float(epoch), **{f"val/{t}/Success": epoch / epochs for t in tasks}}
+        lrs = []
+        for b in range(batches):
+            updates += 1
+            lrs.append(1e-4 * min(1.0, updates / 12))
+            if (b + 1) % log_interval == 0:
+                rows.append({"step": updates, "learn/lr": lrs[-1], "epoch": epoch, "grad_updates": updates})
+        epoch_row.update({"learn/lr": sum(lrs) / len(lrs), "train/return": 1.0, "epoch_seconds": 3.0})
+        rows.append({"step": updates, **epoch_row, "epoch": epoch + 1, "total_frames": 100 * (epoch + 1),
+                     "grad_updates": updates})  # fmt: skip
+    rows.append({"step": updates, "val/return": float(epochs), "epoch": epochs, "grad_updates": updates})
+    return rows
+
+
+def _write_rows(run_dir, rows) -> None:
+    import json
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_learn_series_keep_single_batches_and_epoch_means_apart():
+    from amago_like.logging import metric_series
+
+    series = {s.kind: s for s in metric_series(_metrics_rows(["a"]))["learn/lr"]}
+    assert set(series) == {"batch", "epoch"}
+    batch, epoch = series["batch"], series["epoch"]
+    assert batch.xs == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24]  # gradient updates
+    assert batch.ys == sorted(batch.ys)  # the warm-up rises: no dip where an epoch's mean was spliced in
+    assert epoch.xs == [6, 12, 18, 24]
+
+
+def test_val_points_sit_at_the_training_they_measured_without_a_double_last_point():
+    from amago_like.logging import metric_series
+
+    (val,) = metric_series(_metrics_rows(["a"]))["val/return"]
+    assert val.xs == [0, 1, 2, 3, 4]  # evaluated at the start of epochs 1..4, then after the last one
+    assert len(set(val.xs)) == len(val.xs)
+    assert val.ys == [0.0, 1.0, 2.0, 3.0, 4.0]
+    (train,) = metric_series(_metrics_rows(["a"]))["train/return"]
+    assert train.xs == [100, 200, 300, 400]  # environment steps collected
+
+
+def test_plot_metrics_labels_axes_by_what_they_count_and_writes_atomically(tmp_path, monkeypatch):
+    import matplotlib.figure
+    import matplotlib.image
+
+    from amago_like.logging import plot_metrics
+
+    run = tmp_path / "run"
+    _write_rows(run, _metrics_rows(["reach-v3", "push-v3"]))
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 30, "learn/lr": 0.0')  # a last line cut short by a kill
+    labels = []
+
+    class RecordingFigure(matplotlib.figure.Figure):
+        def savefig(self, *args, **kwargs):
+            labels.extend((ax.get_title(), ax.get_xlabel()) for ax in self.axes)
+            return super().savefig(*args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure, "Figure", RecordingFigure)
+    written = plot_metrics(str(run))
+    names = sorted(os.path.basename(p) for p in written)
+    assert names == ["learn_lr.png", "train_return.png", "val_Success.png", "val_return.png"]
+    assert sorted(n for n in os.listdir(run / "plots") if not n.startswith(".")) == names
+    assert not [n for n in os.listdir(run / "plots") if n.endswith(".tmp")]
+    assert matplotlib.image.imread(written[0]).shape[0] > 100
+    titles = dict(labels)
+    assert titles["learn/lr"] == "gradient updates (optimizer steps)"
+    assert titles["train/return"] == "environment steps collected (all actors)"
+    assert titles["val/return"] == "epochs of training before the evaluation"
+    assert "step" not in titles.values()
+    assert plot_metrics(str(run)) == written  # again, as at every checkpoint
+
+
+def test_many_tasks_are_drawn_as_a_heatmap_one_row_per_task(tmp_path):
+    import matplotlib.image
+
+    from amago_like.logging import plot_metrics
+
+    tasks = [f"task-{i:02d}-v3" for i in range(45)]
+    run = tmp_path / "run"
+    _write_rows(run, _metrics_rows(tasks))
+    (path,) = [p for p in plot_metrics(str(run)) if p.endswith("val_Success.png")]
+    few = tmp_path / "few"
+    _write_rows(few, _metrics_rows(tasks[:5]))
+    (few_path,) = [p for p in plot_metrics(str(few)) if p.endswith("val_Success.png")]
+    # a row per task: the figure grows with the number of tasks instead of recycling ten colours
+    assert matplotlib.image.imread(path).shape[0] > 2 * matplotlib.image.imread(few_path).shape[0]
+
+
+def test_plotting_again_redraws_only_what_changed_and_can_run_in_the_background(tmp_path):
+    from amago_like.logging import plot_metrics, plot_metrics_in_background
+
+    run = tmp_path / "run"
+    rows = _metrics_rows(["a"])
+    _write_rows(run, rows)
+    written = plot_metrics(str(run))
+    mtimes = {p: os.stat(p).st_mtime_ns for p in written}
+    rows.append({"step": 30, "learn/lr": 1e-4, "epoch": 4, "grad_updates": 30})  # a new learn/ row only
+    _write_rows(run, rows)
+    thread = plot_metrics_in_background(str(run))
+    thread.join(timeout=60)
+    changed = [os.path.basename(p) for p in written if os.stat(p).st_mtime_ns != mtimes[p]]
+    assert changed == ["learn_lr.png"]
