@@ -18,6 +18,7 @@ _EXPORTS = {
     "DiskTrajDataset": "amago_like.data",
     "MixtureOfDatasets": "amago_like.data",
     "RLDataset": "amago_like.data",
+    "TrajFolderDataset": "amago_like.data",
     "AMAGOEnv": "amago_like.envs",
     "BilevelEpsilonGreedy": "amago_like.envs",
     "DarkRoom": "amago_like.envs",
@@ -59,6 +60,7 @@ __all__ = [
     "RLDataset",
     "RunExistsError",
     "TformerTrajEncoder",
+    "TrajFolderDataset",
 ]
 
 
@@ -83,7 +85,7 @@ def register_configurables() -> None:
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from amago_like.agents import Agent, MultiTaskAgent
-    from amago_like.data import Batch, DiskTrajDataset, MixtureOfDatasets, RLDataset
+    from amago_like.data import Batch, DiskTrajDataset, MixtureOfDatasets, RLDataset, TrajFolderDataset
     from amago_like.envs import (
         AMAGOEnv,
         BilevelEpsilonGreedy,

@@ -36,6 +36,7 @@ FLAG_BINDINGS = {
     "seed": "Experiment.seed",
     "log_to_wandb": "Experiment.log_to_wandb",
     "mode": "Experiment.role",
+    "demos": "DiskTrajDataset.demo_dirs",
 }
 
 
@@ -122,6 +123,15 @@ def add_common_args(parser: argparse.ArgumentParser, default_configs: str = "") 
         default=None,
         help="actor/learner split: run collect-only and learn-only processes with the same --run_name and "
         "--buffer_dir (default: both)",
+    )
+    parser.add_argument(
+        "--demos",
+        nargs="+",
+        type=os.path.abspath,
+        default=None,
+        metavar="DIR",
+        help="folders of trajectory files (e.g. from eval_split.py --save_trajs_to) to sample along with the "
+        "run's buffer, never deleted (DiskTrajDataset.demo_dirs; default: none)",
     )
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint of the run")
     return parser

@@ -349,3 +349,119 @@ def test_plotting_again_redraws_only_what_changed_and_can_run_in_the_background(
     thread.join(timeout=60)
     changed = [os.path.basename(p) for p in written if os.stat(p).st_mtime_ns != mtimes[p]]
     assert changed == ["learn_lr.png"]
+
+
+# ------------------------------------------------------------------ item 8: a folder of trajectory files
+def _demo_folder(folder, n: int = 3):
+    """``n`` bandit trajectories saved straight into ``folder``, as evaluate_test(save_trajs_to=folder) does."""
+    import numpy as np
+
+    from amago_like.data import Trajectory, save_trajectory
+
+    os.makedirs(folder, exist_ok=True)
+    for i in range(n):
+        T, A = 6, 3
+        rl2s = np.zeros((T + 1, 1 + A), dtype=np.float32)
+        traj = Trajectory(
+            obs={"observation": np.full((T + 1, 1), i, dtype=np.float32)},
+            rl2s=rl2s,
+            time_idxs=np.arange(T + 1, dtype=np.int64)[:, None],
+            actions=np.eye(A, dtype=np.float32)[np.arange(T) % A],
+            rews=np.ones((T, 1), dtype=np.float32),
+            dones=np.eye(1, T, T - 1, dtype=bool).T,
+        )
+        save_trajectory(traj, str(folder), "demo")
+    return folder
+
+
+def test_pointing_a_buffer_dataset_at_a_folder_of_files_is_refused_without_creating_anything(tmp_path):
+    from amago_like.data import DiskTrajDataset, EmptyDatasetError
+
+    demos = _demo_folder(tmp_path / "demos")
+    before = sorted(os.listdir(demos))
+    with pytest.raises(EmptyDatasetError, match=r"holds 3 trajectory files itself.*TrajFolderDataset.*demo_dirs"):
+        DiskTrajDataset(dset_root=str(tmp_path), dset_name="demos")
+    assert sorted(os.listdir(demos)) == before  # no buffer/{fifo,protected} made inside it
+
+
+def test_a_folder_of_trajectory_files_is_a_read_only_dataset(tmp_path):
+    import numpy as np
+
+    from amago_like.data import TrajFolderDataset
+
+    demos = _demo_folder(tmp_path / "demos")
+    dataset = TrajFolderDataset(str(demos))
+    assert len(dataset) == 3 and dataset.save_new_trajs_to is None and dataset.ready_for_training
+    window = dataset.sample_random_window(np.random.default_rng(0), 4)
+    assert len(window) == 4
+    dataset.on_end_of_collection()
+    with pytest.raises(PermissionError):
+        dataset.delete_from_disk()
+    assert len(os.listdir(demos)) == 3
+    assert "3 trajectories" in dataset.get_description()
+
+
+def test_an_empty_folder_is_refused_saying_where_it_looked(tmp_path):
+    from amago_like.data import DiskTrajDataset, EmptyDatasetError, TrajFolderDataset
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EmptyDatasetError, match=f"no trajectory files .* in {tmp_path / 'empty'}"):
+        TrajFolderDataset(str(tmp_path / "empty"))
+    _demo_folder(tmp_path / "nested" / "run_a")  # the files are one level further down
+    with pytest.raises(EmptyDatasetError, match="subfolders that hold some: run_a"):
+        TrajFolderDataset(str(tmp_path / "nested"))
+    with pytest.raises(EmptyDatasetError, match="is not a folder"):
+        DiskTrajDataset(str(tmp_path), "run", demo_dirs=[str(tmp_path / "missing")])
+
+
+def test_demonstrations_join_a_run_buffer_and_are_never_deleted(tmp_path):
+    from amago_like.data import DiskTrajDataset
+
+    demos = _demo_folder(tmp_path / "demos", n=2)
+    dataset = DiskTrajDataset(str(tmp_path / "runs"), "run", dset_max_size=1, demo_dirs=[str(demos)])
+    _demo_folder(dataset.fifo_dir, n=3)  # three collected trajectories
+    dataset.refresh_files()
+    assert len(dataset) == 5
+    dataset.on_end_of_collection()  # the FIFO bound keeps one collected file
+    assert len(dataset) == 1 + 2 and len(os.listdir(demos)) == 2
+    assert "demonstrations from" in dataset.get_description()
+
+
+def test_gin_and_the_demos_flag_bind_demonstration_folders(tmp_path):
+    import argparse
+
+    import gin
+
+    from amago_like.cli import add_common_args, apply_gin, flag_bindings
+
+    demos = _demo_folder(tmp_path / "demos")
+    args = add_common_args(argparse.ArgumentParser()).parse_args(["--demos", str(demos)])
+    apply_gin([], flag_bindings(args))
+    assert gin.query_parameter("DiskTrajDataset.demo_dirs") == [str(demos)]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_offline_training_on_a_folder_of_trajectories(tmp_path):
+    from amago_like import Experiment, MetaBandit
+    from amago_like.cli import apply_gin
+    from amago_like.data import DiskTrajDataset, TrajFolderDataset
+
+    apply_gin([os.path.join(REPO_ROOT, "configs", "models", "tiny.gin")], [])
+    settings = dict(
+        max_seq_len=7, make_train_env=MetaBandit, make_val_env=MetaBandit, val_timesteps_per_epoch=6,
+        parallel_actors=2, env_mode="sync", train_timesteps_per_epoch=12, train_batches_per_epoch=3, batch_size=4,
+        val_interval=None, ckpt_interval=None, verbose=False, seed=0,
+    )  # fmt: skip
+    collector = Experiment(
+        run_name="collect", ckpt_base_dir=str(tmp_path), dataset=DiskTrajDataset(str(tmp_path), "collect"),
+        epochs=1, start_learning_at_epoch=1, **settings,
+    )  # fmt: skip
+    collector.learn()
+    collector.close()
+    offline = Experiment(
+        run_name="offline", ckpt_base_dir=str(tmp_path),
+        dataset=TrajFolderDataset(collector.dataset.fifo_dir), epochs=2, start_collecting_at_epoch=2, **settings,
+    )  # fmt: skip
+    offline.learn()
+    offline.close()
+    assert offline.grad_updates == 6 and offline.total_frames == 0
