@@ -250,7 +250,17 @@ def metric_series(rows: list[dict[str, float]], x_key: str | None = None) -> dic
             series = out[group].setdefault((label, kind), Series(label, kind))
             series.xs.append(x)
             series.ys.append(float(value))
-    return {g: sorted(s.values(), key=lambda s: (s.label != "all", s.label, s.kind)) for g, s in sorted(out.items())}
+    groups = {}
+    for group, by_label in sorted(out.items()):
+        series = sorted(by_label.values(), key=lambda s: (s.label != "all", s.label, s.kind))
+        tasks = {s.label for s in series} - {"all"}
+        if len(tasks) == 1:  # one task: its line is the mean's line, drawn twice
+            (task,) = tasks
+            mean = {(s.kind, tuple(s.xs), tuple(s.ys)) for s in series if s.label == "all"}
+            if mean == {(s.kind, tuple(s.xs), tuple(s.ys)) for s in series if s.label == task}:
+                series = [s for s in series if s.label == task]
+        groups[group] = series
+    return groups
 
 
 def _x_of(row: dict[str, float], family: str, epoch_row: bool, x_key: str | None) -> float | None:
@@ -273,6 +283,9 @@ def plot_metrics(run_dir: str, x_key: str | None = None, filename: str = "metric
     renamed, so a viewer or a copy never sees half a file. Groups with more than MAX_LINES tasks (ML45)
     are drawn as a heatmap, one row per task, below the line of the mean over tasks.
     :func:`plot_metrics_in_background` does the same without holding up the caller."""
+    running = _plotting.get(run_dir)
+    if running is not None and running is not threading.current_thread():
+        running.join()  # one writer per plots folder: a final call waits for a checkpoint's background one
     path = os.path.join(run_dir, filename)
     if not os.path.exists(path):
         return []
@@ -310,13 +323,13 @@ def plot_metrics(run_dir: str, x_key: str | None = None, filename: str = "metric
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="best")
             fig.subplots_adjust(left=0.11, right=0.97, bottom=0.13, top=0.92)  # tight_layout costs a second draw
-        tmp = os.path.join(out_dir, f".{os.path.basename(out)}.tmp")
+        tmp = os.path.join(out_dir, f".{os.path.basename(out)}.{os.getpid()}.tmp")
         fig.savefig(tmp, dpi=80, format="png")
         os.replace(tmp, out)
         plotted[os.path.basename(out)] = digest
         redrawn = True
     if redrawn:
-        tmp = state_path + ".tmp"
+        tmp = f"{state_path}.{os.getpid()}.tmp"
         with open(tmp, "w") as f:
             json.dump(plotted, f)
         os.replace(tmp, state_path)

@@ -465,3 +465,12 @@ def test_offline_training_on_a_folder_of_trajectories(tmp_path):
     offline.learn()
     offline.close()
     assert offline.grad_updates == 6 and offline.total_frames == 0
+
+
+def test_a_single_task_is_not_drawn_twice():
+    from amago_like.logging import metric_series
+
+    rows = [{"val/return": 1.0, "val/bandit/return": 1.0, "epoch": 1, "epoch_seconds": 1.0}]
+    rows.append({"val/return": 2.0, "val/bandit/return": 2.0, "epoch": 1})
+    (only,) = metric_series(rows)["val/return"]
+    assert only.label == "bandit" and only.ys == [1.0, 2.0]
