@@ -4,6 +4,7 @@ demonstration folders, wandb without a key."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -474,3 +475,14 @@ def test_a_single_task_is_not_drawn_twice():
     rows.append({"val/return": 2.0, "val/bandit/return": 2.0, "epoch": 1})
     (only,) = metric_series(rows)["val/return"]
     assert only.label == "bandit" and only.ys == [1.0, 2.0]
+
+
+def test_training_that_does_not_collect_first_refuses_an_empty_dataset_saying_where_it_looked(tmp_path):
+    from amago_like.data import DiskTrajDataset, EmptyDatasetError, require_data
+
+    dataset = DiskTrajDataset(str(tmp_path), "run")
+    why = "epoch 0 trains before any collection (start_collecting_at_epoch = 5)"
+    with pytest.raises(EmptyDatasetError, match=f"{re.escape(why)}, but there is nothing to train on: .*{tmp_path}"):
+        require_data(dataset, why)
+    _demo_folder(dataset.protected_dir, n=1)  # a file arriving later is found
+    require_data(dataset, why)

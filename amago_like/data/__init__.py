@@ -13,6 +13,7 @@ from amago_like.data.dataset import (
     collate,
     collate_windows,
     make_dataloader,
+    require_data,
     sample_window,
 )
 from amago_like.data.trajectory import (
@@ -46,6 +47,7 @@ __all__ = [
     "load_trajectory_and_layout",
     "make_dataloader",
     "read_window",
+    "require_data",
     "sample_window",
     "save_trajectory",
 ]

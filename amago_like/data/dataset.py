@@ -339,6 +339,20 @@ class EmptyDatasetError(ValueError):
     """A dataset pointed at a folder that holds no trajectories where training needs them."""
 
 
+def require_data(dataset: RLDataset, why: str) -> None:
+    """EmptyDatasetError, saying ``why`` data is needed now and where the dataset looked, unless
+    ``dataset`` holds enough to train on (after re-listing its files, for datasets on disk). For
+    training that will not collect first: offline runs, ``start_collecting_at_epoch`` after
+    ``start_learning_at_epoch``."""
+    if hasattr(dataset, "refresh_files"):
+        dataset.refresh_files()
+    if not dataset.ready_for_training:
+        raise EmptyDatasetError(
+            f"{why}, but there is nothing to train on: {dataset.get_description()}. Point the dataset at a folder "
+            "of trajectory files (TrajFolderDataset, DiskTrajDataset.demo_dirs) or collect before learning"
+        )
+
+
 def _trajectory_files(folder: str) -> list[str]:
     """The trajectory files directly in ``folder`` ([] if it is not a folder)."""
     if not os.path.isdir(folder):
