@@ -227,15 +227,23 @@ def test_wandb_key_check_accepts_offline_mode_a_key_or_a_login(tmp_path, monkeyp
     assert wandb_key_problem({"HOME": str(tmp_path)}) is None
 
 
-def test_init_wandb_turns_the_missing_key_into_one_line(tmp_path, monkeypatch):
+def test_init_wandb_turns_the_missing_key_into_one_line(tmp_path):
     pytest.importorskip("wandb")
-    from amago_like.logging import WandbSetupError, init_wandb
-
-    _no_wandb_key(monkeypatch, tmp_path)
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    with pytest.raises(WandbSetupError, match="WANDB_MODE=offline") as info:
-        init_wandb(project="p", dir=str(tmp_path), mode="online")
-    assert "\n" not in str(info.value)
+    # in a fresh process: a failed online wandb.init leaves wandb's process-wide settings behind, and a later
+    # WANDB_MODE=offline run in the same process (test_experiment) would fail on them
+    code = (
+        "from amago_like.logging import WandbSetupError, init_wandb\n"
+        "try:\n"
+        f"    init_wandb(project='p', dir={str(tmp_path)!r}, mode='online')\n"
+        "except WandbSetupError as e:\n"
+        "    print('REFUSED', e)\n"
+    )
+    drop = ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DISABLED", "NETRC", "WANDB_BASE_URL")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(HOME=str(tmp_path), WANDB_DIR=str(tmp_path), PYTHONPATH=REPO_ROOT)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120).stdout
+    refused = [line for line in out.splitlines() if line.startswith("REFUSED")]
+    assert len(refused) == 1 and "WANDB_MODE=offline" in refused[0]
 
 
 # ------------------------------------------------------------------ items 3/4: plots at any time, that do not mislead
