@@ -5,9 +5,17 @@ Every error names what is wrong (the ``Configurable.parameter`` or the path) and
 
 from __future__ import annotations
 
+import collections.abc
+import contextlib
 import errno
+import inspect
 import os
+import shutil
+import sys
+import types
+import typing
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -111,3 +119,147 @@ def check_writable_dir(path: str, what: str) -> None:
             f"{what} {path} is not writable ({e.strerror} in {folder}). Make it writable by this user "
             "(e.g. chmod u+w, or run as the folder's owner) or choose another --buffer_dir"
         ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# gin bindings against the signatures of their configurables
+# ---------------------------------------------------------------------------------------------
+
+_UNKNOWN = object()  # an annotation this check cannot judge: any value passes
+
+
+def binding_type_error(configurable: Any, param: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the argument ``param`` of the gin-registered ``configurable`` (a class or
+    function), judged by the parameter's annotation (else its default's type); None if it can, or if
+    the annotation is one this check does not understand. Gin references (``@X``, ``%MACRO``) pass:
+    they are only known when called."""
+    name = f"{getattr(configurable, '__name__', configurable)}.{param}"
+    try:
+        fn = configurable.__init__ if isinstance(configurable, type) else configurable
+        parameter = inspect.signature(fn).parameters.get(param)
+    except (TypeError, ValueError):
+        return None
+    if parameter is None or parameter.kind in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
+        return None
+    default = None if parameter.default is parameter.empty else parameter.default
+    hint = _resolve_annotation(fn, parameter.annotation)
+    if hint is _UNKNOWN and isinstance(default, (bool, int, float, str)):
+        hint = type(default)
+    if hint is _UNKNOWN or _accepts(hint, value):
+        return None
+    expected = _describe(hint)
+    example = f"{name} = {default!r}" if default is not None and _accepts(hint, default) else None
+    fix = _how_to_bind(hint)
+    return f"{name} must be {expected}, got {value!r} ({type(value).__name__}); {fix}" + (
+        f", e.g. {example}" if example else ""
+    )
+
+
+def _resolve_annotation(fn: Any, annotation: Any) -> Any:
+    """The annotation as an object (``from __future__ import annotations`` leaves strings), or _UNKNOWN."""
+    if annotation is inspect.Parameter.empty:
+        return _UNKNOWN
+    if not isinstance(annotation, str):
+        return annotation
+    namespace = dict(vars(sys.modules.get(getattr(fn, "__module__", ""), typing)))
+    try:
+        return eval(annotation, {"typing": typing, **namespace})  # noqa: S307  (our own source's annotations)
+    except Exception:  # noqa: BLE001  (names only imported for type checkers, newer syntax, ...)
+        return _UNKNOWN
+
+
+def _is_gin_reference(value: Any) -> bool:
+    import gin
+
+    return isinstance(value, gin.config.ConfigurableReference)  # also %MACRO (a reference to gin.macro)
+
+
+def _accepts(hint: Any, value: Any) -> bool:
+    """Whether ``value`` fits the type ``hint``; True where the check cannot tell."""
+    if hint is _UNKNOWN or hint is Any or _is_gin_reference(value):
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(a, value) for a in args)
+    if hint is None or hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, (bool, np.bool_))
+    if hint is int:
+        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (tuple, list, collections.abc.Sequence):
+        if not isinstance(value, (tuple, list)):
+            return False
+        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+            return len(value) == len(args) and all(_accepts(a, v) for a, v in zip(args, value))
+        return all(_accepts(args[0], v) for v in value) if args else True
+    if origin in (dict, collections.abc.Mapping):
+        return isinstance(value, dict)
+    if origin is type:
+        return isinstance(value, type) or not isinstance(value, (bool, int, float, str, tuple, list, dict))
+    if origin is collections.abc.Callable or hint is collections.abc.Callable:
+        return callable(value)
+    if isinstance(hint, type):
+        # a literal number, string or container where an object (a dataset, a space) belongs
+        literal = isinstance(value, (bool, int, float, str, tuple, list, dict, type(None)))
+        return not literal or isinstance(value, hint)
+    return True
+
+
+def _describe(hint: Any, plural: bool = False) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_describe(a, plural) for a in args if a is not type(None)]
+        return " or ".join(parts) + (" or None" if type(None) in args else "")
+    names = {bool: ("True or False", "True/False values"), int: ("an integer", "integers")}
+    names.update({float: ("a number", "numbers"), str: ("a string", "strings")})
+    if hint in names:
+        return names[hint][plural]
+    if origin in (tuple, list, collections.abc.Sequence):
+        kind = "tuple" if origin is tuple else "list"
+        items = f" of {_describe(args[0], plural=True)}" if args and args[0] is not Any else ""
+        return (f"{kind}s" if plural else f"a {kind}") + items
+    if origin is type:
+        return f"{'classes' if plural else 'a class'} ({args[0].__name__ if args and isinstance(args[0], type) else 'type'})"
+    name = getattr(hint, "__name__", str(hint))
+    return f"{name} objects" if plural else f"a {name} object"
+
+
+def _how_to_bind(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _how_to_bind(inner[0]) + (" (or None)" if type(None) in args else "") if inner else "bind None"
+    fixes = {
+        bool: "bind True or False without quotes",
+        int: "bind a whole number without quotes or decimals",
+        float: "bind a number without quotes",
+        str: "bind a quoted string",
+    }
+    if hint in fixes:
+        return fixes[hint]
+    if origin in (tuple, list, collections.abc.Sequence):
+        return "bind a bracketed sequence such as (a, b)"
+    if origin is type:
+        return "bind a configurable class as @Name (no quotes, no parentheses)"
+    return "bind a configurable reference such as @Name() (no quotes)"
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(*paths: str) -> Iterator[None]:
+    """On an exception inside the block, remove each of ``paths`` (in order: innermost first) that the
+    block created and that holds no files (only empty folders), so a run that failed while starting
+    leaves no empty run folder behind. A folder that existed before, or holds any file (a trajectory,
+    a checkpoint, metrics), is kept as it is."""
+    new = [p for p in paths if not os.path.exists(p)]
+    try:
+        yield
+    except BaseException:
+        for path in new:
+            if os.path.isdir(path) and not any(files for _, _, files in os.walk(path)):
+                shutil.rmtree(path, ignore_errors=True)
+        raise

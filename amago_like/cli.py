@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import inspect
 import json
 import os
 import re
 import sys
-from typing import TYPE_CHECKING
+import tokenize
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import gin
 
-from amago_like.checks import DiskFullError
+from amago_like.checks import ConfigTypeError, DiskFullError, binding_type_error
 
 if TYPE_CHECKING:
     from amago_like.experiment import Experiment
@@ -33,34 +36,102 @@ FLAG_BINDINGS = {
     "seed": "Experiment.seed",
     "log_to_wandb": "Experiment.log_to_wandb",
     "mode": "Experiment.role",
+    "demos": "DiskTrajDataset.demo_dirs",
 }
 
 
-def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--run_name", default=None, help="name of the run folder (default: derived from the env)")
-    parser.add_argument("--buffer_dir", default="runs", help="root folder of run folders and replay buffers")
-    parser.add_argument("--configs", nargs="*", default=None, help="gin files, applied in order")
+def add_common_args(parser: argparse.ArgumentParser, default_configs: str = "") -> argparse.ArgumentParser:
+    """The flags every example shares. ``default_configs``: the gin files used without ``--configs``, as the
+    help text should name them (e.g. "configs/metaworld/quick.gin")."""
+    from_config = "default: the value in the gin config"
     parser.add_argument(
-        "--gin", action="append", default=[], help='extra gin binding, e.g. --gin "Experiment.epochs=10"'
+        "--run_name", default=None, help="name of the run folder inside --buffer_dir (default: derived from the env)"
     )
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--parallel_actors", type=int, default=None)
-    parser.add_argument("--env_mode", choices=["sync", "async"], default=None)
-    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
-    parser.add_argument("--max_seq_len", type=int, default=None)
-    parser.add_argument("--batch_size", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--buffer_dir",
+        default="runs",
+        metavar="DIR",
+        help="root folder of run folders and their replay buffers, relative to the working directory "
+        "(default: %(default)s/)",
+    )
+    parser.add_argument(
+        "--configs",
+        nargs="*",
+        default=None,
+        metavar="FILE",
+        help="gin files, applied in order (default: " + (default_configs or "the example's own") + ")",
+    )
+    parser.add_argument(
+        "--gin",
+        action="append",
+        default=[],
+        metavar="BINDING",
+        help='extra gin binding, applied after the files and flags; repeatable, e.g. --gin "Experiment.epochs = 10"',
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=None, metavar="N", help=f"training epochs (Experiment.epochs; {from_config})"
+    )
+    parser.add_argument(
+        "--parallel_actors",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"environments stepped side by side per process (Experiment.parallel_actors; {from_config})",
+    )
+    parser.add_argument(
+        "--env_mode",
+        choices=["sync", "async"],
+        default=None,
+        help="step the actors' envs in this process (sync) or in one subprocess each (async) "
+        f"(Experiment.env_mode; {from_config})",
+    )
+    parser.add_argument(
+        "--mixed_precision",
+        choices=["no", "fp16", "bf16"],
+        default=None,
+        help=f"autocast precision of forward passes; bf16 needs a GPU to pay off (Experiment.mixed_precision; {from_config})",
+    )
+    parser.add_argument(
+        "--max_seq_len",
+        type=int,
+        default=None,
+        metavar="L",
+        help=f"timesteps of context the model sees and trains on (Experiment.max_seq_len; {from_config})",
+    )
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=None,
+        metavar="B",
+        help=f"sequences per gradient update (Experiment.batch_size; {from_config})",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help=f"seed of python, numpy, torch and the envs (Experiment.seed; {from_config}, unseeded if unset)",
+    )
     parser.add_argument(
         "--log_to_wandb",
         action="store_true",
         default=None,
-        help="log to wandb (WANDB_MODE=offline works without a key)",
+        help="also log to wandb (needs an API key: `wandb login`, or set WANDB_MODE=offline to log without one)",
     )
     parser.add_argument(
         "--mode",
         choices=["both", "collect", "learn"],
         default=None,
-        help="actor/learner split: run collect-only and learn-only processes with the same --run_name and --buffer_dir",
+        help="actor/learner split: run collect-only and learn-only processes with the same --run_name and "
+        "--buffer_dir (default: both)",
+    )
+    parser.add_argument(
+        "--demos",
+        nargs="+",
+        type=os.path.abspath,
+        default=None,
+        metavar="DIR",
+        help="folders of trajectory files (e.g. from eval_split.py --save_trajs_to) to sample along with the "
+        "run's buffer, never deleted (DiskTrajDataset.demo_dirs; default: none)",
     )
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint of the run")
     return parser
@@ -78,9 +149,29 @@ class GinBindingError(ValueError):
     """A gin file or binding that names an unknown configurable or parameter, or does not parse."""
 
 
+class GinTypeError(GinBindingError, ConfigTypeError):
+    """A gin binding whose value has the wrong type for the parameter it binds."""
+
+
+class UsageExit(SystemExit):
+    """Exit status 2 (a usage error, as argparse uses) whose str() is the message; the message is printed
+    to stderr before it is raised, since Python prints nothing for an integer exit status."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def apply_gin(configs: list[str], bindings: list[str]) -> None:
-    """Parse gin files then bindings (later ones win); a bad one fails at once, naming it."""
-    import amago_like  # noqa: F401  (registers every configurable before parsing)
+    """Parse gin files then bindings (later ones win). A file or binding that does not parse, names an
+    unknown configurable or parameter, or binds a value of the wrong type (checked against the
+    parameter's annotation) raises GinBindingError at once, in one line naming it and the fix."""
+    from amago_like import register_configurables
+
+    register_configurables()  # every configurable must be known before parsing
 
     global _search_path_added
     if not _search_path_added:
@@ -88,15 +179,57 @@ def apply_gin(configs: list[str], bindings: list[str]) -> None:
         _search_path_added = True
 
     for path in configs:
-        try:
-            gin.parse_config_file(path)
-        except (ValueError, KeyError, OSError, SyntaxError) as e:
-            raise GinBindingError(f"in gin file {path}: {e}{_gin_hint(str(e))}") from None
+        _parse_and_check(functools.partial(gin.parse_config_file, path), f"in gin file {path}", path)
     for binding in bindings:
+        _parse_and_check(functools.partial(gin.parse_config, binding), f"bad gin binding {binding!r}")
+
+
+def _parse_and_check(parse: Callable[[], Any], source: str, path: str | None = None) -> None:
+    """``parse()``, then check the type of every binding it added or changed."""
+    before = {key: dict(params) for key, params in gin.config._CONFIG.items()}  # gin has no public view
+    try:
+        parse()
+    except (ValueError, KeyError, OSError, SyntaxError, TypeError, tokenize.TokenError) as e:
+        raise GinBindingError(f"{source}: {_one_line(e, with_location=path is not None)}{_gin_hint(e)}") from None
+    for (scope, selector), params in gin.config._CONFIG.items():
+        if selector.startswith("gin."):  # macros and gin's own configurables
+            continue
         try:
-            gin.parse_config(binding)
-        except (ValueError, KeyError, SyntaxError) as e:
-            raise GinBindingError(f"bad gin binding {binding!r}: {e}{_gin_hint(str(e))}") from None
+            configurable = gin.config._REGISTRY.get_match(selector).wrapped
+        except (KeyError, AttributeError):
+            continue
+        for param, value in params.items():
+            old = before.get((scope, selector), {})
+            if param in old and old[param] is value:
+                continue
+            problem = binding_type_error(configurable, param, value)
+            if problem is not None:
+                line = _line_of(path, selector.split(".")[-1], param) if path else ""
+                raise GinTypeError(f"{source}{line}: {problem}")
+
+
+def _one_line(error: BaseException, with_location: bool) -> str:
+    """gin's multi-line parse error ("problem / In file ..., line N / statement") as one line."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    if not lines:
+        return type(error).__name__
+    where = next((ln for ln in lines[1:] if ln.startswith("In ")), None)
+    statement = lines[lines.index(where) + 1] if where and lines.index(where) + 1 < len(lines) else None
+    found = re.search(r"line (\d+)", where or "")
+    at = f" (line {found.group(1)}: {statement})" if found and statement and with_location else ""
+    first = lines[0].rstrip(".")
+    return (first if isinstance(error, ValueError) else f"{type(error).__name__}: {first}") + at
+
+
+def _line_of(path: str, name: str, param: str) -> str:
+    """ " line N" of the last statement binding ``name.param`` in the gin file ``path`` ("" if not there)."""
+    pattern = re.compile(rf"^\s*(?:[\w.]+/)?(?:[\w.]+\.)?{re.escape(name)}\.{re.escape(param)}\s*=")
+    try:
+        with open(path) as f:
+            hits = [i for i, ln in enumerate(f, 1) if pattern.match(ln)]
+    except OSError:
+        return ""
+    return f" line {hits[-1]}" if hits else ""
 
 
 def is_bound(parameter: str) -> bool:
@@ -108,14 +241,17 @@ def is_bound(parameter: str) -> bool:
     return True
 
 
-def _gin_hint(message: str) -> str:
+def _gin_hint(error: BaseException) -> str:
     """What to write instead, for gin's "no such configurable / parameter" errors ("" for others)."""
+    message = str(error)
+    if isinstance(error, (tokenize.TokenError, SyntaxError)):
+        return "; fix: close every bracket and quote, and quote strings (a binding is `Name.param = value`)"
     registry = gin.config._REGISTRY  # gin has no public listing of what is registered
     if m := re.search(r"No configurable matching '([\w.]+)'", message):
         names = sorted({sel.split(".")[-1] for sel, _ in registry.items() if not sel.startswith("gin.")})
         close = difflib.get_close_matches(m.group(1).split(".")[-1], names, n=3)
         examples = ", ".join(close or ["Experiment", "DiskTrajDataset", "TformerTrajEncoder"])
-        return f"\nFix: name a registered configurable (a @gin.configurable of amago_like), e.g. {examples}."
+        return f"; fix: name a registered configurable (a @gin.configurable of amago_like), e.g. {examples}"
     if m := re.search(r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'", message):
         try:
             fn = registry.get_match(m.group(1)).wrapped
@@ -125,18 +261,31 @@ def _gin_hint(message: str) -> str:
         except (KeyError, ValueError, TypeError, AttributeError):
             return ""
         close = difflib.get_close_matches(m.group(2), params, n=1)
-        did_you_mean = f"did you mean {m.group(1)}.{close[0]}? " if close else ""
-        return f"\nFix: {did_you_mean}{m.group(1)} takes {', '.join(params)}."
+        if close:
+            return f"; fix: did you mean {m.group(1)}.{close[0]}?"
+        return f"; fix: {m.group(1)} takes {', '.join(params)}"
     return ""
 
 
 def configure_from_args(args: argparse.Namespace, default_configs: list[str], extra_bindings: list[str] = ()) -> None:
-    """Apply ``--configs`` (or ``default_configs``), then the flags, then ``--gin``; exit with the error on a bad one."""
+    """Apply ``--configs`` (or ``default_configs``), then the flags, then ``--gin``. A bad one prints one line
+    (``error: <file or binding>: <what is wrong>; <the fix>``) and exits with status 2, before anything is built."""
     configs = [os.path.abspath(c) for c in args.configs] if args.configs is not None else default_configs
     try:
         apply_gin(configs, flag_bindings(args) + list(extra_bindings) + args.gin)
     except GinBindingError as e:
-        sys.exit(f"error: {e}")
+        _usage_error(str(e))
+    if is_bound("Experiment.log_to_wandb") and gin.query_parameter("Experiment.log_to_wandb") is True:
+        from amago_like.logging import wandb_key_problem
+
+        problem = wandb_key_problem()  # before the run folder is made, not at wandb.init after start-up
+        if problem:
+            _usage_error(problem)
+
+
+def _usage_error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise UsageExit(f"error: {message}") from None
 
 
 def run(experiment: Experiment, resume: bool = False) -> dict[str, float]:

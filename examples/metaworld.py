@@ -16,9 +16,9 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != HERE]
 
-from amago_like import DiskTrajDataset, Experiment, Metaworld  # noqa: E402
+# torch, accelerate and Meta-World load inside main(), after the flags parsed: --help stays instant
+from amago_like.checks import removed_if_left_empty  # noqa: E402
 from amago_like.cli import add_common_args, configure_from_args, run  # noqa: E402
-from amago_like.envs.builtin.metaworld import normalize_benchmark_name  # noqa: E402
 
 ROOT = os.path.dirname(HERE)
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "metaworld", "quick.gin")
@@ -26,12 +26,21 @@ DEFAULT_CONFIG = os.path.join(ROOT, "configs", "metaworld", "quick.gin")
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--benchmark", default="ml10", help="ml10, ml45 or an ML1 task name such as reach-v3")
     parser.add_argument(
-        "--k_episodes", type=int, default=None, help="attempts per meta-episode (gin: Metaworld.k_episodes)"
+        "--benchmark", default="ml10", help="ml10, ml45 or an ML1 task name such as reach-v3 (default: %(default)s)"
     )
-    add_common_args(parser)
+    parser.add_argument(
+        "--k_episodes",
+        type=int,
+        default=None,
+        metavar="K",
+        help="attempts per meta-episode (Metaworld.k_episodes; default: the value in the gin config)",
+    )
+    add_common_args(parser, default_configs="configs/metaworld/quick.gin")
     args = parser.parse_args(argv)
+
+    from amago_like import DiskTrajDataset, Experiment, Metaworld
+    from amago_like.envs.builtin.metaworld import normalize_benchmark_name
 
     # fail on a bad benchmark name before anything slow happens
     try:
@@ -45,14 +54,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     run_name = args.run_name or f"metaworld_{args.benchmark}"
     buffer_dir = os.path.abspath(args.buffer_dir)
-    experiment = Experiment(
-        run_name=run_name,
-        ckpt_base_dir=buffer_dir,
-        dataset=DiskTrajDataset(dset_root=buffer_dir, dset_name=run_name),
-        make_train_env=functools.partial(Metaworld, split="train"),
-        make_val_env=functools.partial(Metaworld, split="test"),
-    )
-    metrics = run(experiment, resume=args.resume)
+    with removed_if_left_empty(
+        os.path.join(buffer_dir, run_name), buffer_dir
+    ):  # a failed start leaves no empty run folder
+        experiment = Experiment(
+            run_name=run_name,
+            ckpt_base_dir=buffer_dir,
+            dataset=DiskTrajDataset(dset_root=buffer_dir, dset_name=run_name),
+            make_train_env=functools.partial(Metaworld, split="train"),
+            make_val_env=functools.partial(Metaworld, split="test"),
+        )
+        metrics = run(experiment, resume=args.resume)
     run_dir = experiment.run_dir
     print(f"\nresults in {run_dir}:")
     print(f"  metrics  {os.path.join(run_dir, 'metrics.jsonl')}  (plots in {os.path.join(run_dir, 'plots')})")

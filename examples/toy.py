@@ -11,31 +11,40 @@ import argparse
 import functools
 import os
 
-from amago_like import DarkRoom, DiskTrajDataset, Experiment, MetaBandit
+# torch, accelerate and the envs load inside main(), after the flags parsed: --help stays instant
+from amago_like.checks import removed_if_left_empty
 from amago_like.cli import add_common_args, configure_from_args, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENVS = {"bandit": (MetaBandit, "bandit.gin"), "dark_room": (DarkRoom, "dark_room.gin")}
+CONFIGS = {"bandit": "bandit.gin", "dark_room": "dark_room.gin"}
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--env", choices=sorted(ENVS), default="bandit")
-    add_common_args(parser)
+    parser.add_argument(
+        "--env", choices=sorted(CONFIGS), default="bandit", help="built-in meta-RL env (default: %(default)s)"
+    )
+    add_common_args(parser, default_configs="configs/bandit.gin or configs/dark_room.gin, after --env")
     args = parser.parse_args(argv)
-    env_type, config = ENVS[args.env]
+
+    from amago_like import DarkRoom, DiskTrajDataset, Experiment, MetaBandit
+
+    env_type, config = {"bandit": MetaBandit, "dark_room": DarkRoom}[args.env], CONFIGS[args.env]
     buffer_dir = os.path.abspath(args.buffer_dir)
     configure_from_args(args, [os.path.join(ROOT, "configs", config)])
 
     run_name = args.run_name or args.env
-    experiment = Experiment(
-        run_name=run_name,
-        ckpt_base_dir=buffer_dir,
-        dataset=DiskTrajDataset(dset_root=buffer_dir, dset_name=run_name),
-        make_train_env=functools.partial(env_type, split="train"),
-        make_val_env=functools.partial(env_type, split="test"),  # held-out tasks where the env has them
-    )
-    metrics = run(experiment, resume=args.resume)
+    with removed_if_left_empty(
+        os.path.join(buffer_dir, run_name), buffer_dir
+    ):  # a failed start leaves no empty run folder
+        experiment = Experiment(
+            run_name=run_name,
+            ckpt_base_dir=buffer_dir,
+            dataset=DiskTrajDataset(dset_root=buffer_dir, dset_name=run_name),
+            make_train_env=functools.partial(env_type, split="train"),
+            make_val_env=functools.partial(env_type, split="test"),  # held-out tasks where the env has them
+        )
+        metrics = run(experiment, resume=args.resume)
     env = env_type(split="test")
     # held-out dark-room goals lie in cells never rewarded in training: the reference searches every cell
     best = env.best_return("grid") if isinstance(env, DarkRoom) else env.best_return()

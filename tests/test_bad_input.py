@@ -194,8 +194,9 @@ def test_unknown_gin_binding(root, binding, message):
 )
 def test_wrong_type_gin_binding(root, binding, message):
     before = snapshot(root)
-    with pytest.raises(ConfigTypeError, match=re.escape(message) + ".*without quotes"):
+    with pytest.raises(SystemExit, match=re.escape(message) + ".*without quotes") as exit_info:
         load_example("toy").main(toy_args(root, "--resume", "--gin", binding))
+    assert exit_info.value.code == 2  # refused while parsing, as a usage error
     assert_untouched(root, before)
 
 

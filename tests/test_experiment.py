@@ -248,7 +248,7 @@ def test_bad_arguments_fail_at_construction(tmp_path, override, message):
     ],
 )
 def test_wrong_type_gin_binding_fails_naming_the_parameter(tmp_path, binding, message):
-    apply_gin([], [binding])
+    gin.parse_config(binding)  # not apply_gin, which refuses it before Experiment's own check
     with pytest.raises(TypeError, match=message):
         Experiment(
             run_name="t", ckpt_base_dir=str(tmp_path), max_seq_len=7, dataset=DiskTrajDataset(str(tmp_path), "t"),

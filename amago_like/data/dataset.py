@@ -129,6 +129,11 @@ class DiskTrajDataset(RLDataset):
     by a killed writer) are never listed; those older than ``stale_tmp_age_s`` are removed
     from ``fifo/`` when the size bound is enforced.
 
+    ``demo_dirs``: folders of trajectory files made elsewhere (demonstrations; e.g. written by
+    ``Experiment.evaluate_test(..., save_trajs_to=DIR)`` or ``eval_split.py --save_trajs_to DIR``),
+    sampled along with the buffer like ``protected/``: never written, never deleted. Each must hold
+    trajectory files. To train on such a folder alone (offline), use :class:`TrajFolderDataset`.
+
     Reading: each process (every DataLoader worker included) keeps its own LRU cache of loaded
     trajectories of at most ``cache_mb`` MB (0 turns it off); a cached file that has since been
     deleted is never sampled again. The first read of a file in a process loads (and checks) it
@@ -146,9 +151,20 @@ class DiskTrajDataset(RLDataset):
         has_edit_rights: bool = True,
         stale_tmp_age_s: float = 3600.0,
         cache_mb: float = 256.0,
+        demo_dirs: tuple[str, ...] = (),
     ):
         if not cache_mb >= 0:
             raise ValueError(f"DiskTrajDataset.cache_mb must be >= 0, got {cache_mb!r}")
+        folder = os.path.join(dset_root, dset_name)
+        if not os.path.exists(os.path.join(folder, "buffer")) and _trajectory_files(folder):
+            # pointed at a folder of trajectory files: do not make an empty buffer inside it and report 0
+            raise EmptyDatasetError(
+                f"{folder} holds {len(_trajectory_files(folder))} trajectory files itself, but DiskTrajDataset "
+                f"reads a replay buffer, {os.path.join(folder, 'buffer', '{fifo,protected}')}, which is not there. "
+                f"Train on those files with TrajFolderDataset({folder!r}) (offline), or add them as "
+                f"demonstrations to a run's buffer: DiskTrajDataset(..., demo_dirs=[{folder!r}])"
+            )
+        self.demo_dirs = _check_demo_dirs("DiskTrajDataset.demo_dirs", demo_dirs)
         check_int("DiskTrajDataset.dset_max_size", dset_max_size, minimum=1)
         check_int("DiskTrajDataset.dset_min_size", dset_min_size, minimum=0)
         check_number("DiskTrajDataset.stale_tmp_age_s", stale_tmp_age_s, minimum=0)
@@ -183,13 +199,18 @@ class DiskTrajDataset(RLDataset):
 
     @staticmethod
     def _list(folder: str) -> list[str]:
-        names = sorted(n for n in os.listdir(folder) if n.endswith((".npz", ".traj")) and not n.startswith("."))
+        names = sorted(n for n in os.listdir(folder) if n.endswith(TRAJ_SUFFIXES) and not n.startswith("."))
         return [os.path.join(folder, n) for n in names]
+
+    def _read_only_dirs(self) -> list[str]:
+        """Folders whose files are sampled but never deleted: ``protected/`` and ``demo_dirs``."""
+        return [self.protected_dir, *self.demo_dirs]
 
     def refresh_files(self) -> None:
         """Re-read the file lists from disk (new files from actors, deletions by others)."""
         self._fifo = self._list(self.fifo_dir)
-        self._files = [f for f in self._fifo + self._list(self.protected_dir) if f not in self._bad_files]
+        kept = [f for d in self._read_only_dirs() for f in self._list(d)]
+        self._files = [f for f in self._fifo + kept if f not in self._bad_files]
         listed = set(self._files)
         self._cache.retain(listed)
         self._layouts = {p: lay for p, lay in self._layouts.items() if p in listed}
@@ -307,7 +328,121 @@ class DiskTrajDataset(RLDataset):
         self._layouts = {}
 
     def get_description(self) -> str:
-        return f"DiskTrajDataset({self.buffer_dir}: {len(self)} trajectories, max {self.dset_max_size})"
+        demos = f", demonstrations from {', '.join(self.demo_dirs)}" if self.demo_dirs else ""
+        return f"DiskTrajDataset({self.buffer_dir}: {len(self)} trajectories, max {self.dset_max_size}{demos})"
+
+
+TRAJ_SUFFIXES = (".npz", ".traj")
+
+
+class EmptyDatasetError(ValueError):
+    """A dataset pointed at a folder that holds no trajectories where training needs them."""
+
+
+def require_data(dataset: RLDataset, why: str) -> None:
+    """EmptyDatasetError, saying ``why`` data is needed now and where the dataset looked, unless
+    ``dataset`` holds enough to train on (after re-listing its files, for datasets on disk). For
+    training that will not collect first: offline runs, ``start_collecting_at_epoch`` after
+    ``start_learning_at_epoch``."""
+    if hasattr(dataset, "refresh_files"):
+        dataset.refresh_files()
+    if not dataset.ready_for_training:
+        raise EmptyDatasetError(
+            f"{why}, but there is nothing to train on: {dataset.get_description()}. Point the dataset at a folder "
+            "of trajectory files (TrajFolderDataset, DiskTrajDataset.demo_dirs) or collect before learning"
+        )
+
+
+def _trajectory_files(folder: str) -> list[str]:
+    """The trajectory files directly in ``folder`` ([] if it is not a folder)."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted(n for n in os.listdir(folder) if n.endswith(TRAJ_SUFFIXES) and not n.startswith("."))
+
+
+def _check_demo_dirs(param: str, folders: str | tuple[str, ...] | list[str]) -> list[str]:
+    """``folders`` as a list of absolute paths; EmptyDatasetError naming the folder (and what is in it)
+    unless each one holds trajectory files."""
+    if isinstance(folders, str):
+        folders = [folders]
+    checked = []
+    for folder in folders:
+        path = os.path.abspath(os.path.expanduser(folder))
+        if not os.path.isdir(path):
+            raise EmptyDatasetError(f"{param}: {folder} ({path}) is not a folder")
+        if not _trajectory_files(path):
+            below = sorted(os.path.relpath(root, path) for root, _, files in os.walk(path) if _ends_with_traj(files))[
+                :3
+            ]
+            where = f"; subfolders that hold some: {', '.join(below)}" if below else ""
+            raise EmptyDatasetError(
+                f"{param}: no trajectory files (*.npz, *.traj) in {path}{where}. Point it at the folder that "
+                "holds the files (evaluate_test(save_trajs_to=DIR) and eval_split.py --save_trajs_to DIR write them)"
+            )
+        checked.append(path)
+    return checked
+
+
+def _ends_with_traj(files: list[str]) -> bool:
+    return any(f.endswith(TRAJ_SUFFIXES) and not f.startswith(".") for f in files)
+
+
+@gin.configurable
+class TrajFolderDataset(DiskTrajDataset):
+    """Every trajectory file in ``folders`` (one folder or several): a fixed dataset to train on
+    offline, or to mix with a run's buffer through MixtureOfDatasets. Read-only: it takes no new
+    trajectories (``save_new_trajs_to`` is None) and never deletes a file. A folder that holds no
+    trajectory files is refused at once, naming it (and any subfolders that do hold some)."""
+
+    def __init__(self, folders: str | tuple[str, ...] = (), cache_mb: float = 256.0):
+        if not cache_mb >= 0:
+            raise ValueError(f"TrajFolderDataset.cache_mb must be >= 0, got {cache_mb!r}")
+        if not folders:
+            raise EmptyDatasetError("TrajFolderDataset.folders: name at least one folder of trajectory files")
+        self.demo_dirs = _check_demo_dirs("TrajFolderDataset.folders", folders)
+        self.dset_root, self.dset_name = os.path.dirname(self.demo_dirs[0]), os.path.basename(self.demo_dirs[0])
+        self.dset_max_size, self.dset_min_size = 0, 1
+        self.has_edit_rights = False
+        self.stale_tmp_age_s = float("inf")
+        self.buffer_dir = ", ".join(self.demo_dirs)  # where errors say it looked
+        self.fifo_dir = self.protected_dir = None
+        self.cache_mb = cache_mb
+        self._cache = TrajectoryCache(int(cache_mb * 2**20))
+        self._layouts = {}
+        self._bad_files = set()
+        self._files = []
+        self.refresh_files()
+
+    @property
+    def save_new_trajs_to(self) -> None:
+        return None
+
+    def _read_only_dirs(self) -> list[str]:
+        return list(self.demo_dirs)
+
+    def refresh_files(self) -> None:
+        self._fifo = []
+        kept = [f for d in self._read_only_dirs() for f in self._list(d)]
+        self._files = [f for f in kept if f not in self._bad_files]
+        listed = set(self._files)
+        self._cache.retain(listed)
+        self._layouts = {p: lay for p, lay in self._layouts.items() if p in listed}
+
+    def on_end_of_collection(self) -> dict[str, float]:
+        self.refresh_files()
+        return {"buffer/trajectories": len(self)}
+
+    def enforce_max_size(self) -> int:
+        return 0
+
+    def remove_stale_tmp_files(self) -> int:
+        return 0
+
+    def delete_from_disk(self) -> None:
+        raise PermissionError(f"TrajFolderDataset never deletes its folders ({self.buffer_dir})")
+
+    def get_description(self) -> str:
+        return f"TrajFolderDataset({self.buffer_dir}: {len(self)} trajectories, read-only)"
 
 
 @gin.configurable
