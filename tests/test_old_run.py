@@ -71,3 +71,22 @@ def test_old_policy_weights_load(old_run, weights):
         torch.testing.assert_close(v, saved[k], rtol=0, atol=0)
     assert exp.epoch == 0
     exp.close()
+
+
+def test_evaluate_reads_the_old_runs_env_and_builds_no_optimizer(old_run, monkeypatch, capsys):
+    from amago_like import evaluate
+    from amago_like.envs import vector
+
+    def no_optimizer(*args, **kwargs):
+        raise AssertionError("evaluate built an optimizer")
+
+    monkeypatch.setattr(torch.optim, "AdamW", no_optimizer)
+    built = []
+    make = vector.make_vector_env
+    monkeypatch.setattr(evaluate, "make_vector_env", lambda *a, **k: built.append(a[1]) or make(*a, **k))
+    with pytest.raises(SystemExit, match="does not record Experiment.max_seq_len.*--max_seq_len"):
+        evaluate.main([str(old_run), "--split", "test", "--episodes", "2"])
+    metrics = evaluate.main([str(old_run), "--split", "test", "--episodes", "4", "--max_seq_len", "7", "--epoch", "2"])
+    assert built == [12]  # one vector env: the test envs (Experiment.parallel_actors' default), no training envs
+    assert metrics["test/episodes"] == 4 and "test/bandit-4arms/return" in metrics  # MetaBandit.n_arms from config.gin
+    assert "(random 1.50, best 4.50)" in capsys.readouterr().out
