@@ -25,20 +25,11 @@ from amago_like.envs.wrapper import (
     EpisodeRecorder,
     EpisodeStats,
     box_observation_spaces,
+    find_amago_env,
     sequence_observation_space,
 )
 
 ENV_MODES = ("sync", "async", "already_vectorized")
-
-
-def find_amago_env(env: gym.Env) -> AMAGOEnv | None:
-    """The AMAGOEnv in ``env``'s wrapper chain (``env`` itself included), or None."""
-    while True:
-        if isinstance(env, AMAGOEnv):
-            return env
-        if not isinstance(env, gym.Wrapper):
-            return None
-        env = env.env
 
 
 def as_amago_env(env: gym.Env) -> gym.Env:
@@ -215,11 +206,6 @@ def finished_episodes(infos: dict) -> list[EpisodeStats]:
     if stats is None:
         return []
     return [s for s, m in zip(stats, mask) if m and isinstance(s, EpisodeStats)]
-
-
-def stack_obs(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Vector-env observations are already (N, ...) arrays; copy so the env may reuse its buffers."""
-    return {k: np.array(v) for k, v in obs.items()}
 
 
 # ---------------------------------------------------------------------------------------------

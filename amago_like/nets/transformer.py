@@ -249,9 +249,5 @@ class KVCache:
     def max_len(self) -> int:
         return self.k.shape[3]
 
-    @property
-    def lengths(self) -> Tensor:  # (B,) number of valid cached tokens per row
-        return self.n.clamp(max=self.max_len)
-
     def reset(self, dones: Tensor) -> None:  # dones: (B,) bool; stale entries are masked out, not zeroed
         self.n.masked_fill_(dones.to(self.n.device, torch.bool), 0)

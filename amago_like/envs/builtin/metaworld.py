@@ -343,11 +343,6 @@ class KEpisodeMetaworld(gym.Env):
     # -- helpers -------------------------------------------------------------
 
     @property
-    def simulator_names(self) -> tuple[str, ...]:
-        """Task classes for which a simulator has been created so far."""
-        return tuple(self._sims)
-
-    @property
     def num_tasks(self) -> int:
         """Tasks in this split (every class's goals): the range of ``task_index``."""
         return len(self._tasks)
