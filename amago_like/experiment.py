@@ -138,7 +138,7 @@ class Experiment:
         check_writable_dir(os.path.join(ckpt_base_dir, run_name), "the run folder")
         if role != "learn" and dataset.save_new_trajs_to is not None:
             check_writable_dir(dataset.save_new_trajs_to, "the trajectory buffer folder")
-        self.arguments = describe_arguments(arguments)  # recorded in config.gin for amago_like.evaluate
+        self._recorded_arguments = describe_arguments(arguments)  # recorded in config.gin for amago_like.evaluate
         arguments.update(ROLE_SETTINGS.get(role, {}))
         vars(self).update({k: v for k, v in arguments.items() if k != "critic_loss_weight"})
         self._critic_loss_weight = critic_loss_weight
@@ -248,7 +248,7 @@ class Experiment:
         """Write the operative config (and the arguments given in Python) and open metrics.jsonl / wandb."""
         wandb_run = None
         if self.is_main:
-            self.run_folder.write_config((gin.operative_config_str() or gin.config_str()) + self.arguments)
+            self.run_folder.write_config((gin.operative_config_str() or gin.config_str()) + self._recorded_arguments)
             if self.log_to_wandb:
                 import wandb
 
@@ -341,10 +341,10 @@ class Experiment:
         """Step ``envs`` ``timesteps`` times with the current policy from ``state`` (None: reset first); returns
         the finished episodes and the (obs, hidden_state) to continue from. Prefer :class:`Rollout`."""
         rollout = self.make_rollout(envs)
-        rollout._state = state
+        rollout.state = state
         sample = self.sample_actions if sample is None else sample
         stats = rollout.collect(self.policy, timesteps, sample, self._rollout_seed(), desc)
-        return stats.episodes, rollout._state
+        return stats.episodes, rollout.state
 
     def _summarize(self, stats: RolloutStats, prefix: str) -> dict[str, float]:
         """Every process's finished episodes, averaged."""

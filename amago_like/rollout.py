@@ -102,7 +102,8 @@ class Rollout:
         self.no_bars = None if show_bars else True  # None: tqdm shows bars only on a terminal
         self.explores, self.force_reset_every = explores, force_reset_every
         self.explore_steps = 0  # env steps per actor, what the exploration schedule anneals over
-        self._state: tuple[dict[str, np.ndarray], Any] | None = None  # (obs, hidden) to continue from
+        #: (obs, hidden state) the next collect continues from; None: it starts fresh episodes
+        self.state: tuple[dict[str, np.ndarray], Any] | None = None
         self._steps_since_reset = 0
         space = envs.single_observation_space
         self.obs_space = gym.spaces.Dict({k: v for k, v in space.spaces.items() if k not in (RL2_KEY, TIME_KEY)})
@@ -115,7 +116,7 @@ class Rollout:
 
     def restart(self) -> None:
         """Start fresh episodes at the next :meth:`collect`."""
-        self._state = None
+        self.state = None
 
     def _obs_to_torch(self, obs: dict[str, np.ndarray]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         env_obs, rl2s, time_idxs = split_timestep(obs)
@@ -125,14 +126,14 @@ class Rollout:
     def step(self, policy: Any, timesteps: int, sample: bool, seed: int | None = None, desc: str = "") -> RolloutStats:
         """Step every env ``timesteps`` times, continuing the episodes (a fresh start resets with ``seed``)."""
         if self.force_reset_every and self._steps_since_reset >= self.force_reset_every:
-            self._state = None
+            self.state = None
         policy.eval()
-        if self._state is None:
+        if self.state is None:
             obs, _ = self.envs.reset(seed=seed)
             hidden = policy.init_hidden_state(self.num_envs, self.device)
             self._steps_since_reset = 0
         else:
-            obs, hidden = self._state
+            obs, hidden = self.state
         episodes: list[EpisodeStats] = []
         for _ in tqdm(range(timesteps), desc=desc, disable=self.no_bars, leave=False):
             with self.caster():
@@ -143,7 +144,7 @@ class Rollout:
                 hidden = policy.reset_hidden_state(hidden, done)
                 episodes += finished_episodes(infos)
         policy.train()
-        self._state = (obs, hidden)
+        self.state = (obs, hidden)
         self._steps_since_reset += timesteps
         if self.explores:
             self.explore_steps += timesteps
@@ -177,7 +178,7 @@ class Rollout:
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Move each actor's exploration schedule to where the checkpointed run left it; episodes restart."""
         self.explore_steps = int(state["explore_steps"])
-        self._state = None
+        self.state = None
         if self.explores:
             self.envs.set_attr("total_steps", [self.explore_steps] * self.num_envs)
 
