@@ -309,7 +309,7 @@ class KEpisodeMetaworld(gym.Env):
         self.max_episode_length = int(max_episode_length)
         self.benchmark_seed = benchmark_seed
 
-        self._benchmark = bench_object or get_benchmark(self.benchmark_name, benchmark_seed)
+        self._benchmark = get_benchmark(self.benchmark_name, benchmark_seed) if bench_object is None else bench_object
         if split == "train":
             self._classes = self._benchmark.train_classes
             self._tasks = list(self._benchmark.train_tasks)
