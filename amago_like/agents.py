@@ -307,6 +307,36 @@ class Agent(nn.Module):
         idx = torch.rand(C, *q.shape[1:], device=q.device).argsort(0)[: self.num_critics_td]
         return q.gather(0, idx)
 
+    # ------------------------------------------------------------------ objective: loss weights and masks
+    #: weight of the critic loss in the total; ``Experiment.critic_loss_weight`` sets it (one binding, not two)
+    critic_loss_weight: float = 10.0
+
+    def edit_critic_mask(self, batch: Batch, mask: torch.Tensor) -> torch.Tensor:
+        """Hook: which transitions (B, L-1, 1) bool train the critics. Default: every real one."""
+        return mask
+
+    def edit_actor_mask(self, batch: Batch, mask: torch.Tensor) -> torch.Tensor:
+        """Hook: which transitions (B, L-1, 1) bool train the actor (e.g. drop exploratory or demo steps)."""
+        return mask
+
+    def loss(
+        self,
+        batch: Batch,
+        forward: Callable[..., Any] | None = None,
+        edit_critic_mask: Callable[[Batch, torch.Tensor], torch.Tensor] | None = None,
+        edit_actor_mask: Callable[[Batch, torch.Tensor], torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training objective: ``critic_loss_weight`` x critic loss + actor loss, each over the transitions
+        its mask hook keeps, and the metrics (0-dim tensors, still on the device).
+
+        ``forward``: the module to run (the DDP-wrapped or compiled agent; default this one). The mask hooks
+        default to this agent's; the experiment passes its own, which forward here unless overridden."""
+        critic_mask = (edit_critic_mask or self.edit_critic_mask)(batch, batch.transition_mask.clone())
+        actor_mask = (edit_actor_mask or self.edit_actor_mask)(batch, batch.transition_mask.clone())
+        forward = self if forward is None else forward  # (not `or`: a compiled module has no truth value)
+        critic_loss, actor_loss, metrics = forward(batch, critic_mask=critic_mask, actor_mask=actor_mask)
+        return self.critic_loss_weight * critic_loss + actor_loss, metrics
+
     @torch.no_grad()
     def soft_sync_targets(self) -> None:
         for p, tp in zip(self.critics.parameters(), self.target_critics.parameters()):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
-import errno
 import inspect
 import os
 import shutil
@@ -20,20 +19,11 @@ from typing import Any
 
 import numpy as np
 
-_FULL = (errno.ENOSPC, errno.EDQUOT)
-_DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
+from amago_like.io import DiskFullError, NotWritableError, storage_error  # noqa: F401  (their old home)
 
 
 class ConfigTypeError(TypeError):
     """An argument (usually a gin binding) of the wrong type."""
-
-
-class DiskFullError(OSError):
-    """A write failed because the disk (or quota) is full."""
-
-
-class NotWritableError(PermissionError):
-    """A folder the run must write to does not accept writes."""
 
 
 def check_int(param: str, value: Any, minimum: int | None = None, allow_none: bool = False) -> int | None:
@@ -74,28 +64,6 @@ def check_number(param: str, value: Any, minimum: float | None = None) -> float:
     if minimum is not None and value < minimum:
         raise ValueError(f"{param} must be >= {minimum}, got {value}")
     return float(value)
-
-
-def storage_error(e: OSError, path: str, hint: str) -> OSError:
-    """A clearer error for a failed write of ``path``: DiskFullError (with ``hint``: what to delete or
-    lower) for a full disk, NotWritableError for a folder without write permission; else ``e`` itself
-    (also when it already is one of those two)."""
-    if isinstance(e, (DiskFullError, NotWritableError)):
-        return e
-    if e.errno in _FULL:
-        err: OSError = DiskFullError(
-            f"disk full: could not write {path} ({e.strerror}). Free space on that disk (or move --buffer_dir "
-            f"to a bigger one), {hint}, then continue the run with --resume"
-        )
-    elif e.errno in _DENIED:
-        err = NotWritableError(
-            f"cannot write {path} ({e.strerror}). Make {os.path.dirname(path) or '.'} writable by this user "
-            "or choose another --buffer_dir"
-        )
-    else:
-        return e
-    err.errno = e.errno  # (a filename would replace the message in str(err))
-    return err
 
 
 def check_writable_dir(path: str, what: str) -> None:

@@ -6,7 +6,6 @@ import argparse
 import difflib
 import functools
 import inspect
-import json
 import os
 import re
 import sys
@@ -16,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import gin
 
-from amago_like.checks import ConfigTypeError, DiskFullError, binding_type_error
+from amago_like.checks import ConfigTypeError, binding_type_error
+from amago_like.config import NOT_CONFIGURABLE, GinBindingError, check_bindings, refusal
+from amago_like.io import DiskFullError
 
 if TYPE_CHECKING:
     from amago_like.experiment import Experiment
@@ -145,10 +146,6 @@ def flag_bindings(args: argparse.Namespace) -> list[str]:
     ]
 
 
-class GinBindingError(ValueError):
-    """A gin file or binding that names an unknown configurable or parameter, or does not parse."""
-
-
 class GinTypeError(GinBindingError, ConfigTypeError):
     """A gin binding whose value has the wrong type for the parameter it binds."""
 
@@ -181,16 +178,19 @@ def apply_gin(configs: list[str], bindings: list[str]) -> None:
     for path in configs:
         _parse_and_check(functools.partial(gin.parse_config_file, path), f"in gin file {path}", path)
     for binding in bindings:
-        _parse_and_check(functools.partial(gin.parse_config, binding), f"bad gin binding {binding!r}")
+        _parse_and_check(functools.partial(gin.parse_config, binding), f"bad gin binding {binding!r}", binding=binding)
+    check_bindings()  # a binding its configurable's parent would override fails now, not silently
 
 
-def _parse_and_check(parse: Callable[[], Any], source: str, path: str | None = None) -> None:
+def _parse_and_check(parse: Callable[[], Any], source: str, path: str | None = None, binding: str = "") -> None:
     """``parse()``, then check the type of every binding it added or changed."""
     before = {key: dict(params) for key, params in gin.config._CONFIG.items()}  # gin has no public view
     try:
         parse()
     except (ValueError, KeyError, OSError, SyntaxError, TypeError, tokenize.TokenError) as e:
-        raise GinBindingError(f"{source}: {_one_line(e, with_location=path is not None)}{_gin_hint(e)}") from None
+        raise GinBindingError(
+            f"{source}: {_one_line(e, with_location=path is not None)}{_gin_hint(e, binding)}"
+        ) from None
     for (scope, selector), params in gin.config._CONFIG.items():
         if selector.startswith("gin."):  # macros and gin's own configurables
             continue
@@ -241,12 +241,15 @@ def is_bound(parameter: str) -> bool:
     return True
 
 
-def _gin_hint(error: BaseException) -> str:
+def _gin_hint(error: BaseException, binding: str = "") -> str:
     """What to write instead, for gin's "no such configurable / parameter" errors ("" for others)."""
     message = str(error)
     if isinstance(error, (tokenize.TokenError, SyntaxError)):
         return "; fix: close every bracket and quote, and quote strings (a binding is `Name.param = value`)"
     registry = gin.config._REGISTRY  # gin has no public listing of what is registered
+    if (m := re.search(r"No configurable matching '([\w.]+)'", message)) and m.group(1) in NOT_CONFIGURABLE:
+        param = re.search(rf"{m.group(1)}\.(\w+)", binding)
+        return f"; fix: {refusal(m.group(1), param.group(1)) if param else 'bind ' + NOT_CONFIGURABLE[m.group(1)]}"
     if m := re.search(r"No configurable matching '([\w.]+)'", message):
         names = sorted({sel.split(".")[-1] for sel, _ in registry.items() if not sel.startswith("gin.")})
         close = difflib.get_close_matches(m.group(1).split(".")[-1], names, n=3)
@@ -289,80 +292,33 @@ def _usage_error(message: str) -> None:
 
 
 def run(experiment: Experiment, resume: bool = False) -> dict[str, float]:
-    """start -> (resume) -> learn -> final checkpoint -> close; returns the last epoch's metrics.
+    """start -> (resume) -> learn (which ends with a checkpoint) -> close; returns the last epoch's metrics.
 
     A full disk stops the run with DiskFullError instead of dropping trajectories: before it is raised,
     the training state is checkpointed if the disk still takes that (the error says whether it did), so
-    ``--resume`` continues from there once space is freed. A ``--resume`` whose checkpoint does not fit
-    the configured model raises CheckpointError and leaves the run's own ``config.gin`` in place; one
-    with other bindings (e.g. more ``--epochs``) writes the new ``config.gin`` and keeps the one that
-    made the epochs so far as ``config.until_epoch_<N>.gin``. The resumed run redoes the epochs after
-    its checkpoint, so their earlier rows move from ``metrics.jsonl`` to ``metrics.after_epoch_<N>.jsonl``.
-    Without ``resume``, a run folder that already holds checkpoints raises RunExistsError before
-    anything is written (collect / learn roles share a folder on purpose and are exempt).
+    ``--resume`` continues from there once space is freed. Resuming is ``Experiment.load_latest_checkpoint``,
+    as from Python: a checkpoint that does not fit the configured model raises CheckpointError and leaves the
+    run's own ``config.gin`` in place; other bindings (e.g. more ``--epochs``) write the new ``config.gin``
+    and keep the one that made the epochs so far as ``config.until_epoch_<N>.gin``; the rows logged after the
+    checkpoint move from ``metrics.jsonl`` to ``metrics.after_epoch_<N>.jsonl``. Without ``resume``, a run
+    folder that already holds checkpoints raises RunExistsError before anything is written (collect / learn
+    roles share a folder on purpose and are exempt).
     """
-    from amago_like.experiment import CheckpointError
-
     if not resume:  # before start() rewrites the run's config.gin
         experiment.check_not_overwriting()
-    config = os.path.join(experiment.run_dir, "config.gin")
-    saved_config = _read_bytes(config) if resume else None
     try:
         experiment.start()
         if resume:
-            try:
-                epoch = experiment.load_latest_checkpoint()
-            except CheckpointError:
-                # start() rewrote it for the model that does not fit
-                if saved_config is not None and experiment.is_main:
-                    _write_bytes(config, saved_config)
-                raise
+            epoch = experiment.load_latest_checkpoint()
             print(f"resuming from epoch {epoch}" if epoch is not None else "no checkpoint to resume: starting fresh")
-            if experiment.is_main:
-                _keep_previous_config(config, saved_config, epoch)
-                if experiment.role == "both":
-                    _set_aside_metrics_after(experiment.run_dir, epoch)
         try:
-            metrics = experiment.learn()
+            return experiment.learn()
         except DiskFullError as e:
             stopped = DiskFullError(f"{e}\n{_checkpoint_before_stopping(experiment)}")
             stopped.errno = e.errno
             raise stopped from None
-        if experiment.role != "collect" and experiment.epoch not in experiment.checkpoint_epochs():
-            experiment.save_checkpoint()
     finally:
         experiment.close()
-    return metrics
-
-
-def _keep_previous_config(config: str, saved: bytes | None, epoch: int | None) -> None:
-    """After a resume rewrote ``config``, keep the config the earlier epochs ran with if it differs."""
-    if saved is None or epoch is None or saved == _read_bytes(config):
-        return
-    _write_bytes(config.removesuffix(".gin") + f".until_epoch_{epoch}.gin", saved)
-
-
-def _set_aside_metrics_after(run_dir: str, epoch: int | None) -> None:
-    """Move the rows of epochs after ``epoch`` (and a last line cut short by a kill) from metrics.jsonl
-    to metrics.after_epoch_<epoch>.jsonl, so that the curves show one timeline and nothing is deleted."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    data = _read_bytes(path)
-    if epoch is None or data is None:
-        return
-    keep, later = [], []
-    for line in data.decode().splitlines():
-        if not line.strip():
-            continue
-        try:
-            row_epoch = json.loads(line).get("epoch", 0)
-        except (json.JSONDecodeError, AttributeError):
-            row_epoch = epoch + 1
-        (later if row_epoch > epoch else keep).append(line + "\n")
-    if not later:
-        return
-    with open(os.path.join(run_dir, f"metrics.after_epoch_{epoch}.jsonl"), "a") as f:
-        f.writelines(later)
-    _write_bytes(path, "".join(keep).encode())
 
 
 def _checkpoint_before_stopping(experiment: Experiment) -> str:
@@ -377,18 +333,3 @@ def _checkpoint_before_stopping(experiment: Experiment) -> str:
         kept = experiment.checkpoint_epochs()
         return f"no checkpoint could be written either; the newest complete one is epoch {kept[-1] if kept else None}"
     return f"checkpointed the training state before stopping: {path}"
-
-
-def _read_bytes(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        return None
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)

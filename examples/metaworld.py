@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         normalize_benchmark_name(args.benchmark)
     except ValueError as e:
         sys.exit(f"error: {e}")
-    # the benchmark goes through gin, so the run's config.gin records it (eval_split.py reads it back)
+    # the benchmark goes through gin, so the run's config.gin records it (python -m amago_like.evaluate reads it back)
     bindings = [f"Metaworld.benchmark_name = {args.benchmark!r}"]
     bindings += [f"Metaworld.k_episodes = {args.k_episodes}"] if args.k_episodes else []
     configure_from_args(args, [DEFAULT_CONFIG], bindings)

@@ -18,8 +18,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-import amago_like.data.trajectory as trajectory_module
-import amago_like.experiment as experiment_module
+import amago_like.io as io_module
 from amago_like import CheckpointError, DarkRoom, DiskTrajDataset, Experiment, MetaBandit, Metaworld, RunExistsError
 from amago_like.checks import ConfigTypeError, DiskFullError, NotWritableError
 from amago_like.cli import REPO_ROOT, apply_gin, run
@@ -92,17 +91,17 @@ def assert_untouched(root: Path, before: dict[str, str], new_files_ok: bool = Fa
 
 
 class FullDisk:
-    """Patches ``open`` in ``modules``: after ``files_that_fit`` whole files, files opened for writing share
-    ``space`` bytes, then raise ENOSPC (after writing what still fitted, as a real disk does)."""
+    """Patches ``open`` in amago_like.io, where every writer opens its files: after ``files_that_fit`` whole
+    files under a folder named ``under``, files opened for writing there share ``space`` bytes, then raise
+    ENOSPC (after writing what still fitted, as a real disk does). Files elsewhere are written as usual."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, space: int, *modules, files_that_fit: int = 0) -> None:
-        self.space, self.files_that_fit = space, files_that_fit
-        for module in modules:
-            monkeypatch.setattr(module, "open", self.open, raising=False)
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, space: int, under: str, files_that_fit: int = 0) -> None:
+        self.space, self.files_that_fit, self.under = space, files_that_fit, under
+        monkeypatch.setattr(io_module, "open", self.open, raising=False)
 
     def open(self, path, mode="r", *args, **kwargs):
         f = builtins.open(path, mode, *args, **kwargs)
-        if not any(c in mode for c in "wax"):
+        if not any(c in mode for c in "wax") or f"/{self.under}/" not in str(path):
             return f
         self.files_that_fit -= 1
         return f if self.files_that_fit >= 0 else _CappedFile(f, self)
@@ -331,7 +330,7 @@ def test_unwritable_buffer_dir_fails_before_any_work(root, monkeypatch, how, fol
 def test_disk_full_saving_a_trajectory(root, monkeypatch, space):
     before = snapshot(root)
     traj = load_trajectory(str(next(_fifo(root).iterdir())))
-    FullDisk(monkeypatch, space, trajectory_module)
+    FullDisk(monkeypatch, space, "buffer")
     with pytest.raises(DiskFullError, match=f"disk full: could not write {_fifo(root)}/.*dset_max_size.*--resume"):
         save_trajectory(traj, str(_fifo(root)), "bandit")
     assert_untouched(root, before)
@@ -340,7 +339,7 @@ def test_disk_full_saving_a_trajectory(root, monkeypatch, space):
 def test_disk_full_during_collection_stops_the_run(root, monkeypatch):
     before = snapshot(root)
     exp = make_experiment(root)
-    FullDisk(monkeypatch, 0, trajectory_module)
+    FullDisk(monkeypatch, 0, "buffer")
     with pytest.raises(
         DiskFullError, match="(?s)disk full: could not write .*checkpoint of epoch 1 is already on disk"
     ):
@@ -353,7 +352,7 @@ def test_disk_full_checkpoints_the_run_before_stopping(root, monkeypatch):
     epoch (not checkpointed yet) is saved before the error is raised."""
     before = snapshot(root)
     exp = make_experiment(root, run_name="new", dataset=DiskTrajDataset(str(root), "new"), ckpt_interval=None)
-    FullDisk(monkeypatch, 0, trajectory_module, files_that_fit=4)  # epoch 0 writes 4 episodes
+    FullDisk(monkeypatch, 0, "buffer", files_that_fit=4)  # epoch 0 writes 4 episodes
     with pytest.raises(DiskFullError, match="(?s)disk full: .*checkpointed the training state before stopping"):
         run(exp)
     assert exp.checkpoint_epochs() == [1] and exp.grad_updates == 3
@@ -369,7 +368,7 @@ def test_disk_full_writing_a_checkpoint(root, monkeypatch, fits):
     exp.load_latest_checkpoint()
     exp.epoch = 2
     state_size = (root / "run" / "ckpts" / "training_states" / "epoch_1" / "state.pt").stat().st_size
-    FullDisk(monkeypatch, 0 if fits == "nothing" else state_size + 100, experiment_module)
+    FullDisk(monkeypatch, 0 if fits == "nothing" else state_size + 100, "ckpts")
     with pytest.raises(DiskFullError, match=r"disk full: could not write .*keep_checkpoints.*--resume"):
         exp.save_checkpoint()
     exp.close()

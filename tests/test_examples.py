@@ -53,16 +53,13 @@ def test_metaworld_example_writes_checkpoint_metrics_and_per_task_success(exampl
     assert f"Metaworld.benchmark_name = '{bench}'" in (run / "config.gin").read_text()
 
 
-def test_eval_split_reads_the_benchmark_from_the_run(example, tmp_path, capsys, monkeypatch):
+def test_evaluate_reads_the_env_and_benchmark_from_the_run(example, tmp_path, capsys, monkeypatch):
+    from amago_like import evaluate as eval_split
+
     example.main(["--benchmark", "push-v3", "--buffer_dir", str(tmp_path), "--run_name", "mw", *SHORT])
-    spec = importlib.util.spec_from_file_location(
-        "eval_split", os.path.join(ROOT, "benchmarks", "learning", "eval_split.py")
-    )
-    eval_split = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(eval_split)
     capsys.readouterr()
-    metrics = eval_split.main([str(tmp_path / "mw"), "--env", "metaworld", "--split", "test", "--episodes", "1"])
-    assert "test/push-v3/Success" in metrics  # the run's task, though no --benchmark was given
+    metrics = eval_split.main([str(tmp_path / "mw"), "--split", "test", "--episodes", "1"])
+    assert "test/push-v3/Success" in metrics  # the run's env and task, though neither --env nor --benchmark was given
     out = capsys.readouterr().out
     assert "on the test split, 1 meta-episodes" in out and "per attempt: 1 " in out
     eval_split.main([str(tmp_path / "mw"), "--env", "metaworld", "--split", "test", "--episodes", "1", "--epoch", "1"])

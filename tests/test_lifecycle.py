@@ -17,6 +17,7 @@ from amago_like.callbacks import EarlyStopping
 from amago_like.cli import REPO_ROOT, apply_gin
 from amago_like.data import load_trajectory
 from amago_like.experiment import DivergenceError
+from amago_like.logging import read_metrics
 
 BANDIT = os.path.join(REPO_ROOT, "examples", "toy.py")
 FAST = ["--gin", "Experiment.train_batches_per_epoch = 10", "--gin", "Experiment.val_interval = 100"]
@@ -45,25 +46,38 @@ def small_experiment(root, **overrides) -> Experiment:
 def test_sigkill_then_resume_keeps_counters_and_every_trajectory(tmp_path):
     run = tmp_path / "life"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(bandit_cmd(tmp_path, "--epochs", "6", "--gin", "Experiment.ckpt_interval = 1"), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    # rows every 3 of the 10 batches of an epoch: a kill mid-epoch leaves rows of an epoch without a checkpoint
+    every3 = ["--gin", "Experiment.log_interval = 3"]
+    proc = subprocess.Popen(bandit_cmd(tmp_path, "--epochs", "6", "--gin", "Experiment.ckpt_interval = 1", *every3),
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     target = run / "ckpts" / "training_states" / "epoch_2" / "state.pt"
     deadline = time.time() + 120
-    while not target.exists() and time.time() < deadline and proc.poll() is None:
+
+    def mid_epoch_3() -> bool:
+        return (run / "metrics.jsonl").exists() and any(  # (read_metrics skips a line being written)
+            r.get("epoch") == 3 and "epoch_seconds" not in r for r in read_metrics(str(run / "metrics.jsonl"))
+        )
+
+    while not (target.exists() and mid_epoch_3()) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert target.exists(), "the run never reached its second checkpoint"
+    assert mid_epoch_3(), "the run was not killed after rows of epoch 3 were logged"
     # a writer killed mid-save leaves at most a hidden .tmp file, which readers never list
     visible = [f for f in os.listdir(run / "buffer" / "fifo") if not f.startswith(".")]
     before = {f: load_trajectory(str(run / "buffer" / "fifo" / f)) for f in visible}
     assert before
     killed_at = max(r["epoch"] for r in rows(run / "metrics.jsonl"))
 
-    done = subprocess.run(bandit_cmd(tmp_path, "--epochs", "6", "--resume"), env=env, capture_output=True, text=True)
+    done = subprocess.run(bandit_cmd(tmp_path, "--epochs", "6", "--resume", *every3), env=env, capture_output=True,
+                          text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming from epoch" in done.stdout
     after = rows(run / "metrics.jsonl")
+    # one timeline: steps never go back, and only the final evaluation repeats a step (the last epoch's)
+    steps = [r["step"] for r in after]
+    assert steps == sorted(steps) and len(set(steps[:-1])) == len(steps) - 1, steps
     epochs = [r for r in after if "epoch_seconds" in r]  # one row per trained epoch (not the final evaluation)
     resumed = [r for r in epochs if r["epoch"] > killed_at]
     assert after[-1]["epoch"] == 6 and resumed

@@ -137,10 +137,10 @@ def test_spaces_and_lazy_simulators(ml10):
     assert env.action_space.shape == (4,) and env.action_space.dtype == np.float32
     assert np.all(env.action_space.low == -1) and np.all(env.action_space.high == 1)
 
-    assert env.simulator_names == ()  # nothing built before the first reset
+    assert tuple(env._sims) == ()  # nothing built before the first reset
     assert env.env_name is None
     obs, info = env.reset(seed=0)
-    assert env.simulator_names == (env.env_name,)
+    assert tuple(env._sims) == (env.env_name,)
     assert env.env_name in ML10_TRAIN and env.unwrapped.env_name == env.env_name
     assert obs.dtype == np.float32 and env.observation_space.contains(obs)
     assert info["attempt"] == 1
@@ -150,9 +150,9 @@ def test_spaces_and_lazy_simulators(ml10):
     for s in range(1, 6):
         env.reset(seed=s)
         seen.add(env.env_name)
-        assert set(env.simulator_names) == seen
+        assert set(tuple(env._sims)) == seen
     env.close()
-    assert env.simulator_names == ()
+    assert tuple(env._sims) == ()
 
 
 def test_step_before_reset_and_after_end_raise():

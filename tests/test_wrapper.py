@@ -16,12 +16,17 @@ from hypothesis import strategies as st
 from amago_like.data.trajectory import FORMATS, Trajectory, load_trajectory
 from amago_like.envs import wrapper as wrapper_module
 from amago_like.envs.builtin.bandit import MetaBandit
-from amago_like.envs.vector import LeanSyncVectorEnv, finished_episodes, make_vector_env, stack_obs
+from amago_like.envs.vector import LeanSyncVectorEnv, finished_episodes, make_vector_env
 from amago_like.envs.wrapper import RL2_KEY, TIME_KEY, AMAGOEnv, EpisodeStats, split_timestep
 
 # --------------------------------------------------------------------------- #
 # toy environments
 # --------------------------------------------------------------------------- #
+
+
+def stack_obs(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A copy of vector-env observations (the env may reuse its buffers)."""
+    return {k: np.array(v) for k, v in obs.items()}
 
 
 class ScriptedEnv(gym.Env):

@@ -35,6 +35,17 @@ _T = TypeVar("_T")
 class RLDataset(abc.ABC):
     """Where trajectories come from (for the learner) and go to (for the actors)."""
 
+    #: whether this process may delete files (the FIFO bound); the experiment keeps it to the main process
+    has_edit_rights: bool = True
+
+    def restrict_edit_rights(self, allowed: bool) -> None:
+        """Take away the edit rights unless ``allowed`` (never grants them)."""
+        self.has_edit_rights = self.has_edit_rights and allowed
+
+    def refresh_files(self) -> None:
+        """Re-read what other processes wrote since the last call (nothing to do for a dataset in memory)."""
+        return None
+
     @abc.abstractmethod
     def sample_random_trajectory(self, rng: np.random.Generator) -> Trajectory: ...
 
@@ -464,6 +475,14 @@ class MixtureOfDatasets(RLDataset):
     @property
     def ready_for_training(self) -> bool:
         return all(d.ready_for_training for d, w in zip(self.datasets, self.weights) if w > 0)
+
+    def restrict_edit_rights(self, allowed: bool) -> None:
+        for d in self.datasets:
+            d.restrict_edit_rights(allowed)
+
+    def refresh_files(self) -> None:
+        for d in self.datasets:
+            d.refresh_files()
 
     def on_end_of_collection(self) -> dict[str, float]:
         metrics = {}

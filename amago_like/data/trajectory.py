@@ -21,7 +21,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from amago_like.checks import check_choice, storage_error
+from amago_like.checks import check_choice
+from amago_like.io import atomic_write
 
 FORMATS = ("npz", "npz-compressed", "traj")
 _SUFFIX = {"npz": ".npz", "npz-compressed": ".npz", "traj": ".traj"}
@@ -142,26 +143,17 @@ def save_trajectory(traj: Trajectory, directory: str, env_name: str, fmt: str = 
 def write_trajectory(traj: Trajectory, path: str, fmt: str = "npz") -> None:
     """Write ``traj`` to ``path`` atomically (temporary name, then rename), replacing any file there."""
     check_choice("trajectory format", fmt, FORMATS)
-    directory, name = os.path.split(path)
-    # the temporary name has no data suffix, so readers listing the folder never pick it up
-    tmp = os.path.join(directory, f".{name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            if fmt == "traj":
-                pickle.dump(traj, f, protocol=pickle.HIGHEST_PROTOCOL)
-            elif fmt == "npz-compressed":
-                np.savez_compressed(f, **traj.to_arrays())
-            else:
-                np.savez(f, **traj.to_arrays())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(e, OSError):
-            raise storage_error(e, path, _BUFFER_HINT) from None
-        raise
+
+    def write(f) -> None:
+        if fmt == "traj":
+            pickle.dump(traj, f, protocol=pickle.HIGHEST_PROTOCOL)
+        elif fmt == "npz-compressed":
+            np.savez_compressed(f, **traj.to_arrays())
+        else:
+            np.savez(f, **traj.to_arrays())
+
+    # the temporary name is hidden and has no data suffix, so readers listing the folder never pick it up
+    atomic_write(path, write, _BUFFER_HINT)
 
 
 _BUFFER_HINT = "lower DiskTrajDataset.dset_max_size so the buffer keeps fewer trajectory files"

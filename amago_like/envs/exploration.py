@@ -15,7 +15,7 @@ import gin
 import gymnasium as gym
 import numpy as np
 
-from amago_like.envs.wrapper import LOG_PREFIX, AMAGOEnv, EpisodeStats
+from amago_like.envs.wrapper import LOG_PREFIX, AMAGOEnv, EpisodeStats, find_amago_env
 
 EPSILON_KEY = f"{LOG_PREFIX}epsilon"  # info key (and episode metric) of the epsilon of the step
 _SEED_SALT = 0x5EED_E251  # keeps the wrapper's random stream apart from the env's own seeding
@@ -26,16 +26,13 @@ _MINUS_ONE, _ONE = np.array(-1.0, np.float32), np.array(1.0, np.float32)
 
 def _require_amago_env(env: gym.Env) -> AMAGOEnv:
     """The AMAGOEnv in ``env``'s wrapper chain (``env`` itself included); TypeError if none."""
-    layer = env
-    while True:
-        if isinstance(layer, AMAGOEnv):
-            return layer
-        if not isinstance(layer, gym.Wrapper):
-            raise TypeError(
-                f"{type(env).__name__} has no AMAGOEnv inside; wrap AMAGOEnv(env) with the exploration "
-                "wrapper, so the trajectory records the action that was executed"
-            )
-        layer = layer.env
+    found = find_amago_env(env)
+    if found is None:
+        raise TypeError(
+            f"{type(env).__name__} has no AMAGOEnv inside; wrap AMAGOEnv(env) with the exploration "
+            "wrapper, so the trajectory records the action that was executed"
+        )
+    return found
 
 
 def linear_anneal(start: float, end: float, step: int, steps_anneal: int) -> float:

@@ -8,6 +8,8 @@ import gymnasium as gym
 import numpy as np
 from PIL import Image
 
+from amago_like.io import atomic_write
+
 
 class FrameRecorder(gym.Wrapper):
     """Keeps ``env.render()`` after every reset and step; when an episode ends (terminated or
@@ -58,9 +60,14 @@ class FrameRecorder(gym.Wrapper):
             return None
         path = os.path.join(self.save_dir, f"{self.prefix}_{self.episodes_written:04d}.gif")
         images = [Image.fromarray(f) for f in self._frames]
-        tmp = path + ".tmp"
-        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=1000 // self.fps, loop=0)
-        os.replace(tmp, path)
+        duration = 1000 // self.fps
+        atomic_write(
+            path,
+            lambda f: images[0].save(
+                f, format="GIF", save_all=True, append_images=images[1:], duration=duration, loop=0
+            ),
+            "write fewer or smaller GIFs (render_size)",
+        )
         self.episodes_written += 1
         self._frames = []
         return path

@@ -25,20 +25,11 @@ from amago_like.envs.wrapper import (
     EpisodeRecorder,
     EpisodeStats,
     box_observation_spaces,
+    find_amago_env,
     sequence_observation_space,
 )
 
 ENV_MODES = ("sync", "async", "already_vectorized")
-
-
-def find_amago_env(env: gym.Env) -> AMAGOEnv | None:
-    """The AMAGOEnv in ``env``'s wrapper chain (``env`` itself included), or None."""
-    while True:
-        if isinstance(env, AMAGOEnv):
-            return env
-        if not isinstance(env, gym.Wrapper):
-            return None
-        env = env.env
 
 
 def as_amago_env(env: gym.Env) -> gym.Env:
@@ -63,7 +54,7 @@ def _wrapped_factory(
 
 
 def make_vector_env(
-    make_env: Callable[[], gym.Env | gym.vector.VectorEnv],
+    make_env: Callable[[], gym.Env | gym.vector.VectorEnv] | Sequence[Callable[[], gym.Env]],
     num_envs: int,
     mode: str = "sync",
     save_dir: str | None = None,
@@ -79,10 +70,20 @@ def make_vector_env(
     :class:`LeanSyncVectorEnv` / gymnasium AsyncVectorEnv. already_vectorized: ``make_env()`` is called once and must
     return a ``VectorEnv`` of exactly ``num_envs`` envs, wrapped in :class:`SequenceVectorEnv`.
     ``record_to``: the first env's episodes are also written there as GIFs (:class:`FrameRecorder`).
+    A list of ``num_envs`` factories (sync / async) gives env ``i`` its own factory ``make_env[i]``.
     """
     check_choice("env_mode", mode, ENV_MODES)
     if num_envs < 1:
         raise ValueError(f"parallel_actors must be >= 1, got {num_envs}")
+    if not callable(make_env):  # one factory per actor: manual assignment of tasks to actors
+        make_env = list(make_env)
+        if mode == "already_vectorized":
+            raise ValueError("env_mode='already_vectorized' takes one factory of a vector env, not a list")
+        if len(make_env) != num_envs or not all(callable(f) for f in make_env):
+            raise ValueError(
+                f"a list of env factories gives one to each actor: it needs parallel_actors = {num_envs} "
+                f"callables, got {len(make_env)}"
+            )
     if mode == "already_vectorized":
         if record_to is not None:
             raise ValueError(
@@ -105,7 +106,14 @@ def make_vector_env(
         seq.configure_saving(save_dir, save_format, save_every, stagger)
         return seq
     fns = [
-        _wrapped_factory(make_env, save_dir, save_format, save_every, stagger, record_to if i == 0 else None)
+        _wrapped_factory(
+            make_env if callable(make_env) else make_env[i],
+            save_dir,
+            save_format,
+            save_every,
+            stagger,
+            record_to if i == 0 else None,
+        )
         for i in range(num_envs)
     ]
     same_step = AutoresetMode.SAME_STEP
@@ -198,11 +206,6 @@ def finished_episodes(infos: dict) -> list[EpisodeStats]:
     if stats is None:
         return []
     return [s for s, m in zip(stats, mask) if m and isinstance(s, EpisodeStats)]
-
-
-def stack_obs(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Vector-env observations are already (N, ...) arrays; copy so the env may reuse its buffers."""
-    return {k: np.array(v) for k, v in obs.items()}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -313,6 +313,15 @@ class EpisodeRecorder:
         )
 
 
+def find_amago_env(env: gym.Env) -> AMAGOEnv | None:
+    """The AMAGOEnv in ``env``'s wrapper chain (``env`` itself included), or None."""
+    while not isinstance(env, AMAGOEnv):
+        if not isinstance(env, gym.Wrapper):
+            return None
+        env = env.env
+    return env
+
+
 @gin.configurable
 class AMAGOEnv(gym.Wrapper):
     """Wraps a gymnasium env so every step yields a timestep the sequence model reads.

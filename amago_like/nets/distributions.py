@@ -97,10 +97,6 @@ class TanhGaussian(_TanhSquashed):
     def _rsample_u(self, n: int) -> Tensor:
         return self.normal.rsample((n,))
 
-    def entropy_estimate(self) -> Tensor:
-        """Entropy of the pre-tanh Gaussian (an upper bound on the squashed entropy)."""
-        return self.normal.entropy().sum(-1)
-
     def mode(self) -> Tensor:
         return torch.tanh(self.mean)
 

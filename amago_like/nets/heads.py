@@ -10,19 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from amago_like.nets.distributions import Discrete, MultiBinary, PolicyDist, ScaledBeta, TanhGaussian, TanhGMM
+from amago_like.nets.mlp import mlp
 
-__all__ = ["Actor", "CriticEnsemble", "EnsembleLinear", "TanhGaussian", "CONTINUOUS_DISTS", "mlp"]
+__all__ = ["Actor", "CriticEnsemble", "EnsembleLinear", "TanhGaussian", "CONTINUOUS_DISTS"]
 
 CONTINUOUS_DISTS = ("tanh_gaussian", "beta", "gmm")
-
-
-def mlp(d_in: int, hidden: tuple[int, ...], d_out: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for h in hidden:
-        layers += [nn.Linear(d_in, h), nn.LeakyReLU()]
-        d_in = h
-    layers.append(nn.Linear(d_in, d_out))
-    return nn.Sequential(*layers)
 
 
 @gin.configurable

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from amago_like.checks import check_int, check_ints, check_number
+from amago_like.nets.mlp import mlp
 from amago_like.nets.transformer import FixedPosEmb, KVCache, LearnedPosEmb, RotaryEmb, TransformerBlock
-from amago_like.nets.tstep_encoders import make_mlp
 
 
 def _as_bool_tensor(dones: np.ndarray | Tensor, device: torch.device) -> Tensor:  # -> (B,) bool
@@ -63,7 +63,7 @@ class FFTrajEncoder(TrajEncoder):
     ):
         check_ints("FFTrajEncoder", 1, d_hidden=d_hidden, n_layers=n_layers, d_output=d_output)
         super().__init__(tstep_dim, max_seq_len)
-        self.mlp = make_mlp(tstep_dim, d_hidden, d_output, n_layers, activation)
+        self.mlp = mlp(tstep_dim, (d_hidden,) * n_layers, d_output, activation)
         self.ln = nn.LayerNorm(d_output)
         self._emb_dim = d_output
 

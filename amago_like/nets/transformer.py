@@ -19,7 +19,6 @@ from torch import Tensor, nn
 
 
 # ---------------------------------------------------------------- positional embeddings
-@gin.configurable
 class LearnedPosEmb(nn.Module):
     """Lookup table indexed by the global time index (clamped to max_time_idx)."""
 
@@ -32,7 +31,6 @@ class LearnedPosEmb(nn.Module):
         return self.emb(time_idxs.clamp(0, self.max_time_idx))
 
 
-@gin.configurable
 class FixedPosEmb(nn.Module):
     """Sinusoidal embedding of the global time index (clamped to max_time_idx)."""
 
@@ -121,7 +119,6 @@ def window_mask(L: int, window: int, device: torch.device) -> Tensor:
 
 
 # ---------------------------------------------------------------- attention + block
-@gin.configurable
 class SelfAttention(nn.Module):
     """Multi-head self-attention on top of F.scaled_dot_product_attention.
 
@@ -185,7 +182,6 @@ class SelfAttention(nn.Module):
         return self.out(rearrange(y, "b h l d -> b l (h d)"))
 
 
-@gin.configurable
 class TransformerBlock(nn.Module):
     """Pre-norm block: x + Attn(LN(x)), then x + FF(LN(x)).
 
@@ -252,10 +248,6 @@ class KVCache:
     @property
     def max_len(self) -> int:
         return self.k.shape[3]
-
-    @property
-    def lengths(self) -> Tensor:  # (B,) number of valid cached tokens per row
-        return self.n.clamp(max=self.max_len)
 
     def reset(self, dones: Tensor) -> None:  # dones: (B,) bool; stale entries are masked out, not zeroed
         self.n.masked_fill_(dones.to(self.n.device, torch.bool), 0)

@@ -15,27 +15,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from amago_like.checks import check_ints
-
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "leaky_relu": nn.LeakyReLU,
-    "relu": nn.ReLU,
-    "gelu": nn.GELU,
-    "tanh": nn.Tanh,
-    "silu": nn.SiLU,
-}
-
-
-def make_mlp(d_in: int, d_hidden: int, d_out: int, n_layers: int, activation: str = "leaky_relu") -> nn.Sequential:
-    """`n_layers` hidden (Linear -> activation) layers of width d_hidden, then a Linear to d_out."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; choose from {sorted(ACTIVATIONS)}")
-    layers: list[nn.Module] = []
-    d = d_in
-    for _ in range(n_layers):
-        layers += [nn.Linear(d, d_hidden), ACTIVATIONS[activation]()]
-        d = d_hidden
-    layers.append(nn.Linear(d, d_out))
-    return nn.Sequential(*layers)
+from amago_like.nets.mlp import mlp
 
 
 @gin.configurable
@@ -121,7 +101,7 @@ class FFTstepEncoder(TstepEncoder):
         self.keys = sorted(obs_space.spaces.keys())
         d_in = sum(math.prod(obs_space[k].shape) for k in self.keys) + math.prod(rl2_space.shape)
         self.norm = RunningNorm(d_in) if normalize_inputs else None
-        self.mlp = make_mlp(d_in, d_hidden, d_output, n_layers, activation)
+        self.mlp = mlp(d_in, (d_hidden,) * n_layers, d_output, activation)
         self.out_norm = nn.LayerNorm(d_output)
         self._emb_dim = d_output
 
@@ -239,7 +219,7 @@ class CNNTstepEncoder(TstepEncoder):
         self.keys = sorted(k for k in obs_space.spaces if k != image_key)
         d_vec = sum(math.prod(obs_space[k].shape) for k in self.keys) + math.prod(rl2_space.shape)
         self.norm = RunningNorm(d_vec) if normalize_inputs else None
-        self.mlp = make_mlp(d_image + d_vec, d_hidden, d_output, n_layers, activation)
+        self.mlp = mlp(d_image + d_vec, (d_hidden,) * n_layers, d_output, activation)
         self.out_norm = nn.LayerNorm(d_output)
         self.d_image, self._emb_dim = d_image, d_output
 

@@ -83,7 +83,6 @@ def symexp(x: Tensor) -> Tensor:
     return torch.sign(x) * torch.expm1(x.abs())
 
 
-@gin.configurable
 class ValueBins(nn.Module):
     """``num_bins`` evenly spaced bin centres on [-limit, limit] (in symlog space) and the
     target distributions that encode a scalar on them.

@@ -24,5 +24,5 @@ bash benchmarks/learning/ml1_reach.sh --run_name "$run" --resume --epochs 500 "$
   --gin "Experiment.learning_rate = 1e-4" "$@"
 for weights in "" "--average 450:500"; do
   # shellcheck disable=SC2086 # $weights is empty or two words
-  python benchmarks/learning/eval_split.py "runs/learning/$run" --env metaworld --split test --each_goal --actions mode $weights
+  python -m amago_like.evaluate "runs/learning/$run" --split test --each_goal --actions mode $weights
 done

@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-import amago_like.experiment as experiment_module
+import amago_like.run_dir as run_dir_module
 from amago_like import DiskTrajDataset, Experiment, MetaBandit
 from amago_like.cli import REPO_ROOT, apply_gin
 
@@ -42,7 +42,7 @@ exp = Experiment(
 def checkpoint_error(exp: Experiment) -> list[str] | None:
     """[type, message] of the error this rank gets from a checkpoint the main process cannot write."""
     if exp.accelerator.is_main_process:
-        experiment_module._write_torch = full_disk
+        run_dir_module.write_synced = full_disk
     try:
         exp.save_checkpoint()
     except Exception as e:
@@ -50,7 +50,7 @@ def checkpoint_error(exp: Experiment) -> list[str] | None:
     return None
 
 
-def full_disk(obj, path):
+def full_disk(path, write, hint=""):
     raise OSError(errno.ENOSPC, "No space left on device", path)
 
 

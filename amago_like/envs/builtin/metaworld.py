@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import os
 import pickle
-import tempfile
 import threading
 import warnings
 import zlib
@@ -33,6 +32,8 @@ import gymnasium as gym
 import numpy as np
 
 from amago_like.checks import check_choice, check_int, check_ints, check_number
+from amago_like.config import refuse_passed
+from amago_like.io import atomic_write
 
 __all__ = [
     "ML_BENCHMARKS",
@@ -156,15 +157,8 @@ def _load_from_disk(path: Path, name: str) -> Any | None:
 def _save_to_disk(path: Path, bench: Any) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                pickle.dump(bench, f, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, path)  # atomic: concurrent writers never see half a file
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        # atomic: concurrent writers never see half a file
+        atomic_write(str(path), lambda f: pickle.dump(bench, f, protocol=pickle.HIGHEST_PROTOCOL))
     except OSError as e:
         warnings.warn(f"Could not write Meta-World cache file {path}: {e!r}", stacklevel=3)
 
@@ -238,8 +232,9 @@ class KEpisodeMetaworld(gym.Env):
     :meth:`reset` (``None`` before the first reset).
 
     Args:
-        benchmark: ``"ml10"``, ``"ml45"`` or an ML1 task name such as ``"reach-v3"``
-            (case-insensitive).
+        benchmark: a Meta-World benchmark object (``metaworld.ML10()``, ``metaworld.ML1("reach-v3")``; its goals
+            are used as they are, and ``benchmark_seed`` does not apply), or ``"ml10"``, ``"ml45"`` or an ML1
+            task name such as ``"reach-v3"`` (case-insensitive).
         split: ``"train"`` or ``"test"`` task set of the benchmark.
         k_episodes: attempts per task (>= 1).
         max_episode_length: steps per attempt, 1..500 (Meta-World's hard limit).
@@ -261,7 +256,7 @@ class KEpisodeMetaworld(gym.Env):
             it made the policy fit its training goals closer, not the held-out ones: docs/RESULTS.md.)
         task_index: play only this task of the split (an index into its task list, in Meta-World's
             order) at every reset, instead of drawing one at random; one env per index evaluates
-            every held-out goal exactly once (``eval_split.py --each_goal``).  ``None``: random.
+            every held-out goal exactly once (``python -m amago_like.evaluate RUN --each_goal``).  ``None``: random.
         render_mode: ``"rgb_array"`` makes ``render()`` return the simulator's camera image
             (``render_size`` x ``render_size`` pixels; MuJoCo needs an OpenGL backend, e.g.
             ``MUJOCO_GL=egl``).  ``None``: no rendering.
@@ -271,7 +266,7 @@ class KEpisodeMetaworld(gym.Env):
 
     def __init__(
         self,
-        benchmark: str,
+        benchmark: str | Any,
         split: str = "train",
         k_episodes: int = 3,
         max_episode_length: int = 500,
@@ -291,7 +286,9 @@ class KEpisodeMetaworld(gym.Env):
         if isinstance(info_keys, str) or not all(isinstance(k, str) for k in info_keys):
             raise ValueError(f"info_keys must be a tuple of strings, got {info_keys!r}")
         self.info_keys = tuple(info_keys)
-        self.benchmark_name = normalize_benchmark_name(benchmark)
+        # a benchmark object (``metaworld.ML10()``, as the reference takes it) or its name
+        bench_object = None if isinstance(benchmark, str) else _check_benchmark_object(benchmark)
+        self.benchmark_name = normalize_benchmark_name(benchmark) if bench_object is None else _name_of(bench_object)
         if split not in SPLITS:
             raise ValueError(
                 f"Unknown Meta-World split {split!r}; valid splits are {', '.join(repr(s) for s in SPLITS)}"
@@ -312,7 +309,7 @@ class KEpisodeMetaworld(gym.Env):
         self.max_episode_length = int(max_episode_length)
         self.benchmark_seed = benchmark_seed
 
-        self._benchmark = get_benchmark(self.benchmark_name, benchmark_seed)
+        self._benchmark = get_benchmark(self.benchmark_name, benchmark_seed) if bench_object is None else bench_object
         if split == "train":
             self._classes = self._benchmark.train_classes
             self._tasks = list(self._benchmark.train_tasks)
@@ -344,11 +341,6 @@ class KEpisodeMetaworld(gym.Env):
         self._done = True
 
     # -- helpers -------------------------------------------------------------
-
-    @property
-    def simulator_names(self) -> tuple[str, ...]:
-        """Task classes for which a simulator has been created so far."""
-        return tuple(self._sims)
 
     @property
     def num_tasks(self) -> int:
@@ -509,6 +501,22 @@ class KEpisodeMetaworld(gym.Env):
         )
 
 
+def _check_benchmark_object(bench: Any) -> Any:
+    if not all(hasattr(bench, a) for a in ("train_classes", "test_classes", "train_tasks", "test_tasks")):
+        raise ValueError(
+            f"KEpisodeMetaworld.benchmark must be a Meta-World benchmark (e.g. metaworld.ML10()) or its name, "
+            f"got {bench!r}"
+        )
+    return bench
+
+
+def _name_of(bench: Any) -> str:
+    """``"ml10"`` / ``"ml45"`` for those benchmark objects; an ML1 benchmark's one task name (``"reach-v3"``)."""
+    if len(bench.train_classes) == 1:
+        return next(iter(bench.train_classes))
+    return type(bench).__name__.lower()
+
+
 @gin.configurable
 def Metaworld(
     benchmark_name: str,
@@ -521,6 +529,10 @@ def Metaworld(
     """A :class:`KEpisodeMetaworld` wrapped in ``AMAGOEnv`` (named after the benchmark)."""
     check_ints("Metaworld", 1, k_episodes=k_episodes, max_episode_length=max_episode_length)
     from amago_like.envs.wrapper import AMAGOEnv
+
+    # these arguments reach KEpisodeMetaworld from here, so its own bindings of them would do nothing
+    passed = {p: f"Metaworld.{p}" for p in ("split", "k_episodes", "max_episode_length", "render_mode", "task_index")}
+    refuse_passed("KEpisodeMetaworld", {**passed, "benchmark": "Metaworld.benchmark_name"})
 
     env = KEpisodeMetaworld(
         benchmark_name,

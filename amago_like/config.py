@@ -1,0 +1,185 @@
+"""Gin: bindings that would do nothing are refused, and the arguments given in Python are recorded.
+
+A gin binding only reaches a parameter its caller does not pass. Nested parts get some of their arguments
+from their parent (the transformer's blocks, the critics' count, the spaces of the env), and a binding of one
+of those would be silently ignored. :func:`check_bindings` refuses them when the config is parsed (through
+``cli.apply_gin``) and again when an ``Experiment`` is built (for configs parsed with gin directly), with
+one line naming the parameter to bind instead. Parts that get every argument from their parent (the
+transformer's blocks and attention, the position embeddings, the value bins) are not configurable at all.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+import re
+from typing import Any
+
+import gin
+
+from amago_like.checks import check_choice, check_int, check_number
+
+#: ``Configurable.parameter`` a parent always passes -> the parameter to bind instead (None: it comes from the
+#: env or another part's size and is not a setting)
+SET_BY: dict[str, str | None] = {
+    **{
+        f"{agent}.{p}": f"Experiment.{p}"
+        for agent in ("Agent", "MultiTaskAgent")
+        for p in ("max_seq_len", "tstep_encoder_type", "traj_encoder_type")
+    },  # fmt: skip
+    **{
+        f"{agent}.{p}": None
+        for agent in ("Agent", "MultiTaskAgent")
+        for p in ("obs_space", "rl2_space", "action_space")
+    },  # fmt: skip
+    "CriticEnsemble.num_critics": "Agent.num_critics",
+    "CriticEnsemble.num_bins": "MultiTaskAgent.num_bins",
+    "CriticEnsemble.num_gammas": "Agent.gammas",
+    "CriticEnsemble.state_dim": None,
+    "CriticEnsemble.action_dim": None,
+    "Actor.state_dim": None,
+    "Actor.action_dim": None,
+    "Actor.discrete": None,
+    "Actor.multi_binary": None,
+    "PopArt.num_gammas": "Agent.gammas",
+    "RunningNorm.dim": None,
+    "SigmaReparamLinear.d_in": None,
+    "SigmaReparamLinear.d_out": None,
+    **{f"{enc}.{p}": None for enc in ("FFTstepEncoder", "CNNTstepEncoder") for p in ("obs_space", "rl2_space")},
+    **{
+        f"{enc}.tstep_dim": None
+        for enc in ("TformerTrajEncoder", "GRUTrajEncoder", "FFTrajEncoder", "IdentityTrajEncoder")
+    },  # fmt: skip
+    **{
+        f"{enc}.max_seq_len": "Experiment.max_seq_len"
+        for enc in ("TformerTrajEncoder", "GRUTrajEncoder", "FFTrajEncoder", "IdentityTrajEncoder")
+    },  # fmt: skip
+    "ExplorationWrapper.randomize_eps": "EpsilonGreedy.randomize_eps",
+    **{f"{w}.env": None for w in ("ExplorationWrapper", "EpsilonGreedy", "BilevelEpsilonGreedy")},
+}
+
+#: parts that are not configurable (their parent passes every argument) -> where their settings are bound
+NOT_CONFIGURABLE: dict[str, str] = {
+    "TransformerBlock": "TformerTrajEncoder",
+    "SelfAttention": "TformerTrajEncoder",
+    "LearnedPosEmb": "TformerTrajEncoder",
+    "FixedPosEmb": "TformerTrajEncoder",
+    "ValueBins": "MultiTaskAgent",
+}
+# their parameters that the parent's take under another name
+_RENAMED = {
+    "TransformerBlock.window": "attention_window",
+    "SelfAttention.window": "attention_window",
+    "ValueBins.limit": "bin_limit",
+    "ValueBins.sigma": "hl_gauss_sigma",
+}
+
+
+class GinBindingError(ValueError):
+    """A gin file or binding that names an unknown configurable or parameter, does not parse, or would do nothing."""
+
+
+def refusal(selector: str, param: str) -> str | None:
+    """The one-line reason a binding of ``selector.param`` is refused (None: it is not)."""
+    name = selector.split(".")[-1]
+    key = f"{name}.{param}"
+    if name in NOT_CONFIGURABLE:
+        parent = NOT_CONFIGURABLE[name]
+        return f"`{key}` is set by `{parent}.{_RENAMED.get(key, param)}`; bind that"
+    if key not in SET_BY:
+        return None
+    instead = SET_BY[key]
+    if instead is None:
+        return f"`{key}` is passed by the part that builds {name} (from the env or another part's size); it cannot be bound"
+    return f"`{key}` is set by `{instead}`; bind that"
+
+
+def check_bindings() -> None:
+    """GinBindingError for the first parsed binding (any scope) that would be ignored (see :data:`SET_BY`)."""
+    for (scope, selector), params in gin.config._CONFIG.items():  # gin has no public listing of bindings
+        for param in params:
+            if reason := refusal(selector, param):
+                where = f" (scope {scope!r})" if scope else ""
+                raise GinBindingError(reason + where)
+
+
+def refuse_passed(child: str, passed: dict[str, str]) -> None:
+    """Build-time check for a part built with arguments its parent passes only in some uses (e.g. Metaworld
+    passing KEpisodeMetaworld's ``k_episodes``): GinBindingError if ``child.param`` is bound for one of them,
+    naming ``passed[param]`` to bind instead."""
+    bound = {
+        p for (_, selector), params in gin.config._CONFIG.items() if selector.split(".")[-1] == child for p in params
+    }
+    for param in sorted(bound & set(passed)):
+        raise GinBindingError(f"`{child}.{param}` is set by `{passed[param]}`; bind that")
+
+
+def check_arguments(
+    owner: str, arguments: dict[str, Any], choices: dict[str, tuple], ints: dict[str, Any], numbers: tuple[str, ...]
+) -> None:
+    """Type and range checks of a configurable's arguments, each error naming ``owner.parameter``. ``ints`` maps
+    a parameter to its minimum (None: any integer; ``"none"``: None or an integer >= 1)."""
+    for name, allowed in choices.items():
+        check_choice(name, arguments[name], allowed)
+    for name, minimum in ints.items():
+        if minimum == "none":
+            check_int(f"{owner}.{name}", arguments[name], 1, allow_none=True)
+        else:
+            check_int(f"{owner}.{name}", arguments[name], minimum)
+    for name in numbers:
+        check_number(f"{owner}.{name}", arguments[name])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# arguments given to Experiment in Python (gin's operative config lists only what gin supplied)
+# ---------------------------------------------------------------------------------------------------------------
+RECORDED = (
+    "max_seq_len",
+    "make_train_env",
+    "make_val_env",
+    "tstep_encoder_type",
+    "traj_encoder_type",
+    "agent_type",
+    "parallel_actors",
+    "env_mode",
+    "sample_actions",
+    "eval_sample_actions",
+    "mixed_precision",
+)
+_HEADER = "# Arguments of Experiment (given in Python or gin; read back by amago_like.evaluate):\n"
+_LINE = re.compile(r"^# Experiment\.(\w+) = (.*)$", re.MULTILINE)
+
+
+def _describe(value: Any) -> str | None:
+    """A stable text for ``value``: a literal's repr, ``@Name`` of a class or function, ``Name(k=v, ...)`` of a
+    partial with literal arguments; None for anything else (its repr could hold a memory address)."""
+    if isinstance(value, (bool, int, float, str, type(None))):
+        return repr(value)
+    if isinstance(value, (list, tuple)) and value and all(callable(v) for v in value):
+        parts = [_describe(v) for v in value]
+        return None if None in parts else "[" + ", ".join(parts) + "]"
+    if isinstance(value, functools.partial):
+        inner, args = _describe(value.func), [_describe(a) for a in value.args]
+        kwargs = {k: _describe(v) for k, v in value.keywords.items()}
+        if inner is None or None in args or None in kwargs.values():
+            return None
+        return f"{inner}({', '.join(args + [f'{k}={v}' for k, v in kwargs.items()])})"
+    if inspect.isclass(value) or inspect.isfunction(value):
+        return "@" + value.__name__
+    return None
+
+
+def describe_arguments(arguments: dict[str, Any]) -> str:
+    """Comment lines recording the :data:`RECORDED` arguments, for the end of config.gin."""
+    lines = [f"# Experiment.{k} = {d}\n" for k in RECORDED if (d := _describe(arguments.get(k))) is not None]
+    return "\n" + _HEADER + "".join(lines) if lines else ""
+
+
+def read_arguments(config_text: str) -> dict[str, str]:
+    """The recorded argument texts of a config.gin (empty for configs written before they were recorded)."""
+    return dict(_LINE.findall(config_text))
+
+
+def literal(text: str) -> Any:
+    return ast.literal_eval(text)

@@ -1,0 +1,346 @@
+"""Evaluate a saved run: its config.gin and weights, rolled out on a task split. No optimizer, no dataset,
+no training envs.
+
+    python -m amago_like.evaluate runs/learning/dark_room --split train --episodes 64
+    python -m amago_like.evaluate runs/learning/ml1_reach --split test --actions mode
+    python -m amago_like.evaluate runs/learning/ml1_reach_sampled --split train \\
+        --gin 'KEpisodeMetaworld.train_goals = "benchmark"'
+    python -m amago_like.evaluate runs/learning/dark_room --split test --episodes 8 --render_to videos
+    python -m amago_like.evaluate runs/learning/ml1_reach_sampled --split test --actions mode --average 300:350 --each_goal
+
+The env comes from the run's config.gin (the env factory the run was given, which runs record there, or else the
+env configurable its config names); ``--env`` picks one for runs whose config names several. The separation
+``--split train`` / ``--split test`` shows "has not learned the search" apart from "does not carry it over to
+goals it never saw rewarded".
+
+``--epoch N`` evaluates that epoch's saved weights (default: the latest policy); ``--average FIRST:LAST`` the
+mean of the weights saved at those epochs, which evens out the swings between single checkpoints.
+``--each_goal`` (envs with a task list: Meta-World) plays every task of the split once, one actor each: an exact
+figure over the benchmark's goals. ``--episodes N`` draws tasks at random instead, with repeats.
+``--save_trajs_to DIR`` keeps every evaluated meta-episode there as a trajectory dataset; ``--render_to DIR``
+writes the first actor's meta-episodes there as GIFs (``MUJOCO_GL=egl`` for Meta-World).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import functools
+import inspect
+import os
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import gin
+import gymnasium as gym
+import torch
+
+from amago_like.agents import Agent
+from amago_like.cli import GinBindingError, apply_gin, is_bound
+from amago_like.config import read_arguments
+from amago_like.envs.builtin.bandit import MetaBandit
+from amago_like.envs.builtin.dark_room import DarkRoom
+from amago_like.envs.builtin.metaworld import KEpisodeMetaworld, Metaworld
+from amago_like.envs.vector import make_vector_env
+from amago_like.nets.distributions import TanhGaussian
+from amago_like.nets.traj_encoders import TformerTrajEncoder
+from amago_like.nets.tstep_encoders import FFTstepEncoder
+from amago_like.rollout import Rollout
+from amago_like.run_dir import RunDir, average_weights, load_weights, read_checkpoint
+
+#: ``--env`` names (as examples/toy.py and examples/metaworld.py call them)
+ENVS: dict[str, Callable[..., gym.Env]] = {"dark_room": DarkRoom, "bandit": MetaBandit, "metaworld": Metaworld}
+# a run's settings that are not in its config.gin: Experiment's defaults
+DEFAULTS = dict(
+    tstep_encoder_type=FFTstepEncoder,
+    traj_encoder_type=TformerTrajEncoder,
+    agent_type=Agent,
+    parallel_actors=12,
+    seed=None,
+)
+
+
+def _resolve(name: str) -> Any:
+    """A configurable (class or function) by its gin name."""
+    import amago_like
+
+    if hasattr(amago_like, name):
+        return getattr(amago_like, name)
+    match = gin.config._REGISTRY.get_match(name)  # gin has no public lookup
+    if match is None:
+        raise ValueError(f"unknown configurable {name!r}")
+    return match.wrapped
+
+
+def _factory_from_text(text: str) -> tuple[Callable[..., gym.Env], dict[str, Any]] | None:
+    """(env factory, its keyword arguments) of a recorded ``@Name`` or ``Name(args)``; None for other texts."""
+    m = re.fullmatch(r"@?(\w+)(?:\((.*)\))?", text.strip())
+    if m is None:
+        return None
+    fn = _resolve(m.group(1))
+    call = ast.parse(f"f({m.group(2) or ''})", mode="eval").body
+    args = [ast.literal_eval(a) for a in call.args]
+    kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+    return fn, dict(inspect.signature(fn).bind_partial(*args, **kwargs).arguments)
+
+
+def _env_from_config(config_text: str) -> tuple[Callable[..., gym.Env], dict[str, Any]]:
+    """The run's env factory: the one recorded in its config.gin, else the env configurable it names."""
+    recorded = read_arguments(config_text)
+    for key in ("make_val_env", "make_train_env"):
+        if key in recorded and (found := _factory_from_text(recorded[key])) is not None:
+            return found
+    named = set(re.findall(r"^# Parameters for (\w+):", config_text, re.MULTILINE))
+    named |= set(re.findall(r"^(\w+)\.\w+ *=", config_text, re.MULTILINE))
+    found = sorted(n for n in named if _is_env(n))
+    if "Metaworld" in found:  # Metaworld builds the KEpisodeMetaworld it also names
+        found = ["Metaworld"]
+    if len(found) != 1:
+        raise ValueError(
+            f"cannot tell the run's env from its config.gin (it names {found or 'no env'}); "
+            f"pass --env ({', '.join(sorted(ENVS))})"
+        )
+    return _resolve(found[0]), {}
+
+
+def _is_env(name: str) -> bool:
+    try:
+        fn = _resolve(name)
+    except ValueError:
+        return False
+    return fn is Metaworld or (inspect.isclass(fn) and issubclass(fn, gym.Env) and not issubclass(fn, gym.Wrapper))
+
+
+class Evaluator:
+    """A run's policy (from its config.gin and weights) and its env factory, ready to roll out."""
+
+    def __init__(
+        self,
+        run_dir: str,
+        bindings: list[str] = (),
+        env: str | None = None,
+        max_seq_len: int | None = None,
+        device: str | torch.device | None = None,
+    ):
+        self.run_dir = run_dir
+        self.folder = RunDir(run_dir)
+        if not os.path.isfile(self.folder.config):
+            raise FileNotFoundError(
+                f"{self.folder.config} not found; run_dir must be a run folder (runs/learning/NAME)"
+            )
+        apply_gin([self.folder.config], list(bindings))
+        with open(self.folder.config) as f:
+            config_text = f.read()
+        if env is not None:
+            self.make_env, self.env_kwargs = ENVS.get(env) or _resolve(env), {}
+        else:
+            self.make_env, self.env_kwargs = _env_from_config(config_text)
+        self.env_kwargs.pop("split", None)
+        recorded = read_arguments(config_text)
+        settings = {**DEFAULTS}
+        for k, text in recorded.items():
+            if k in DEFAULTS or k == "max_seq_len":
+                settings[k] = _resolve(text[1:]) if text.startswith("@") else ast.literal_eval(text)
+        settings.update(gin.get_bindings("Experiment"))
+        if max_seq_len is not None:
+            settings["max_seq_len"] = max_seq_len
+        if "max_seq_len" not in settings:
+            raise ValueError(
+                f"{self.folder.config} does not record Experiment.max_seq_len (a run made before runs recorded "
+                "their Python arguments): pass --max_seq_len"
+            )
+        self.settings = settings
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.policy: Agent | None = None
+        self.weights = ""
+
+    def env_factory(self, split: str, **kwargs: Any) -> Callable[[], gym.Env]:
+        return functools.partial(self.make_env, **{**self.env_kwargs, "split": split, **kwargs})
+
+    def num_tasks(self, split: str) -> int:
+        """Tasks of the split (envs with a task list, such as Meta-World's)."""
+        with contextlib.closing(self.env_factory(split)()) as env:
+            return env.unwrapped.num_tasks
+
+    def build_policy(self, rollout: Rollout) -> Agent:
+        s = self.settings
+        policy = s["agent_type"](
+            obs_space=rollout.obs_space,
+            rl2_space=rollout.rl2_space,
+            action_space=rollout.action_space,
+            max_seq_len=s["max_seq_len"],
+            tstep_encoder_type=s["tstep_encoder_type"],
+            traj_encoder_type=s["traj_encoder_type"],
+        )
+        return policy.to(self.device)
+
+    def load(self, policy: Agent, epoch: int | None = None, average: tuple[int, int] | None = None) -> None:
+        """The weights of ``epoch``, the mean of the weights saved at epochs ``average``, or the latest policy."""
+        if average is not None:
+            source, weights = average_weights(saved_weights(self.folder, *average))
+            load_weights(policy, weights, source)
+            self.weights = f" (weights of epochs {average[0]}-{average[1]} averaged)"
+            return
+        path = self.folder.latest_policy if epoch is None else self.folder.policy_weights(epoch)
+        file, _, weights = read_checkpoint(path)
+        load_weights(policy, weights, file)
+        self.weights = "" if epoch is None else f" (epoch {epoch})"
+
+    def evaluate(
+        self,
+        split: str = "test",
+        episodes: int = 64,
+        each_goal: bool = False,
+        sample: bool = True,
+        epoch: int | None = None,
+        average: tuple[int, int] | None = None,
+        save_trajs_to: str | None = None,
+        render_to: str | None = None,
+        on_policy: Callable[[Agent], None] | None = None,
+    ) -> dict[str, float]:
+        """Roll out ``episodes`` meta-episodes (``each_goal``: every task of the split once, one actor each)."""
+        extra = {"render_mode": "rgb_array"} if render_to else {}
+        if each_goal:  # one actor per task: a list of factories assigns them
+            episodes = self.num_tasks(split)
+            make: Any = [self.env_factory(split, task_index=i, **extra) for i in range(episodes)]
+        else:
+            make = self.env_factory(split, **extra)
+        actors = episodes if each_goal else self.settings["parallel_actors"]
+        envs = make_vector_env(make, actors, "sync", save_dir=save_trajs_to, record_to=render_to)
+        rollout = Rollout(envs, self.device)
+        try:
+            self.policy = self.build_policy(rollout)
+            self.load(self.policy, epoch, average)
+            if on_policy is not None:
+                on_policy(self.policy)
+            stats = rollout.collect(self.policy, 10**6, sample, self.settings["seed"], "evaluate", episodes)
+        finally:
+            rollout.close()
+        return stats.summary("test")
+
+
+def saved_weights(folder: RunDir, first: int, last: int) -> list[str]:
+    """The run's policy-weights files for epochs first..last, oldest first."""
+    directory = os.path.dirname(folder.policy_weights(0))
+    saved = sorted(
+        int(m.group(1))
+        for n in (os.listdir(directory) if os.path.isdir(directory) else [])
+        if (m := re.fullmatch(r"policy_epoch_(\d+)\.pt", n))
+    )
+    chosen = [e for e in saved if first <= e <= last]
+    if not chosen:
+        sys.exit(f"error: no weights saved for epochs {first}-{last} in {directory}; saved epochs: {saved}")
+    return [folder.policy_weights(e) for e in chosen]
+
+
+def epoch_range(text: str) -> tuple[int, int]:
+    """``"300:350"`` -> (300, 350)."""
+    try:
+        first, last = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not FIRST:LAST, e.g. 300:350") from None
+    if first > last:
+        raise argparse.ArgumentTypeError(f"{text!r}: FIRST is after LAST")
+    return first, last
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m amago_like.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("run_dir")
+    p.add_argument("--env", choices=sorted(ENVS), default=None, help="the env (default: the one in config.gin)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--benchmark", default=None, help="Meta-World benchmark (default: the one in config.gin)")
+    p.add_argument("--episodes", type=int, default=64, help="meta-episodes to average over")
+    p.add_argument(
+        "--each_goal", action="store_true", help="one meta-episode on every task of the split, one actor each"
+    )
+    p.add_argument("--actions", choices=("sample", "mode"), default="sample", help="sample, or act with the mode")
+    p.add_argument("--gin", action="append", default=[], help="binding applied over config.gin (repeatable)")
+    p.add_argument("--max_seq_len", type=int, default=None, help="for runs whose config.gin does not record it")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--epoch", type=int, default=None, help="evaluate this epoch's saved weights (default: latest)")
+    which.add_argument(
+        "--average", metavar="FIRST:LAST", type=epoch_range, default=None, help="mean of the weights of these epochs"
+    )
+    p.add_argument("--render_to", default=None, help="write the first actor's meta-episodes here as GIFs")
+    p.add_argument("--save_trajs_to", default=None, help="write every evaluated meta-episode here as a dataset")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Evaluate, print the summary, and return the evaluation's metrics (``test/...``)."""
+    p = parser()
+    args = p.parse_args(argv)
+    try:
+        ev = Evaluator(args.run_dir, args.gin, args.env, args.max_seq_len)
+    except (FileNotFoundError, GinBindingError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    metaworld = ev.make_env in (Metaworld, KEpisodeMetaworld)
+    if metaworld and args.benchmark is not None:
+        gin.bind_parameter("Metaworld.benchmark_name", args.benchmark)
+    elif (
+        metaworld
+        and not is_bound("Metaworld.benchmark_name")
+        and not {"benchmark", "benchmark_name"} & set(ev.env_kwargs)
+    ):
+        p.error(f"{args.run_dir}/config.gin does not name its Meta-World benchmark: pass --benchmark")
+    if args.each_goal and not metaworld:
+        p.error("--each_goal is for Meta-World runs (envs with a task list)")
+    gaussians: list[TanhGaussian] = []  # the policy's distribution at every rollout step
+    watch = lambda policy: policy.actor.register_forward_hook(  # noqa: E731
+        lambda _m, _i, dist: gaussians.append(dist) if isinstance(dist, TanhGaussian) else None
+    )
+    metrics = ev.evaluate(
+        args.split, args.episodes, args.each_goal, args.actions == "sample", args.epoch, args.average,
+        args.save_trajs_to, args.render_to, watch,
+    )  # fmt: skip
+    episodes = metrics["test/episodes"] if args.each_goal else args.episodes
+    print(
+        f"{args.run_dir}{ev.weights} on the {args.split} split, {int(episodes)} meta-episodes"
+        f"{' (each task once)' if args.each_goal else ''}, {args.actions} actions: return {metrics['test/return']:.2f}"
+    )
+    if gaussians:  # a wide pre-tanh std makes sampled actions mostly +-1 noise
+        mean = torch.cat([d.mean.reshape(-1, d.mean.shape[-1]) for d in gaussians]).abs().mean(0)
+        std = torch.cat([d.std.reshape(-1, d.std.shape[-1]) for d in gaussians]).mean(0)
+        print(
+            f"  policy pre-tanh |mean| per action dim {mean.cpu().numpy().round(2)}, std {std.cpu().numpy().round(2)}"
+        )
+    if metaworld:
+        _print_metaworld(metrics)
+    else:
+        _print_toy(ev.env_factory(args.split)(), metrics)
+    return metrics
+
+
+def _print_metaworld(metrics: dict[str, float]) -> None:
+    trials = sorted((k for k in metrics if re.fullmatch(r"test/Trial \d+ Success", k)), key=lambda k: int(k.split()[1]))
+    print(f"  success (any attempt) {metrics['test/Success']:.3f}")
+    print("  per attempt: " + ", ".join(f"{k.split()[1]} {metrics[k]:.3f}" for k in trials))
+    staying = [f"{k} Fraction" for k in trials]
+    if all(k in metrics for k in staying):  # the share of each attempt's steps that were successful
+        print("  steps successful per attempt: " + ", ".join(f"{metrics[k]:.3f}" for k in staying))
+    closest = [f"test/Trial {k.split()[1]} Min Distance" for k in trials]
+    if all(k in metrics for k in closest):  # mean over meta-episodes of each attempt's closest approach
+        print("  min distance to target (m) per attempt: " + ", ".join(f"{metrics[k]:.3f}" for k in closest))
+    tasks = sorted(k.split("/")[1] for k in metrics if re.fullmatch(r"test/[^/]+/Success", k))
+    if len(tasks) > 1:
+        print("  success by task: " + ", ".join(f"{t} {metrics[f'test/{t}/Success']:.2f}" for t in tasks))
+
+
+def _print_toy(env: gym.Env, metrics: dict[str, float]) -> None:
+    per_episode = sorted((k for k in metrics if k.startswith("test/Episode ")), key=lambda k: int(k.split()[1]))
+    if isinstance(env, (MetaBandit, DarkRoom)):
+        refs = f"random {env.random_return():.2f}, best {env.best_return():.2f}"
+        if isinstance(env, DarkRoom):
+            refs += f", best searching the whole grid {env.best_return('grid'):.2f}"
+        print(f"  ({refs})")
+    print("  per episode: " + ", ".join(f"{k.split()[1]} {metrics[k]:.2f}" for k in per_episode))
+
+
+if __name__ == "__main__":
+    main()

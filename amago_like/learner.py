@@ -1,0 +1,202 @@
+"""The learner: accelerate preparation, optimizer and LR warm-up, compile, the train step with its non-finite
+guard, and the syncs between DDP processes. It knows the agent only as a module with ``soft_sync_targets``
+and ``param_groups``; the objective itself is the agent's (agents.py)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast, broadcast_object_list, gather_object
+from torch import nn
+
+from amago_like.io import DiskFullError
+
+
+class DivergenceError(RuntimeError):
+    """Training produced non-finite losses or gradients too many updates in a row."""
+
+
+def adamw(policy: nn.Module, learning_rate: float, l2_coeff: float, device: torch.device) -> torch.optim.Optimizer:
+    """The default optimizer: AdamW over the agent's parameter groups. On a GPU its fused kernel updates every
+    parameter at once instead of launching kernels per tensor."""
+    return torch.optim.AdamW(policy.param_groups(learning_rate), weight_decay=l2_coeff, fused=device.type == "cuda")
+
+
+class Learner:
+    """Owns the prepared agent, optimizer and LR schedule and the update counters.
+
+    ``optimizer`` must already hold the agent's parameters (build it after moving the agent to its device:
+    a fused optimizer needs them there)."""
+
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        agent: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        learning_rate: float,
+        l2_coeff: float,
+        lr_warmup_steps: int,
+        grad_clip: float,
+        torch_compile: bool = False,
+        max_bad_updates_in_a_row: int = 20,
+        verbose: bool = True,
+    ):
+        self.accelerator = accelerator
+        self.learning_rate, self.l2_coeff, self.grad_clip = learning_rate, l2_coeff, grad_clip
+        self.max_bad_updates_in_a_row, self.verbose = max_bad_updates_in_a_row, verbose
+        warmup = max(lr_warmup_steps, 1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min((step + 1) / warmup, 1.0))
+        self.agent, self.optimizer, self.scheduler = accelerator.prepare(agent, optimizer, scheduler)
+        # torch.compile fuses the loss's hundreds of small kernels; without it a GPU update is launch-bound
+        self.train_forward = torch.compile(self.agent) if torch_compile else self.agent
+        self.grad_updates = 0
+        self.bad_updates = 0  # skipped for non-finite loss or gradients, over the whole run
+        self._bad_in_a_row = 0
+
+    @property
+    def policy(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.agent)
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    # ------------------------------------------------------------------ the update
+    def train_step(self, batch: Any, compute_loss: Callable[[Any], tuple[torch.Tensor, dict]]) -> dict[str, float]:
+        """One batch: ``compute_loss(batch)``, backward and (every ``batches_per_update`` batches) an optimizer
+        step. An update whose loss or gradient norm is not finite is skipped and counted (``bad_updates``);
+        ``max_bad_updates_in_a_row`` of them raise DivergenceError."""
+        acc = self.accelerator
+        with acc.accumulate(self.agent):
+            loss, metrics = compute_loss(batch)
+            acc.backward(loss)
+            if acc.sync_gradients:
+                metrics["grad_norm"] = acc.clip_grad_norm_(self.agent.parameters(), self.grad_clip)
+            metrics = read_scalars({**metrics, "loss": loss})  # the step's one wait for the device
+            finite = np.isfinite(metrics.pop("loss")) and np.isfinite(metrics.get("grad_norm", 0.0))
+            if not finite:
+                self._skip_update()
+            else:
+                self.optimizer.step()
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        if acc.sync_gradients and finite:
+            self.policy.soft_sync_targets()
+            self.grad_updates += 1
+            self._bad_in_a_row = 0
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics["bad_updates"] = self.bad_updates
+        return {k: v for k, v in metrics.items() if np.isfinite(v)}
+
+    def _skip_update(self) -> None:
+        self.bad_updates += 1
+        self._bad_in_a_row += 1
+        if self._bad_in_a_row >= self.max_bad_updates_in_a_row:
+            raise DivergenceError(
+                f"{self._bad_in_a_row} updates in a row had a non-finite loss or gradient; "
+                "stopping before writing a broken checkpoint. Lower learning_rate, check rewards for huge values, "
+                "or resume from the last checkpoint."
+            )
+
+    # ------------------------------------------------------------------ checkpointed state
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self._apply_configured_rates()
+
+    def _apply_configured_rates(self) -> None:
+        """The optimizer state just loaded carries the learning rates and weight decay of the run that saved
+        it; a resume that binds other ones (e.g. a lower ``learning_rate``) gets them from here on."""
+        scheduler = getattr(self.scheduler, "scheduler", self.scheduler)  # accelerate wraps it
+        configured = self.policy.param_groups(self.learning_rate)
+        for i, (group, fresh) in enumerate(zip(self.optimizer.param_groups, configured)):
+            old_lr, lr = scheduler.base_lrs[i], fresh["lr"]
+            if old_lr != lr and self.verbose and self.is_main:
+                print(f"learning rate of parameter group {i}: {old_lr:g} in the checkpoint, {lr:g} from now on")
+            scaled = group["lr"] / old_lr if old_lr else 1.0  # where the warm-up schedule stands
+            scheduler.base_lrs[i] = group["initial_lr"] = lr
+            group["lr"] = lr * scaled
+            group["weight_decay"] = fresh.get("weight_decay", self.l2_coeff)
+
+    # ------------------------------------------------------------------ DDP syncs
+    def sync_buffers(self) -> None:
+        """Copy rank 0's buffers to every process, so that rollouts and checkpoints agree across ranks.
+
+        The running statistics already merge every rank's batches (they all-reduce); this guards
+        against any buffer that a rank updated alone."""
+        if self.accelerator.num_processes > 1:
+            for buf in self.policy.buffers():
+                buf.copy_(broadcast(buf.clone(), from_process=0))
+
+    def gather(self, items: list) -> list:
+        """Every process's items (each process runs its own actors)."""
+        return gather_object(items) if self.accelerator.num_processes > 1 else items
+
+    def mean_across_processes(self, metrics: dict[str, float]) -> dict[str, float]:
+        if self.accelerator.num_processes == 1 or not metrics:
+            return metrics
+        keys = sorted(metrics)
+        values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.accelerator.device)
+        return dict(zip(keys, self.accelerator.reduce(values, reduction="mean").tolist()))
+
+
+def on_main_process(accelerator: Accelerator, write: Callable[[], Any], what: str) -> Any:
+    """Collective: the main process runs ``write()``; if it fails, every rank raises (DiskFullError for a full
+    disk, else RuntimeError on the other ranks) instead of waiting for it. Returns what ``write`` returned."""
+    accelerator.wait_for_everyone()
+    error, result = None, None
+    if accelerator.is_main_process:
+        try:
+            result = write()
+        except Exception as e:
+            error = e
+    # the other ranks learn whether the main process wrote it, so none waits on a rank that failed
+    failure = None if error is None else (type(error).__name__, str(error), getattr(error, "errno", None))
+    failure = broadcast_object_list([failure])[0]
+    if error is not None:
+        raise error
+    if failure is not None:
+        name, message, code = failure
+        err = (DiskFullError if name == DiskFullError.__name__ else RuntimeError)(
+            f"the main process could not write {what}: {message}"
+        )
+        err.errno = code
+        raise err
+    accelerator.wait_for_everyone()
+    return result
+
+
+def read_scalars(metrics: dict[str, torch.Tensor | float]) -> dict[str, float]:
+    """Python floats of 0-dim tensors (and plain numbers), reading the device once rather than per value."""
+    keys = [k for k, v in metrics.items() if torch.is_tensor(v)]
+    out = {k: float(v) for k, v in metrics.items() if not torch.is_tensor(v)}
+    if keys:
+        values = torch.stack([metrics[k].detach().float().reshape(()) for k in keys]).tolist()
+        out.update(zip(keys, values))
+    return out
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Every random generator's state, for a checkpoint."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def restore_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])

@@ -1,0 +1,92 @@
+"""Files written before the architecture redesign (tests/fixtures/old_run, see make_old_run.py) still load:
+its config.gin parses, its training state resumes with its counters, its policy weights load."""
+
+import functools
+import os
+import shutil
+
+import pytest
+import torch
+
+from amago_like import DiskTrajDataset, EpsilonGreedy, Experiment, MetaBandit
+from amago_like.cli import apply_gin
+
+OLD_RUN = os.path.join(os.path.dirname(__file__), "fixtures", "old_run")
+
+
+@pytest.fixture
+def old_run(tmp_path):
+    """A copy of the fixture run folder (tests must not write into the committed one)."""
+    run = tmp_path / "old_run"
+    shutil.copytree(OLD_RUN, run)
+    return run
+
+
+def _experiment(root, **overrides) -> Experiment:
+    apply_gin([os.path.join(root, "old_run", "config.gin")], [])
+    kwargs = dict(
+        run_name="old_run",
+        ckpt_base_dir=str(root),
+        max_seq_len=7,
+        dataset=DiskTrajDataset(str(root), "old_run"),
+        make_train_env=functools.partial(MetaBandit, split="train"),
+        make_val_env=functools.partial(MetaBandit, split="test"),
+        exploration_wrapper_type=EpsilonGreedy,
+        val_timesteps_per_epoch=8,
+        parallel_actors=2,
+        env_mode="sync",
+        epochs=3,
+        train_timesteps_per_epoch=8,
+        train_batches_per_epoch=2,
+        batch_size=4,
+        val_interval=1,
+        ckpt_interval=2,
+        verbose=False,
+        seed=0,
+    )
+    kwargs.update(overrides)
+    return Experiment(**kwargs)
+
+
+def test_old_training_state_resumes_with_its_counters(old_run):
+    exp = _experiment(old_run.parent)
+    exp.start()
+    assert exp.load_latest_checkpoint() == 2
+    assert (exp.epoch, exp.total_frames, exp.grad_updates) == (2, 32, 4)
+    saved = torch.load(old_run / "ckpts" / "training_states" / "epoch_2" / "state.pt", weights_only=False)
+    for k, v in exp.policy.state_dict().items():
+        torch.testing.assert_close(v, saved["agent"][k], rtol=0, atol=0)
+    exp.learn()  # one more epoch on top of the old state
+    assert exp.epoch == 3 and exp.grad_updates == 6
+    exp.close()
+
+
+@pytest.mark.parametrize("weights", ["policy_weights/policy_epoch_2.pt", "latest/policy.pt"])
+def test_old_policy_weights_load(old_run, weights):
+    exp = _experiment(old_run.parent)
+    exp.start()
+    exp.load_checkpoint_from_path(str(old_run / "ckpts" / weights), resume_training_state=False)
+    saved = torch.load(old_run / "ckpts" / weights, weights_only=False)
+    for k, v in exp.policy.state_dict().items():
+        torch.testing.assert_close(v, saved[k], rtol=0, atol=0)
+    assert exp.epoch == 0
+    exp.close()
+
+
+def test_evaluate_reads_the_old_runs_env_and_builds_no_optimizer(old_run, monkeypatch, capsys):
+    from amago_like import evaluate
+    from amago_like.envs import vector
+
+    def no_optimizer(*args, **kwargs):
+        raise AssertionError("evaluate built an optimizer")
+
+    monkeypatch.setattr(torch.optim, "AdamW", no_optimizer)
+    built = []
+    make = vector.make_vector_env
+    monkeypatch.setattr(evaluate, "make_vector_env", lambda *a, **k: built.append(a[1]) or make(*a, **k))
+    with pytest.raises(SystemExit, match="does not record Experiment.max_seq_len.*--max_seq_len"):
+        evaluate.main([str(old_run), "--split", "test", "--episodes", "2"])
+    metrics = evaluate.main([str(old_run), "--split", "test", "--episodes", "4", "--max_seq_len", "7", "--epoch", "2"])
+    assert built == [12]  # one vector env: the test envs (Experiment.parallel_actors' default), no training envs
+    assert metrics["test/episodes"] == 4 and "test/bandit-4arms/return" in metrics  # MetaBandit.n_arms from config.gin
+    assert "(random 1.50, best 4.50)" in capsys.readouterr().out
