@@ -194,6 +194,15 @@ def test_refused_bindings_also_fail_when_gin_is_parsed_directly(tmp_path):
         Metaworld("reach-v3")
 
 
+def test_agent_popart_binding_is_refused_under_multitask_agent(tmp_path):
+    from amago_like import MultiTaskAgent
+
+    exp = small(tmp_path, ["Agent.popart = True"], agent_type=MultiTaskAgent, epochs=1)
+    with pytest.raises(GinBindingError, match="`Agent.popart` is fixed by the part that builds Agent here"):
+        exp.start()
+    exp.close()
+
+
 def test_nested_bindings_that_are_allowed_change_the_built_module(tmp_path):
     bindings = ["TformerTrajEncoder.dropout = 0.25", "CriticEnsemble.hidden = (8,)", "Agent.num_critics = 3",
                 "DiskTrajDataset.has_edit_rights = False"]  # fmt: skip
