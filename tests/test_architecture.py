@@ -245,3 +245,19 @@ def test_modules_stay_small_and_imports_point_one_way():
     assert importers <= {"__init__.py", "cli.py"}, importers
     for part in ("rollout.py", "learner.py", "run_dir.py", "agents.py", "evaluate.py"):
         assert "experiment" not in imports[part]
+
+
+def test_a_run_records_its_python_arguments_and_evaluate_uses_them(tmp_path, capsys):
+    from amago_like import evaluate
+
+    four_arms = functools.partial(MetaBandit, n_arms=4, split="train")  # given in Python: gin never sees it
+    exp = small(tmp_path, make_train_env=four_arms, make_val_env=four_arms, epochs=1, val_interval=None)
+    exp.learn()
+    exp.close()
+    config = (tmp_path / "run" / "config.gin").read_text()
+    assert "# Experiment.max_seq_len = 7" in config
+    assert "# Experiment.make_val_env = @MetaBandit(n_arms=4, split='train')" in config
+    gin.clear_config()
+    metrics = evaluate.main([str(tmp_path / "run"), "--split", "test", "--episodes", "2"])  # no --env, --max_seq_len
+    assert "test/bandit-4arms/return" in metrics and metrics["test/episodes"] == 2
+    assert "on the test split, 2 meta-episodes" in capsys.readouterr().out
