@@ -261,3 +261,16 @@ def test_a_run_records_its_python_arguments_and_evaluate_uses_them(tmp_path, cap
     metrics = evaluate.main([str(tmp_path / "run"), "--split", "test", "--episodes", "2"])  # no --env, --max_seq_len
     assert "test/bandit-4arms/return" in metrics and metrics["test/episodes"] == 2
     assert "on the test split, 2 meta-episodes" in capsys.readouterr().out
+
+
+def test_evaluate_uses_what_the_run_used_unless_told_otherwise(tmp_path):
+    from amago_like import evaluate
+
+    exp = small(tmp_path, ["Experiment.parallel_actors = 5"], parallel_actors=2, epochs=1, val_interval=None)
+    exp.learn()  # Python's parallel_actors=2 won over the binding in this run
+    exp.close()
+    gin.clear_config()
+    assert evaluate.Evaluator(str(tmp_path / "run")).settings["parallel_actors"] == 2
+    gin.clear_config()
+    told = evaluate.Evaluator(str(tmp_path / "run"), ["Experiment.parallel_actors = 3"])
+    assert told.settings["parallel_actors"] == 3
