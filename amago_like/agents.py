@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from amago_like.config import refuse_passed
 from amago_like.data.dataset import Batch
 from amago_like.nets.heads import Actor, CriticEnsemble
 from amago_like.nets.traj_encoders import TformerTrajEncoder, TrajEncoder
@@ -402,6 +403,7 @@ class MultiTaskAgent(Agent):
             raise ValueError(f"value_target must be one of {VALUE_TARGETS}, got {value_target!r}")
         if agent_kwargs.pop("popart", False):
             raise ValueError("MultiTaskAgent's classification critic does not use PopArt; set popart=False")
+        refuse_passed("Agent", {"popart": None})  # passed as False below: an Agent.popart binding would do nothing
         super().__init__(
             obs_space=obs_space,
             rl2_space=rl2_space,

@@ -131,7 +131,12 @@ class Evaluator:
             raise FileNotFoundError(
                 f"{self.folder.config} not found; run_dir must be a run folder (runs/learning/NAME)"
             )
-        apply_gin([self.folder.config], list(bindings))
+        apply_gin([self.folder.config], [])
+        from_config = gin.get_bindings("Experiment")
+        apply_gin([], list(bindings))
+        # Experiment arguments this evaluation binds itself (--gin) win over what the run used
+        own = {k: v for k, v in gin.get_bindings("Experiment").items() if any(
+            re.match(rf"\s*Experiment\.{k}\s*=", b) for b in bindings)}  # fmt: skip
         with open(self.folder.config) as f:
             config_text = f.read()
         if env is not None:
@@ -139,12 +144,12 @@ class Evaluator:
         else:
             self.make_env, self.env_kwargs = _env_from_config(config_text)
         self.env_kwargs.pop("split", None)
-        recorded = read_arguments(config_text)
-        settings = {**DEFAULTS}
-        for k, text in recorded.items():
+        # what the run used: its recorded arguments (Python's win over gin's), else its gin bindings, else defaults
+        settings = {**DEFAULTS, **from_config}
+        for k, text in read_arguments(config_text).items():
             if k in DEFAULTS or k == "max_seq_len":
                 settings[k] = _resolve(text[1:]) if text.startswith("@") else ast.literal_eval(text)
-        settings.update(gin.get_bindings("Experiment"))
+        settings.update(own)
         if max_seq_len is not None:
             settings["max_seq_len"] = max_seq_len
         if "max_seq_len" not in settings:

@@ -194,6 +194,15 @@ def test_refused_bindings_also_fail_when_gin_is_parsed_directly(tmp_path):
         Metaworld("reach-v3")
 
 
+def test_agent_popart_binding_is_refused_under_multitask_agent(tmp_path):
+    from amago_like import MultiTaskAgent
+
+    exp = small(tmp_path, ["Agent.popart = True"], agent_type=MultiTaskAgent, epochs=1)
+    with pytest.raises(GinBindingError, match="`Agent.popart` is fixed by the part that builds Agent here"):
+        exp.start()
+    exp.close()
+
+
 def test_nested_bindings_that_are_allowed_change_the_built_module(tmp_path):
     bindings = ["TformerTrajEncoder.dropout = 0.25", "CriticEnsemble.hidden = (8,)", "Agent.num_critics = 3",
                 "DiskTrajDataset.has_edit_rights = False"]  # fmt: skip
@@ -236,3 +245,32 @@ def test_modules_stay_small_and_imports_point_one_way():
     assert importers <= {"__init__.py", "cli.py"}, importers
     for part in ("rollout.py", "learner.py", "run_dir.py", "agents.py", "evaluate.py"):
         assert "experiment" not in imports[part]
+
+
+def test_a_run_records_its_python_arguments_and_evaluate_uses_them(tmp_path, capsys):
+    from amago_like import evaluate
+
+    four_arms = functools.partial(MetaBandit, n_arms=4, split="train")  # given in Python: gin never sees it
+    exp = small(tmp_path, make_train_env=four_arms, make_val_env=four_arms, epochs=1, val_interval=None)
+    exp.learn()
+    exp.close()
+    config = (tmp_path / "run" / "config.gin").read_text()
+    assert "# Experiment.max_seq_len = 7" in config
+    assert "# Experiment.make_val_env = @MetaBandit(n_arms=4, split='train')" in config
+    gin.clear_config()
+    metrics = evaluate.main([str(tmp_path / "run"), "--split", "test", "--episodes", "2"])  # no --env, --max_seq_len
+    assert "test/bandit-4arms/return" in metrics and metrics["test/episodes"] == 2
+    assert "on the test split, 2 meta-episodes" in capsys.readouterr().out
+
+
+def test_evaluate_uses_what_the_run_used_unless_told_otherwise(tmp_path):
+    from amago_like import evaluate
+
+    exp = small(tmp_path, ["Experiment.parallel_actors = 5"], parallel_actors=2, epochs=1, val_interval=None)
+    exp.learn()  # Python's parallel_actors=2 won over the binding in this run
+    exp.close()
+    gin.clear_config()
+    assert evaluate.Evaluator(str(tmp_path / "run")).settings["parallel_actors"] == 2
+    gin.clear_config()
+    told = evaluate.Evaluator(str(tmp_path / "run"), ["Experiment.parallel_actors = 3"])
+    assert told.settings["parallel_actors"] == 3

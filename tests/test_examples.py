@@ -54,18 +54,18 @@ def test_metaworld_example_writes_checkpoint_metrics_and_per_task_success(exampl
 
 
 def test_evaluate_reads_the_env_and_benchmark_from_the_run(example, tmp_path, capsys, monkeypatch):
-    from amago_like import evaluate as eval_split
+    from amago_like import evaluate
 
     example.main(["--benchmark", "push-v3", "--buffer_dir", str(tmp_path), "--run_name", "mw", *SHORT])
     capsys.readouterr()
-    metrics = eval_split.main([str(tmp_path / "mw"), "--split", "test", "--episodes", "1"])
+    metrics = evaluate.main([str(tmp_path / "mw"), "--split", "test", "--episodes", "1"])
     assert "test/push-v3/Success" in metrics  # the run's env and task, though neither --env nor --benchmark was given
     out = capsys.readouterr().out
     assert "on the test split, 1 meta-episodes" in out and "per attempt: 1 " in out
-    eval_split.main([str(tmp_path / "mw"), "--env", "metaworld", "--split", "test", "--episodes", "1", "--epoch", "1"])
+    evaluate.main([str(tmp_path / "mw"), "--env", "metaworld", "--split", "test", "--episodes", "1", "--epoch", "1"])
     assert "mw (epoch 1) on the test split" in capsys.readouterr().out
     saved = tmp_path / "demos"
-    eval_split.main(
+    evaluate.main(
         [
             str(tmp_path / "mw"),
             "--env",
@@ -85,32 +85,32 @@ def test_evaluate_reads_the_env_and_benchmark_from_the_run(example, tmp_path, ca
     monkeypatch.setattr(
         KEpisodeMetaworld, "reset", lambda env, **kw: (played.append(env.task_index), reset(env, **kw))[1]
     )
-    eval_split.main(
+    evaluate.main(
         [str(tmp_path / "mw"), "--env", "metaworld", "--split", "test", "--each_goal", "--save_trajs_to", str(demos)]
     )
     assert "50 meta-episodes (each task once)" in capsys.readouterr().out
     assert {i for i in played if i is not None} == set(range(50))  # 50 actors, each pinned to its own task
     assert len(list(demos.rglob("*.npz"))) == 50
     with pytest.raises(SystemExit):  # argparse: the toy envs have no task list to cover
-        eval_split.main([str(tmp_path / "mw"), "--env", "dark_room", "--each_goal"])
+        evaluate.main([str(tmp_path / "mw"), "--env", "dark_room", "--each_goal"])
     assert "--each_goal is for Meta-World runs" in capsys.readouterr().err
     with pytest.raises(SystemExit, match=r"no weights saved for epochs 5-9 in .*saved epochs: \[1\]"):
-        eval_split.main([str(tmp_path / "mw"), "--env", "metaworld", "--episodes", "1", "--average", "5:9"])
+        evaluate.main([str(tmp_path / "mw"), "--env", "metaworld", "--episodes", "1", "--average", "5:9"])
     with pytest.raises(SystemExit):  # argparse: FIRST is after LAST
-        eval_split.main([str(tmp_path / "mw"), "--env", "metaworld", "--average", "4:0"])
+        evaluate.main([str(tmp_path / "mw"), "--env", "metaworld", "--average", "4:0"])
     assert "FIRST is after LAST" in capsys.readouterr().err
-    metrics = eval_split.main(
+    metrics = evaluate.main(
         [str(tmp_path / "mw"), "--env", "metaworld", "--episodes", "1", "--gin", "Metaworld.k_episodes = 2"]
     )
     assert "test/Trial 2 Success" in metrics and "test/Trial 3 Success" not in metrics  # the binding won
     with pytest.raises(CheckpointError, match="no checkpoint at .*policy_epoch_7.pt"):
-        eval_split.main([str(tmp_path / "mw"), "--env", "metaworld", "--episodes", "1", "--epoch", "7"])
+        evaluate.main([str(tmp_path / "mw"), "--env", "metaworld", "--episodes", "1", "--epoch", "7"])
     with pytest.raises(
         SystemExit, match=r"(?s)bad gin binding 'Metaworld.k_episode = 2'.*did you mean Metaworld.k_episodes\?"
     ):
-        eval_split.main([str(tmp_path / "mw"), "--env", "metaworld", "--gin", "Metaworld.k_episode = 2"])
+        evaluate.main([str(tmp_path / "mw"), "--env", "metaworld", "--gin", "Metaworld.k_episode = 2"])
     with pytest.raises(SystemExit, match=r"nowhere/config.gin not found; run_dir must be a run folder"):
-        eval_split.main([str(tmp_path / "nowhere"), "--env", "metaworld"])
+        evaluate.main([str(tmp_path / "nowhere"), "--env", "metaworld"])
 
 
 def test_unknown_benchmark_fails_before_any_work(example, tmp_path, capsys):

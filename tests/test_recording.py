@@ -95,8 +95,10 @@ def test_evaluate_test_records_the_first_actor(tmp_path):
     try:
         videos = tmp_path / "videos"
         metrics = exp.evaluate_test(functools.partial(make, render_mode="rgb_array"), 16, render_to=str(videos))
+        exp.evaluate_test(functools.partial(make, render_mode="rgb_array"), 8, True)  # the reference's render=True
     finally:
         exp.close()
+    assert sorted(os.listdir(tmp_path / "run" / "videos")) == ["episode_0000.gif"]  # into the run folder
     assert metrics["test/episodes"] == 6  # 3 actors x 2 meta-episodes of 8 steps
     assert sorted(os.listdir(videos)) == ["episode_0000.gif", "episode_0001.gif"]  # the first actor's only
     _, duration = gif_frames(videos / "episode_0000.gif")
