@@ -21,19 +21,18 @@ import gymnasium as gym
 import numpy as np
 import torch
 from accelerate import Accelerator
-from tqdm import tqdm
 
 from amago_like.agents import Agent
 from amago_like.callbacks import Callback
 from amago_like.checks import check_writable_dir
 from amago_like.config import check_arguments, check_bindings, describe_arguments
-from amago_like.data.dataset import PADDED_SAMPLING, Batch, RLDataset, make_dataloader
+from amago_like.data.dataset import PADDED_SAMPLING, Batch, RLDataset, make_dataloader, require_data
 from amago_like.data.trajectory import FORMATS
 from amago_like.envs.exploration import ExplorationWrapper
 from amago_like.envs.vector import ENV_MODES, close_envs, make_vector_env
 from amago_like.envs.wrapper import EpisodeStats
 from amago_like.learner import DivergenceError, Learner, adamw, on_main_process, restore_rng_state, rng_state
-from amago_like.logging import RunLogger, plot_metrics
+from amago_like.logging import RunLogger, init_wandb, plot_metrics, plot_metrics_in_background, progress
 from amago_like.nets.traj_encoders import TformerTrajEncoder, TrajEncoder
 from amago_like.nets.tstep_encoders import FFTstepEncoder, TstepEncoder
 from amago_like.rollout import Rollout, RolloutStats, summarize_episodes, with_exploration
@@ -250,9 +249,7 @@ class Experiment:
         if self.is_main:
             self.run_folder.write_config((gin.operative_config_str() or gin.config_str()) + self._recorded_arguments)
             if self.log_to_wandb:
-                import wandb
-
-                wandb_run = wandb.init(
+                wandb_run = init_wandb(
                     project=self.wandb_project,
                     entity=self.wandb_entity,
                     group=self.wandb_group_name,
@@ -417,13 +414,19 @@ class Experiment:
             raise DivergenceError(f"{e} (epoch {self.epoch})") from None
 
     def learn_epoch(self) -> dict[str, float]:
+        if self.role == "both" and self.epoch < self.start_collecting_at_epoch:  # offline: nothing will arrive
+            require_data(
+                self.dataset,
+                f"epoch {self.epoch} trains before any collection (start_collecting_at_epoch = "
+                f"{self.start_collecting_at_epoch})",
+            )
         if not self._wait_for_data():
             return {}
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
         bars = None if (self.verbose and self.is_main) else True
         for i, batch in enumerate(
-            tqdm(self.init_dloaders(), desc=f"epoch {self.epoch} train", disable=bars, leave=False)
+            progress(self.init_dloaders(), desc=f"epoch {self.epoch} train", disable=bars, unit="batches")
         ):
             step_metrics = self.train_step(batch.to(self.DEVICE))
             for k, v in step_metrics.items():
@@ -493,12 +496,15 @@ class Experiment:
         if self.epoch >= self.start_learning_at_epoch:
             metrics.update(self.learn_epoch())
         self.epoch += 1
-        if self.ckpt_interval and self.epoch % self.ckpt_interval == 0:
+        checkpoint = bool(self.ckpt_interval) and self.epoch % self.ckpt_interval == 0
+        if checkpoint:
             self.save_checkpoint()
         if self.always_save_latest:
             self.write_latest_policy()
         metrics["epoch_seconds"] = time.time() - t0
         self.log(metrics)
+        if checkpoint and self.is_main:  # a long run has plots long before it ends
+            plot_metrics_in_background(self.run_dir)
         if self.verbose and self.is_main:
             print(self._epoch_line(metrics))
         return metrics

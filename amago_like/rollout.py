@@ -17,11 +17,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from amago_like.envs.exploration import ExplorationWrapper
 from amago_like.envs.vector import as_amago_env, close_envs, finished_episodes
 from amago_like.envs.wrapper import RL2_KEY, TIME_KEY, EpisodeStats, split_timestep
+from amago_like.logging import progress
 
 EnvFactory = Callable[[], gym.Env]
 
@@ -135,7 +135,7 @@ class Rollout:
         else:
             obs, hidden = self.state
         episodes: list[EpisodeStats] = []
-        for _ in tqdm(range(timesteps), desc=desc, disable=self.no_bars, leave=False):
+        for _ in progress(range(timesteps), desc=desc, disable=self.no_bars, unit="env steps"):
             with self.caster():
                 actions, hidden = policy.get_actions(*self._obs_to_torch(obs), hidden, sample=sample)
             obs, _, terminated, truncated, infos = self.envs.step(actions.cpu().numpy())
