@@ -42,6 +42,7 @@ SET_BY: dict[str, str | None] = {
     "Actor.action_dim": None,
     "Actor.discrete": None,
     "Actor.multi_binary": None,
+    "Actor.num_gammas": "Agent.multigamma_actor",
     "PopArt.num_gammas": "Agent.gammas",
     "RunningNorm.dim": None,
     "SigmaReparamLinear.d_in": None,

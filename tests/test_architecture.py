@@ -172,6 +172,7 @@ def test_kepisode_metaworld_takes_a_benchmark_object_or_a_name():
         ("FixedPosEmb.max_time_idx = 10", "`FixedPosEmb.max_time_idx` is set by `TformerTrajEncoder.max_time_idx`"),
         ("ValueBins.limit = 5.0", "`ValueBins.limit` is set by `MultiTaskAgent.bin_limit`"),
         ("CriticEnsemble.num_critics = 4", "`CriticEnsemble.num_critics` is set by `Agent.num_critics`; bind that"),
+        ("Actor.num_gammas = 3", "`Actor.num_gammas` is set by `Agent.multigamma_actor`; bind that"),
         ("Agent.tstep_encoder_type = @CNNTstepEncoder", "`Agent.tstep_encoder_type` is set by `Experiment.tstep_encoder_type`"),
         ("ExplorationWrapper.randomize_eps = False", "is set by `EpsilonGreedy.randomize_eps`"),
         ("Actor.state_dim = 3", "`Actor.state_dim` is passed by the part that builds Actor"),

@@ -525,6 +525,17 @@ def test_no_edit_rights_deletes_nothing(tmp_path):
     assert all(os.path.exists(p) for p in paths)
 
 
+def test_deleting_the_buffer_keeps_the_rest_of_the_run_folder(tmp_path):
+    ds = make_dataset(tmp_path)
+    save_trajectory(make_traj(0, T=2), ds.fifo_dir, "env", "npz")
+    run_folder = os.path.dirname(ds.buffer_dir)
+    with open(os.path.join(run_folder, "metrics.jsonl"), "w") as f:
+        f.write("{}\n")
+    ds.delete_from_disk()
+    assert not os.path.exists(ds.buffer_dir)
+    assert os.path.exists(os.path.join(run_folder, "metrics.jsonl"))
+
+
 def test_dataset_rejects_bad_sizes(tmp_path):
     for kw in ({"dset_max_size": 0}, {"dset_min_size": -1}):
         with pytest.raises(ValueError):

@@ -333,7 +333,8 @@ class DiskTrajDataset(RLDataset):
     def delete_from_disk(self) -> None:
         if not self.has_edit_rights:
             raise PermissionError(f"this process has no edit rights on {self.buffer_dir}")
-        shutil.rmtree(os.path.join(self.dset_root, self.dset_name), ignore_errors=True)
+        # the buffer only: by default it lives inside the run folder, whose checkpoints and metrics stay
+        shutil.rmtree(self.buffer_dir, ignore_errors=True)
         self._files = []
         self._cache.retain(set())
         self._layouts = {}
