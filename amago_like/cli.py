@@ -310,7 +310,10 @@ def run(experiment: Experiment, resume: bool = False) -> dict[str, float]:
         experiment.start()
         if resume:
             epoch = experiment.load_latest_checkpoint()
-            print(f"resuming from epoch {epoch}" if epoch is not None else "no checkpoint to resume: starting fresh")
+            if experiment.is_main:
+                print(
+                    f"resuming from epoch {epoch}" if epoch is not None else "no checkpoint to resume: starting fresh"
+                )
         try:
             return experiment.learn()
         except DiskFullError as e:

@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             make_val_env=functools.partial(Metaworld, split="test"),
         )
         metrics = run(experiment, resume=args.resume)
+    if not experiment.is_main:  # under DDP every process has the same results: one prints them
+        return metrics
     run_dir = experiment.run_dir
     print(f"\nresults in {run_dir}:")
     print(f"  metrics  {os.path.join(run_dir, 'metrics.jsonl')}  (plots in {os.path.join(run_dir, 'plots')})")

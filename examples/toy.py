@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             make_val_env=functools.partial(env_type, split="test"),  # held-out tasks where the env has them
         )
         metrics = run(experiment, resume=args.resume)
+    if not experiment.is_main:  # under DDP every process has the same results: one prints them
+        return metrics
     env = env_type(split="test")
     # held-out dark-room goals lie in cells never rewarded in training: the reference searches every cell
     best = env.best_return("grid") if isinstance(env, DarkRoom) else env.best_return()

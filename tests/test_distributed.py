@@ -27,6 +27,18 @@ def ddp_run(tmp_path_factory):
     return out, [json.load(open(out / f"rank{r}.json")) for r in (0, 1)]
 
 
+def test_the_toy_example_prints_its_results_once_under_ddp(tmp_path):
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", os.path.join(REPO_ROOT, "examples", "toy.py")]
+    cmd += ["--buffer_dir", str(tmp_path), "--epochs", "1", "--gin", "Experiment.train_batches_per_epoch = 5"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("held-out return") == 1, proc.stdout
+    assert proc.stdout.count("results in") == 1, proc.stdout
+
+
 def test_two_ranks_train_in_lockstep_with_identical_weights(ddp_run):
     _, (r0, r1) = ddp_run
     assert r0["num_processes"] == r1["num_processes"] == 2
