@@ -254,8 +254,9 @@ class Agent(nn.Module):
         value = self._expectation(q_ens, probs)[..., gs]  # (B, L-1, P)
         entropy = dist.entropy()
         entropy = entropy if self.multigamma_actor else entropy.unsqueeze(-1)  # (B, L-1, P)
-        with torch.no_grad():
-            advantage = self.actor_values(raw_taken).mean(0)[..., gs] - value  # (B, L-1, P)
+        with torch.no_grad():  # the filter compares like with like: the critics' mean for both terms
+            baseline = value if not self.pessimistic_actor else self._expectation(q_pi.mean(0), probs)[..., gs]
+            advantage = self.actor_values(raw_taken).mean(0)[..., gs] - baseline  # (B, L-1, P)
             bc_filter = (advantage > 0).float()
         if self.discrete:
             bc_actions = batch.actions.argmax(-1)  # (B, L-1)
