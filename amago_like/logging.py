@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, TypeVar
 
+from amago_like.io import atomic_write, atomic_write_text
+
 _T = TypeVar("_T")
 
 PLOT_PREFIXES = ("train/", "val/", "learn/")
@@ -323,16 +325,11 @@ def plot_metrics(run_dir: str, x_key: str | None = None, filename: str = "metric
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="best")
             fig.subplots_adjust(left=0.11, right=0.97, bottom=0.13, top=0.92)  # tight_layout costs a second draw
-        tmp = os.path.join(out_dir, f".{os.path.basename(out)}.{os.getpid()}.tmp")
-        fig.savefig(tmp, dpi=80, format="png")
-        os.replace(tmp, out)
+        atomic_write(out, lambda f, fig=fig: fig.savefig(f, dpi=80, format="png"))
         plotted[os.path.basename(out)] = digest
         redrawn = True
     if redrawn:
-        tmp = f"{state_path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(plotted, f)
-        os.replace(tmp, state_path)
+        atomic_write_text(state_path, json.dumps(plotted))
     return written
 
 
