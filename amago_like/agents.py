@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from amago_like.config import refuse_passed
-from amago_like.data.dataset import Batch
+from amago_like.data.batches import Batch
 from amago_like.nets.heads import Actor, CriticEnsemble
 from amago_like.nets.traj_encoders import TformerTrajEncoder, TrajEncoder
 from amago_like.nets.tstep_encoders import FFTstepEncoder, TstepEncoder

@@ -26,7 +26,8 @@ from amago_like.agents import Agent
 from amago_like.callbacks import Callback
 from amago_like.checks import check_writable_dir
 from amago_like.config import check_arguments, check_bindings, describe_arguments
-from amago_like.data.dataset import PADDED_SAMPLING, Batch, RLDataset, make_dataloader, require_data
+from amago_like.data.batches import Batch, make_dataloader
+from amago_like.data.dataset import PADDED_SAMPLING, RLDataset, require_data
 from amago_like.data.trajectory import FORMATS
 from amago_like.envs.exploration import ExplorationWrapper
 from amago_like.envs.vector import ENV_MODES, close_envs, make_vector_env

@@ -1,18 +1,12 @@
 """Trajectory records, file formats, datasets and padded sequence batches (no networks here)."""
 
+from amago_like.data.batches import Batch, SequenceSampler, collate, collate_windows, make_dataloader
+from amago_like.data.buffer import DiskTrajDataset, TrajectoryCache, TrajFolderDataset
 from amago_like.data.dataset import (
     PADDED_SAMPLING,
-    Batch,
-    DiskTrajDataset,
     EmptyDatasetError,
     MixtureOfDatasets,
     RLDataset,
-    SequenceSampler,
-    TrajectoryCache,
-    TrajFolderDataset,
-    collate,
-    collate_windows,
-    make_dataloader,
     require_data,
     sample_window,
 )
