@@ -1,4 +1,4 @@
-"""Tests for amago_like.envs.builtin.metaworld (Meta-World v3, k attempts per task).
+"""Tests for amago_like.envs.builtin.metaworld and metaworld_benchmarks (Meta-World v3, k attempts per task).
 
 Fast by design: ML1 benchmarks (~1-2 s each) plus at most one ML10 build shared by a
 module-scoped fixture.  The on-disk benchmark cache is pointed at a temporary folder.
@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("metaworld")
 
 from amago_like.checks import ConfigTypeError  # noqa: E402
-from amago_like.envs.builtin import metaworld as mw  # noqa: E402
+from amago_like.envs.builtin import metaworld_benchmarks as benchmarks  # noqa: E402
 from amago_like.envs.builtin.metaworld import (  # noqa: E402
     KEpisodeMetaworld,
     Metaworld,
@@ -397,18 +397,18 @@ def test_same_seed_same_task_sequence_ml10(ml10):
 
 def test_disk_cache_roundtrip(tmp_path, monkeypatch):
     monkeypatch.setenv("AMAGO_LIKE_CACHE", str(tmp_path))
-    monkeypatch.delitem(mw._BENCHMARKS, (ML1, 0), raising=False)
+    monkeypatch.delitem(benchmarks._BENCHMARKS, (ML1, 0), raising=False)
     built = get_benchmark(ML1, seed=0)
     files = list(tmp_path.rglob("*.pkl"))
     assert len(files) == 1 and ML1 in files[0].name
 
     # A "new process": empty memory cache, and building would fail -> must come from disk.
-    monkeypatch.delitem(mw._BENCHMARKS, (ML1, 0))
+    monkeypatch.delitem(benchmarks._BENCHMARKS, (ML1, 0))
 
     def no_build(*args, **kwargs):
         raise AssertionError("benchmark rebuilt although it was cached on disk")
 
-    monkeypatch.setattr(mw, "_build", no_build)
+    monkeypatch.setattr(benchmarks, "_build", no_build)
     loaded = get_benchmark(ML1, seed=0)
     assert loaded is not built
     assert [t.data for t in loaded.train_tasks] == [t.data for t in built.train_tasks]
@@ -418,7 +418,7 @@ def test_disk_cache_roundtrip(tmp_path, monkeypatch):
     # A corrupt file is ignored (with a warning) and rewritten.
     monkeypatch.setenv("AMAGO_LIKE_CACHE", str(tmp_path))
     files[0].write_bytes(b"not a pickle")
-    monkeypatch.delitem(mw._BENCHMARKS, (ML1, 0))
+    monkeypatch.delitem(benchmarks._BENCHMARKS, (ML1, 0))
     with pytest.warns(UserWarning, match="Ignoring"):
         rebuilt = get_benchmark(ML1, seed=0)
     assert [t.data for t in rebuilt.train_tasks] == [t.data for t in built.train_tasks]
@@ -427,9 +427,9 @@ def test_disk_cache_roundtrip(tmp_path, monkeypatch):
 
 def test_disk_cache_can_be_disabled(tmp_path, monkeypatch):
     monkeypatch.setenv("AMAGO_LIKE_CACHE", "off")
-    assert mw._disk_cache_path(ML1, 0) is None
+    assert benchmarks._disk_cache_path(ML1, 0) is None
     monkeypatch.setenv("AMAGO_LIKE_CACHE", str(tmp_path / "c"))
-    assert mw._disk_cache_path(ML1, 0).is_relative_to(tmp_path / "c")
+    assert benchmarks._disk_cache_path(ML1, 0).is_relative_to(tmp_path / "c")
 
 
 def test_gin_configurable():
