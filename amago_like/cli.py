@@ -1,30 +1,22 @@
-"""Command-line flags shared by the examples, turned into gin bindings."""
+"""Command-line flags shared by the examples, turned into gin bindings (parsed by ``config.apply_gin``), and
+``run``: start, resume, learn, close."""
 
 from __future__ import annotations
 
 import argparse
-import difflib
-import functools
-import inspect
 import os
-import re
 import sys
-import tokenize
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import gin
 
-from amago_like.checks import ConfigTypeError, binding_type_error
-from amago_like.config import NOT_CONFIGURABLE, GinBindingError, check_bindings, refusal
+# gin parsing lives in config.py; these names stay importable from here
+from amago_like.config import REPO_ROOT, GinBindingError, GinTypeError, apply_gin, is_bound  # noqa: F401
 from amago_like.io import DiskFullError
 
 if TYPE_CHECKING:
     from amago_like.experiment import Experiment
 
-# the repository root: gin `include 'configs/...'` lines resolve against it from any working directory
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_search_path_added = False
 
 # flag -> gin parameter it binds (only when the flag is given)
 FLAG_BINDINGS = {
@@ -146,10 +138,6 @@ def flag_bindings(args: argparse.Namespace) -> list[str]:
     ]
 
 
-class GinTypeError(GinBindingError, ConfigTypeError):
-    """A gin binding whose value has the wrong type for the parameter it binds."""
-
-
 class UsageExit(SystemExit):
     """Exit status 2 (a usage error, as argparse uses) whose str() is the message; the message is printed
     to stderr before it is raised, since Python prints nothing for an integer exit status."""
@@ -160,114 +148,6 @@ class UsageExit(SystemExit):
 
     def __str__(self) -> str:
         return self.message
-
-
-def apply_gin(configs: list[str], bindings: list[str]) -> None:
-    """Parse gin files then bindings (later ones win). A file or binding that does not parse, names an
-    unknown configurable or parameter, or binds a value of the wrong type (checked against the
-    parameter's annotation) raises GinBindingError at once, in one line naming it and the fix."""
-    from amago_like import register_configurables
-
-    register_configurables()  # every configurable must be known before parsing
-
-    global _search_path_added
-    if not _search_path_added:
-        gin.add_config_file_search_path(REPO_ROOT)
-        _search_path_added = True
-
-    for path in configs:
-        _parse_and_check(functools.partial(gin.parse_config_file, path), f"in gin file {path}", path)
-    for binding in bindings:
-        _parse_and_check(functools.partial(gin.parse_config, binding), f"bad gin binding {binding!r}", binding=binding)
-    check_bindings()  # a binding its configurable's parent would override fails now, not silently
-
-
-def _parse_and_check(parse: Callable[[], Any], source: str, path: str | None = None, binding: str = "") -> None:
-    """``parse()``, then check the type of every binding it added or changed."""
-    before = {key: dict(params) for key, params in gin.config._CONFIG.items()}  # gin has no public view
-    try:
-        parse()
-    except (ValueError, KeyError, OSError, SyntaxError, TypeError, tokenize.TokenError) as e:
-        raise GinBindingError(
-            f"{source}: {_one_line(e, with_location=path is not None)}{_gin_hint(e, binding)}"
-        ) from None
-    for (scope, selector), params in gin.config._CONFIG.items():
-        if selector.startswith("gin."):  # macros and gin's own configurables
-            continue
-        try:
-            configurable = gin.config._REGISTRY.get_match(selector).wrapped
-        except (KeyError, AttributeError):
-            continue
-        for param, value in params.items():
-            old = before.get((scope, selector), {})
-            if param in old and old[param] is value:
-                continue
-            problem = binding_type_error(configurable, param, value)
-            if problem is not None:
-                line = _line_of(path, selector.split(".")[-1], param) if path else ""
-                raise GinTypeError(f"{source}{line}: {problem}")
-
-
-def _one_line(error: BaseException, with_location: bool) -> str:
-    """gin's multi-line parse error ("problem / In file ..., line N / statement") as one line."""
-    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
-    if not lines:
-        return type(error).__name__
-    where = next((ln for ln in lines[1:] if ln.startswith("In ")), None)
-    statement = lines[lines.index(where) + 1] if where and lines.index(where) + 1 < len(lines) else None
-    found = re.search(r"line (\d+)", where or "")
-    at = f" (line {found.group(1)}: {statement})" if found and statement and with_location else ""
-    first = lines[0].rstrip(".")
-    return (first if isinstance(error, ValueError) else f"{type(error).__name__}: {first}") + at
-
-
-def _line_of(path: str, name: str, param: str) -> str:
-    """ " line N" of the last statement binding ``name.param`` in the gin file ``path`` ("" if not there)."""
-    pattern = re.compile(rf"^\s*(?:[\w.]+/)?(?:[\w.]+\.)?{re.escape(name)}\.{re.escape(param)}\s*=")
-    try:
-        with open(path) as f:
-            hits = [i for i, ln in enumerate(f, 1) if pattern.match(ln)]
-    except OSError:
-        return ""
-    return f" line {hits[-1]}" if hits else ""
-
-
-def is_bound(parameter: str) -> bool:
-    """Whether the parsed gin config binds ``parameter`` (e.g. "Experiment.max_seq_len")."""
-    try:
-        gin.query_parameter(parameter)
-    except ValueError:
-        return False
-    return True
-
-
-def _gin_hint(error: BaseException, binding: str = "") -> str:
-    """What to write instead, for gin's "no such configurable / parameter" errors ("" for others)."""
-    message = str(error)
-    if isinstance(error, (tokenize.TokenError, SyntaxError)):
-        return "; fix: close every bracket and quote, and quote strings (a binding is `Name.param = value`)"
-    registry = gin.config._REGISTRY  # gin has no public listing of what is registered
-    if (m := re.search(r"No configurable matching '([\w.]+)'", message)) and m.group(1) in NOT_CONFIGURABLE:
-        param = re.search(rf"{m.group(1)}\.(\w+)", binding)
-        return f"; fix: {refusal(m.group(1), param.group(1)) if param else 'bind ' + NOT_CONFIGURABLE[m.group(1)]}"
-    if m := re.search(r"No configurable matching '([\w.]+)'", message):
-        names = sorted({sel.split(".")[-1] for sel, _ in registry.items() if not sel.startswith("gin.")})
-        close = difflib.get_close_matches(m.group(1).split(".")[-1], names, n=3)
-        examples = ", ".join(close or ["Experiment", "DiskTrajDataset", "TformerTrajEncoder"])
-        return f"; fix: name a registered configurable (a @gin.configurable of amago_like), e.g. {examples}"
-    if m := re.search(r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'", message):
-        try:
-            fn = registry.get_match(m.group(1)).wrapped
-            params = [
-                p for p in inspect.signature(fn.__init__ if inspect.isclass(fn) else fn).parameters if p != "self"
-            ]
-        except (KeyError, ValueError, TypeError, AttributeError):
-            return ""
-        close = difflib.get_close_matches(m.group(2), params, n=1)
-        if close:
-            return f"; fix: did you mean {m.group(1)}.{close[0]}?"
-        return f"; fix: {m.group(1)} takes {', '.join(params)}"
-    return ""
 
 
 def configure_from_args(args: argparse.Namespace, default_configs: list[str], extra_bindings: list[str] = ()) -> None:

@@ -39,8 +39,7 @@ import gymnasium as gym
 import torch
 
 from amago_like.agents import Agent
-from amago_like.cli import GinBindingError, apply_gin, is_bound
-from amago_like.config import read_arguments
+from amago_like.config import GinBindingError, apply_gin, is_bound, read_arguments
 from amago_like.envs.builtin.bandit import MetaBandit
 from amago_like.envs.builtin.dark_room import DarkRoom
 from amago_like.envs.builtin.metaworld import KEpisodeMetaworld, Metaworld
