@@ -6,7 +6,8 @@ The parts it builds do the work: ``rollout.Rollout`` acts, ``learner.Learner`` u
 owns the run folder, the agent owns the objective. Override points (as in the reference Experiment):
 ``init_checkpoints``, ``init_dsets``, ``init_envs``, ``init_model``, ``init_optimizer``, ``init_logger``,
 ``init_dloaders``, the mask hooks ``edit_actor_mask`` / ``edit_critic_mask``, ``compute_loss``, ``train_step``.
-Experiment inherits its checkpoint and resume methods from ``checkpoints.ExperimentCheckpoints``.
+Experiment inherits its checkpoint and resume methods from ``checkpoints.ExperimentCheckpoints`` and its log rows,
+epoch lines and summary from ``logging.ExperimentLogging``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,14 @@ from amago_like.envs.exploration import ExplorationWrapper
 from amago_like.envs.vector import ENV_MODES, close_envs, make_vector_env
 from amago_like.envs.wrapper import EpisodeStats
 from amago_like.learner import DivergenceError, Learner, adamw
-from amago_like.logging import RunLogger, init_wandb, plot_metrics, plot_metrics_in_background, progress
+from amago_like.logging import (
+    ExperimentLogging,
+    RunLogger,
+    init_wandb,
+    plot_metrics,
+    plot_metrics_in_background,
+    progress,
+)
 from amago_like.nets.traj_encoders import TformerTrajEncoder, TrajEncoder
 from amago_like.nets.tstep_encoders import FFTstepEncoder, TstepEncoder
 from amago_like.rollout import Rollout, RolloutStats, summarize_episodes, with_exploration
@@ -64,7 +72,7 @@ NUMBERS = ("learning_rate", "grad_clip", "l2_coeff")
 
 
 @gin.configurable
-class Experiment(ExperimentCheckpoints):
+class Experiment(ExperimentCheckpoints, ExperimentLogging):
     """A meta-RL training run. Every argument is bindable from gin (``Experiment.epochs = 10``).
 
     ``make_train_env`` / ``make_val_env``: one env factory for every actor, or a list of ``parallel_actors``
@@ -301,31 +309,6 @@ class Experiment(ExperimentCheckpoints):
         """Context manager for mixed-precision forward passes (a no-op at mixed_precision='no')."""
         return self.accelerator.autocast()
 
-    def summary(self) -> str:
-        """The start-up description of the run: model size, envs, dataset, devices, schedule."""
-        sizes, p = self.policy_metrics(), self.policy
-        return "\n".join(
-            [
-                f"== amago_like run '{self.run_name}' -> {self.run_dir}",
-                f"agent: {type(p).__name__} {sizes['params/total'] / 1e6:.2f}M trainable parameters, "
-                f"trunk {sizes['params/traj_encoder'] / 1e6:.2f}M, tstep encoder {sizes['params/tstep_encoder'] / 1e6:.2f}M",
-                f"  {type(p.tstep_encoder).__name__} -> {type(p.traj_encoder).__name__}, max_seq_len {self.max_seq_len}",
-                f"envs: {self.parallel_actors} x {self.env_mode}, obs {dict(self.obs_space.spaces)}, actions {self.action_space}",
-                f"dataset: {self.dataset.get_description()}",
-                f"devices: {self.accelerator.num_processes} process(es) on {self.DEVICE}, mixed precision {self.mixed_precision}",
-                f"schedule: {self.epochs} epochs x ({self.train_timesteps_per_epoch} steps/actor, {self.train_batches_per_epoch} batches of {self.batch_size} x {self.max_seq_len})",
-            ]
-        )
-
-    def policy_metrics(self) -> dict[str, float]:
-        """Size of the policy, for the summary and the logs."""
-        policy = self.policy
-        return {
-            "params/total": sum(p.numel() for p in policy.parameters() if p.requires_grad),
-            "params/traj_encoder": sum(p.numel() for p in policy.traj_encoder.parameters()),
-            "params/tstep_encoder": sum(p.numel() for p in policy.tstep_encoder.parameters()),
-        }
-
     # ================================================================== acting
     def _rollout_seed(self) -> int | None:
         return None if self.seed is None else self.seed + 1000 * self.accelerator.process_index + self.epoch
@@ -520,23 +503,7 @@ class Experiment(ExperimentCheckpoints):
             print("final evaluation | " + self._epoch_line(final))
         return final
 
-    # ================================================================== logging
-    def _epoch_line(self, m: dict[str, float]) -> str:
-        shown = [f"epoch {self.epoch}/{self.epochs}", f"frames {self.total_frames}", f"updates {self.grad_updates}"]
-        for k in ("train/return", "val/return", "val/Success", "learn/critic_loss", "epoch_seconds"):
-            if k in m:
-                shown.append(f"{k} {m[k]:.3g}")
-        return " | ".join(shown)
-
-    def x_axis_metrics(self) -> dict[str, float]:
-        return {"epoch": self.epoch, "total_frames": self.total_frames, "grad_updates": self.grad_updates}
-
-    def log(self, metrics: dict[str, float], epoch: int | None = None) -> None:
-        """One row of metrics at step ``grad_updates``; ``epoch`` numbers a row logged during an epoch."""
-        if self.is_main and metrics:
-            x = self.x_axis_metrics() | ({} if epoch is None else {"epoch": epoch})
-            self.logger.log({**metrics, **x}, step=self.grad_updates)
-
+    # ================================================================== the buffer, closing
     def delete_buffer_from_disk(self) -> None:
         if self.is_main and self.has_dset_edit_rights:
             self.dataset.delete_from_disk()

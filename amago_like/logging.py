@@ -1,5 +1,5 @@
 """Run logging: always a local metrics.jsonl (+ PNG plots), optionally wandb; progress lines for logs
-that are not a terminal."""
+that are not a terminal; an experiment's log rows, epoch lines and start-up summary (:class:`ExperimentLogging`)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,53 @@ class RunLogger:
         if self.wandb_run is not None:
             self.wandb_run.finish()
             self.wandb_run = None
+
+
+class ExperimentLogging:
+    """The logging methods of :class:`~amago_like.experiment.Experiment`, which inherits them: one metrics row per
+    :meth:`log` (at step ``grad_updates``), the line printed after each epoch, the start-up summary. They use its
+    ``logger``, counters, ``policy`` and settings."""
+
+    def _epoch_line(self, m: dict[str, float]) -> str:
+        shown = [f"epoch {self.epoch}/{self.epochs}", f"frames {self.total_frames}", f"updates {self.grad_updates}"]
+        for k in ("train/return", "val/return", "val/Success", "learn/critic_loss", "epoch_seconds"):
+            if k in m:
+                shown.append(f"{k} {m[k]:.3g}")
+        return " | ".join(shown)
+
+    def x_axis_metrics(self) -> dict[str, float]:
+        return {"epoch": self.epoch, "total_frames": self.total_frames, "grad_updates": self.grad_updates}
+
+    def log(self, metrics: dict[str, float], epoch: int | None = None) -> None:
+        """One row of metrics at step ``grad_updates``; ``epoch`` numbers a row logged during an epoch."""
+        if self.is_main and metrics:
+            x = self.x_axis_metrics() | ({} if epoch is None else {"epoch": epoch})
+            self.logger.log({**metrics, **x}, step=self.grad_updates)
+
+    def summary(self) -> str:
+        """The start-up description of the run: model size, envs, dataset, devices, schedule."""
+        sizes, p = self.policy_metrics(), self.policy
+        return "\n".join(
+            [
+                f"== amago_like run '{self.run_name}' -> {self.run_dir}",
+                f"agent: {type(p).__name__} {sizes['params/total'] / 1e6:.2f}M trainable parameters, "
+                f"trunk {sizes['params/traj_encoder'] / 1e6:.2f}M, tstep encoder {sizes['params/tstep_encoder'] / 1e6:.2f}M",
+                f"  {type(p.tstep_encoder).__name__} -> {type(p.traj_encoder).__name__}, max_seq_len {self.max_seq_len}",
+                f"envs: {self.parallel_actors} x {self.env_mode}, obs {dict(self.obs_space.spaces)}, actions {self.action_space}",
+                f"dataset: {self.dataset.get_description()}",
+                f"devices: {self.accelerator.num_processes} process(es) on {self.DEVICE}, mixed precision {self.mixed_precision}",
+                f"schedule: {self.epochs} epochs x ({self.train_timesteps_per_epoch} steps/actor, {self.train_batches_per_epoch} batches of {self.batch_size} x {self.max_seq_len})",
+            ]
+        )
+
+    def policy_metrics(self) -> dict[str, float]:
+        """Size of the policy, for the summary and the logs."""
+        policy = self.policy
+        return {
+            "params/total": sum(p.numel() for p in policy.parameters() if p.requires_grad),
+            "params/traj_encoder": sum(p.numel() for p in policy.traj_encoder.parameters()),
+            "params/tstep_encoder": sum(p.numel() for p in policy.tstep_encoder.parameters()),
+        }
 
 
 class WandbSetupError(RuntimeError):
