@@ -7,7 +7,7 @@ owns the run folder, the agent owns the objective. Override points (as in the re
 ``init_checkpoints``, ``init_dsets``, ``init_envs``, ``init_model``, ``init_optimizer``, ``init_logger``,
 ``init_dloaders``, the mask hooks ``edit_actor_mask`` / ``edit_critic_mask``, ``compute_loss``, ``train_step``.
 Experiment inherits its checkpoint and resume methods from ``checkpoints.ExperimentCheckpoints`` and its log rows,
-epoch lines and summary from ``logging.ExperimentLogging``.
+epoch lines and summary from ``logging.ExperimentLogging``; ``arguments`` checks its arguments.
 """
 
 from __future__ import annotations
@@ -25,15 +25,14 @@ import torch
 from accelerate import Accelerator
 
 from amago_like.agents import Agent
+from amago_like.arguments import check_experiment_arguments
 from amago_like.callbacks import Callback
 from amago_like.checkpoints import ExperimentCheckpoints
-from amago_like.checks import check_writable_dir
-from amago_like.config import check_arguments, check_bindings, describe_arguments
+from amago_like.config import describe_arguments
 from amago_like.data.batches import Batch, make_dataloader
-from amago_like.data.dataset import PADDED_SAMPLING, RLDataset, require_data
-from amago_like.data.trajectory import FORMATS
+from amago_like.data.dataset import RLDataset, require_data
 from amago_like.envs.exploration import ExplorationWrapper
-from amago_like.envs.vector import ENV_MODES, close_envs, make_vector_env
+from amago_like.envs.vector import close_envs, make_vector_env
 from amago_like.envs.wrapper import EpisodeStats
 from amago_like.learner import DivergenceError, Learner, adamw
 from amago_like.logging import (
@@ -51,8 +50,6 @@ from amago_like.run_dir import CheckpointError, RunDir, RunExistsError
 
 __all__ = ["CheckpointError", "DivergenceError", "Experiment", "RunExistsError", "summarize_episodes"]
 
-MIXED_PRECISION = ("no", "fp16", "bf16")
-ROLES = ("both", "collect", "learn")
 NEVER = 2**62  # an epoch that never comes
 # actor/learner split: what each role changes. collect: act with the newest policy the learner wrote, never
 # train or prune; learn: train on what collectors write, publish the policy every epoch
@@ -62,13 +59,6 @@ ROLE_SETTINGS = {
     "learn": dict(start_collecting_at_epoch=NEVER, always_save_latest=True, always_load_latest=False),
 }  # fmt: skip
 EnvFactory = Callable[[], gym.Env] | Sequence[Callable[[], gym.Env]]
-# the arguments' checks: choices, integers (minimum; None: any; "none": None allowed, else >= 1), numbers
-CHOICES = dict(env_mode=ENV_MODES, save_trajs_as=FORMATS, padded_sampling=PADDED_SAMPLING,
-               mixed_precision=MIXED_PRECISION, role=ROLES)  # fmt: skip
-INTS = dict(max_seq_len=None, batch_size=1, batches_per_update=1, parallel_actors=1, epochs=1,
-            train_timesteps_per_epoch=0, train_batches_per_epoch=0, val_timesteps_per_epoch=0, dloader_workers=0,
-            max_bad_updates_in_a_row=1, traj_save_len="none", keep_checkpoints="none")  # fmt: skip
-NUMBERS = ("learning_rate", "grad_clip", "l2_coeff")
 
 
 @gin.configurable
@@ -135,19 +125,7 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         role: str = "both",
     ):
         arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        check_bindings()  # a binding that would do nothing fails here, also when gin was parsed without the CLI
-        check_arguments("Experiment", arguments, CHOICES, INTS, NUMBERS)
-        if max_seq_len < 2:
-            raise ValueError(
-                f"Experiment.max_seq_len must be >= 2 (a timestep and the next one), got {max_seq_len}; "
-                "sequences shorter than that hold no transition to learn from"
-            )
-        if not isinstance(dataset, RLDataset):
-            raise TypeError(f"Experiment.dataset must be an RLDataset (e.g. DiskTrajDataset), got {type(dataset)}")
-        # fail before any env steps or training, not at the first file written an epoch later
-        check_writable_dir(os.path.join(ckpt_base_dir, run_name), "the run folder")
-        if role != "learn" and dataset.save_new_trajs_to is not None:
-            check_writable_dir(dataset.save_new_trajs_to, "the trajectory buffer folder")
+        check_experiment_arguments(arguments)
         self._recorded_arguments = describe_arguments(arguments)  # recorded in config.gin for amago_like.evaluate
         arguments.update(ROLE_SETTINGS.get(role, {}))
         vars(self).update({k: v for k, v in arguments.items() if k != "critic_loss_weight"})
