@@ -13,14 +13,12 @@ epoch lines and summary from ``logging.ExperimentLogging``; ``arguments`` checks
 from __future__ import annotations
 
 import os
-import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 import gin
 import gymnasium as gym
-import numpy as np
 import torch
 from accelerate import Accelerator
 
@@ -34,7 +32,7 @@ from amago_like.data.dataset import RLDataset, require_data
 from amago_like.envs.exploration import ExplorationWrapper
 from amago_like.envs.vector import close_envs, make_vector_env
 from amago_like.envs.wrapper import EpisodeStats
-from amago_like.learner import DivergenceError, Learner, adamw
+from amago_like.learner import DivergenceError, Learner, adamw, seed_rngs
 from amago_like.logging import (
     ExperimentLogging,
     RunLogger,
@@ -148,10 +146,7 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
             mixed_precision=self.mixed_precision, gradient_accumulation_steps=self.batches_per_update
         )
         if self.seed is not None:
-            seed = self.seed + self.accelerator.process_index
-            random.seed(seed)
-            np.random.seed(seed)
-            torch.manual_seed(seed)
+            seed_rngs(self.seed + self.accelerator.process_index)
         self.init_checkpoints()
         self.init_dsets()
         self.init_envs()

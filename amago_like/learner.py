@@ -184,6 +184,13 @@ def read_scalars(metrics: dict[str, torch.Tensor | float]) -> dict[str, float]:
     return out
 
 
+def seed_rngs(seed: int) -> None:
+    """Seed python's, numpy's and torch's generators (those :func:`rng_state` saves)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def rng_state(device: torch.device) -> dict[str, Any]:
     """Every random generator's state, for a checkpoint."""
     return {
