@@ -1,4 +1,5 @@
-"""The learning suite's envs (PointGoal, TMaze, the noisy MetaBandit) and its statistics."""
+"""The learning suite's envs (PointGoal, TMaze, the noisy MetaBandit); its statistics are amago_like.stats's
+(tests/test_stats.py)."""
 
 from __future__ import annotations
 
@@ -117,30 +118,3 @@ def test_bayes_greedy_searcher_is_optimal_without_noise_and_beats_random_with_it
     assert bayes_greedy_return(3, 6, 1.0, 0.0) == pytest.approx(MetaBandit(3, 6).best_return(), abs=0.03)
     noisy = MetaBandit(5, 12, good_prob=0.8, bad_prob=0.2)
     assert noisy.random_return() + 2.0 < noisy.best_return() < 12 * 0.8
-
-
-# ------------------------------------------------------------------ suite statistics
-def test_iqm_is_the_mean_of_the_middle_half(suite):
-    assert suite.iqm(np.array([0.0, 1.0, 2.0, 100.0])) == pytest.approx(1.5)  # middle two of four
-    assert suite.iqm(np.arange(8.0)) == pytest.approx(np.mean([2, 3, 4, 5]))
-    # n = 5: the middle half is 3/4 of the 2nd value, the 3rd and 3/4 of the 4th
-    assert suite.iqm(np.array([0.0, 10.0, 20.0, 30.0, 1000.0])) == pytest.approx(20.0)
-    assert suite.iqm(np.array([0.0, 10.0, 20.0, 40.0, 1000.0])) == pytest.approx((7.5 + 20 + 30) / 2.5)
-    assert suite.iqm(np.full(7, 0.3)) == pytest.approx(0.3)
-
-
-def test_stratified_bootstrap_ci_brackets_the_iqm_and_collapses_without_spread(suite):
-    same = np.full((3, 4), 0.7)
-    assert suite.stratified_bootstrap_ci(same) == pytest.approx((0.7, 0.7))
-    rng = np.random.default_rng(1)
-    scores = rng.uniform(0, 1, size=(5, 6))
-    lo, hi = suite.stratified_bootstrap_ci(scores)
-    assert lo <= suite.iqm(scores) <= hi and hi - lo > 0.05
-
-
-def test_every_task_states_a_reference_above_random(suite):
-    for name in suite.TOY_TASKS:
-        task = suite.TASKS[name]
-        assert task.reference_return() > task.random_return(), name
-        assert suite.normalized(task, task.random_return()) == pytest.approx(0.0)
-        assert suite.normalized(task, task.reference_return()) == pytest.approx(1.0)

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from amago_like import DarkRoom, DiskTrajDataset, Experiment, MetaBandit, PointGoal, TMaze
+from amago_like.stats import iqm, stratified_bootstrap_ci
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,29 +275,6 @@ def _evaluate_each_goal(experiment: Experiment, task: Task) -> tuple[float, list
 
 
 # ---------------------------------------------------------------------------------------------- statistics
-def iqm(scores: np.ndarray) -> float:
-    """Interquartile mean: the mean of the middle 50% of the values (25% trimmed off each end)."""
-    x = np.sort(np.asarray(scores, dtype=np.float64).ravel())
-    n = len(x)
-    lo, hi = n * 0.25, n * 0.75
-    # fractional trimming, so that every n (not only multiples of 4) gets the exact middle half
-    weights = np.clip(np.minimum(np.arange(1, n + 1), hi) - np.maximum(np.arange(n), lo), 0.0, 1.0)
-    return float((weights * x).sum() / weights.sum())
-
-
-def stratified_bootstrap_ci(
-    scores: np.ndarray, stat: Callable[[np.ndarray], float] = iqm, reps: int = 2000, seed: int = 0
-) -> tuple[float, float]:
-    """95% CI of ``stat`` over a (runs, tasks) score matrix, resampling runs within each task."""
-    rng = np.random.default_rng(seed)
-    runs, tasks = scores.shape
-    values = []
-    for _ in range(reps):
-        idx = rng.integers(runs, size=(runs, tasks))
-        values.append(stat(np.take_along_axis(scores, idx, axis=0)))
-    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
-
-
 def score_matrix(results: Sequence[Result], tasks: Sequence[str]) -> np.ndarray:
     """(seeds, tasks) normalised scores; tasks with fewer seeds repeat their mean to fill."""
     by_task = {t: [r.score for r in results if r.task == t] for t in tasks}

@@ -1,0 +1,51 @@
+"""amago_like.stats: the IQM, bootstrap confidence intervals and performance profiles reported by the learning
+suite and by amago_like.sweep."""
+
+import numpy as np
+import pytest
+
+from amago_like import stats
+
+
+def test_iqm_is_the_mean_of_the_middle_half():
+    assert stats.iqm(np.array([0.0, 1.0, 2.0, 100.0])) == pytest.approx(1.5)  # middle two of four
+    assert stats.iqm(np.arange(8.0)) == pytest.approx(np.mean([2, 3, 4, 5]))
+    # n = 5: the middle half is 3/4 of the 2nd value, the 3rd and 3/4 of the 4th
+    assert stats.iqm(np.array([0.0, 10.0, 20.0, 30.0, 1000.0])) == pytest.approx(20.0)
+    assert stats.iqm(np.array([0.0, 10.0, 20.0, 40.0, 1000.0])) == pytest.approx((7.5 + 20 + 30) / 2.5)
+    assert stats.iqm(np.full(7, 0.3)) == pytest.approx(0.3)
+
+
+def test_stratified_bootstrap_ci_brackets_the_iqm_and_collapses_without_spread():
+    same = np.full((3, 4), 0.7)
+    assert stats.stratified_bootstrap_ci(same) == pytest.approx((0.7, 0.7))
+    rng = np.random.default_rng(1)
+    scores = rng.uniform(0, 1, size=(5, 6))
+    lo, hi = stats.stratified_bootstrap_ci(scores)
+    assert lo <= stats.iqm(scores) <= hi and hi - lo > 0.05
+    with pytest.raises(ValueError, match=r"non-empty \(runs, tasks\) matrix, got shape \(4,\)"):
+        stats.stratified_bootstrap_ci(np.ones(4))
+
+
+def test_stratified_bootstrap_resamples_runs_within_each_task():
+    # task 0 is 0 in every run, task 1 is 1: no resample can mix them, so the mean stays 0.5 exactly
+    scores = np.array([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])
+    assert stats.stratified_bootstrap_ci(scores, np.mean) == pytest.approx((0.5, 0.5))
+
+
+def test_bootstrap_ci_of_one_task_over_seeds():
+    assert stats.bootstrap_ci([0.4, 0.4, 0.4]) == pytest.approx((0.4, 0.4))
+    lo, hi = stats.bootstrap_ci([0.0, 1.0, 1.0, 0.0, 1.0])
+    assert 0.0 <= lo < 0.6 < hi <= 1.0  # the mean 0.6 inside; the bounds are means of resamples
+    assert lo * 5 == pytest.approx(round(lo * 5)) and hi * 5 == pytest.approx(round(hi * 5))
+
+
+def test_performance_profile_counts_scores_above_each_threshold():
+    scores = np.array([[0.1, 0.5], [0.9, 0.5]])
+    assert stats.performance_profile(scores, [0.0, 0.5, 0.8, 1.0]).tolist() == [1.0, 0.25, 0.25, 0.0]
+    lo, hi = stats.performance_profile_ci(np.full((3, 2), 0.5), np.array([0.0, 0.5]), reps=50)
+    assert lo.tolist() == hi.tolist() == [1.0, 0.0]
+
+
+def test_the_suite_uses_these_statistics(suite):
+    assert suite.iqm is stats.iqm and suite.stratified_bootstrap_ci is stats.stratified_bootstrap_ci
