@@ -10,9 +10,11 @@ exploration schedule and every RNG state; the files and where they lie are :clas
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 
-from amago_like.learner import on_main_process, restore_rng_state, rng_state
+from amago_like.config import literal, read_arguments
+from amago_like.learner import draw_seed, on_main_process, restore_rng_state, rng_state
 from amago_like.run_dir import CheckpointError, RunExistsError, average_weights, load_weights, read_checkpoint
 
 
@@ -44,6 +46,7 @@ class ExperimentCheckpoints:
                 "total_frames": self.total_frames,
                 "grad_updates": self.grad_updates,
                 "bad_updates": self.bad_updates,
+                "wall_seconds": self.wall_seconds(),
             },
             "rollout": self.train_rollout.state_dict(),
             "rng": rng_state(self.DEVICE),
@@ -61,6 +64,7 @@ class ExperimentCheckpoints:
         c = state["counters"]
         self.epoch, self.total_frames = c["epoch"], c["total_frames"]
         self.learner.grad_updates, self.learner.bad_updates = c["grad_updates"], c.get("bad_updates", 0)
+        self._clock_origin = time.time() - c.get("wall_seconds", 0.0)  # wall seconds go on from the checkpoint's
         # checkpoints written before the rollout had its own state: actors step in lockstep
         per_actor = self.total_frames // (self.parallel_actors * self.accelerator.num_processes)
         self.train_rollout.load_state_dict(state.get("rollout", {"explore_steps": per_actor}))
@@ -106,6 +110,24 @@ class ExperimentCheckpoints:
         return True
 
     # ------------------------------------------------------------------ fresh run or resume
+    def settle_seed(self) -> None:
+        """Every run is seeded. Without a seed, a run folder holding checkpoints to resume keeps the seed its
+        config.gin recorded (so the resumed epochs reset their envs as the run would have), and any other run
+        draws one; either is printed, and start() records it in config.gin. (Collectors of an actor/learner
+        split draw their own: sharing the learner's would make them play the same episodes.)"""
+        if self.seed is not None:
+            return
+        recorded = None
+        if self.role == "both" and self.checkpoint_epochs() and os.path.exists(self.run_folder.config):
+            with open(self.run_folder.config) as f:
+                recorded = read_arguments(f.read()).get("seed")
+        self.seed = literal(recorded) if recorded not in (None, "None") else None
+        how = "the run's own, from its config.gin" if self.seed is not None else "drawn"
+        if self.seed is None:
+            self.seed = draw_seed(self.accelerator)
+        if self.verbose and self.is_main:
+            print(f"seed {self.seed} ({how}; --seed {self.seed} repeats it)")
+
     def _begin(self) -> int | None:
         """Fresh run: refuse to train over a run's checkpoints. Resumed (returns the epoch): move the rows logged
         after the checkpoint aside, so every series has one timeline (the same for the CLI and for Python)."""

@@ -102,7 +102,8 @@ def add_common_args(parser: argparse.ArgumentParser, default_configs: str = "") 
         "--seed",
         type=int,
         default=None,
-        help=f"seed of python, numpy, torch and the envs (Experiment.seed; {from_config}, unseeded if unset)",
+        help=f"seed of python, numpy, torch and the envs (Experiment.seed; {from_config}; if unset, a resume keeps "
+        "the run's seed and a fresh run draws one, prints it and records it in config.gin)",
     )
     parser.add_argument(
         "--log_to_wandb",

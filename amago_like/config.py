@@ -160,6 +160,7 @@ RECORDED = (
     "sample_actions",
     "eval_sample_actions",
     "mixed_precision",
+    "seed",
 )
 _HEADER = "# Arguments of Experiment (given in Python or gin; read back by amago_like.evaluate):\n"
 _LINE = re.compile(r"^# Experiment\.(\w+) = (.*)$", re.MULTILINE)

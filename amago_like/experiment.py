@@ -124,7 +124,7 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
     ):
         arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         check_experiment_arguments(arguments)
-        self._recorded_arguments = describe_arguments(arguments)  # recorded in config.gin for amago_like.evaluate
+        self._arguments = dict(arguments)  # recorded in config.gin (amago_like.evaluate), with the seed start() sets
         arguments.update(ROLE_SETTINGS.get(role, {}))
         vars(self).update({k: v for k, v in arguments.items() if k != "critic_loss_weight"})
         self._critic_loss_weight = critic_loss_weight
@@ -137,6 +137,7 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         metrics_file = "metrics.jsonl" if role != "collect" else "metrics_collect.jsonl"
         self.run_folder = RunDir(self.run_dir, keep_checkpoints, metrics_file)
         self.epoch = self.total_frames = 0
+        self._clock_origin = time.time()  # of wall_seconds (a resume moves it back by the checkpoint's seconds)
         self._started, self._resume_pending = False, False
 
     # ================================================================== set-up (override points)
@@ -145,8 +146,8 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         self.accelerator = Accelerator(
             mixed_precision=self.mixed_precision, gradient_accumulation_steps=self.batches_per_update
         )
-        if self.seed is not None:
-            seed_rngs(self.seed + self.accelerator.process_index)
+        self.settle_seed()
+        seed_rngs(self.seed + self.accelerator.process_index)
         self.init_checkpoints()
         self.init_dsets()
         self.init_envs()
@@ -231,9 +232,12 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         """Write the operative config (and the arguments given in Python) and open metrics.jsonl / wandb."""
         wandb_run = None
         if self.is_main:
-            self.run_folder.write_config((gin.operative_config_str() or gin.config_str()) + self._recorded_arguments)
+            recorded = describe_arguments({**self._arguments, "seed": self.seed})
+            self.run_folder.write_config((gin.operative_config_str() or gin.config_str()) + recorded)
             if self.log_to_wandb:
                 wandb_run = init_wandb(
+                    id=self.run_folder.wandb_id(),  # the folder's wandb run: a resume continues it
+                    resume="allow",
                     project=self.wandb_project,
                     entity=self.wandb_entity,
                     group=self.wandb_group_name,
@@ -283,8 +287,8 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         return self.accelerator.autocast()
 
     # ================================================================== acting
-    def _rollout_seed(self) -> int | None:
-        return None if self.seed is None else self.seed + 1000 * self.accelerator.process_index + self.epoch
+    def _rollout_seed(self) -> int:
+        return self.seed + 1000 * self.accelerator.process_index + self.epoch
 
     def interact(
         self,

@@ -5,6 +5,7 @@ and ``param_groups``; the objective itself is the agent's (agents.py)."""
 from __future__ import annotations
 
 import random
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -182,6 +183,13 @@ def read_scalars(metrics: dict[str, torch.Tensor | float]) -> dict[str, float]:
         values = torch.stack([metrics[k].detach().float().reshape(()) for k in keys]).tolist()
         out.update(zip(keys, values))
     return out
+
+
+def draw_seed(accelerator: Accelerator) -> int:
+    """A fresh seed for a run given none, the same in every process (the main process draws it). From the
+    operating system's entropy, so a generator seeded earlier in the process cannot make two runs share it."""
+    seed = [secrets.randbelow(2**31)]  # below 2**31: seed + process and epoch offsets still fit numpy's legacy seed
+    return int(broadcast_object_list(seed)[0] if accelerator.num_processes > 1 else seed[0])
 
 
 def seed_rngs(seed: int) -> None:

@@ -35,8 +35,8 @@ class RunLogger:
         clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, **clean}) + "\n")
-        if self.wandb_run is not None:
-            self.wandb_run.log(clean, step=step)
+        if self.wandb_run is not None:  # its x axis is the row's total_frames (init_wandb), not wandb's own step
+            self.wandb_run.log(clean)
 
     def finish(self) -> None:
         if self.wandb_run is not None:
@@ -56,11 +56,19 @@ class ExperimentLogging:
                 shown.append(f"{k} {m[k]:.3g}")
         return " | ".join(shown)
 
+    def wall_seconds(self) -> float:
+        """Seconds since the run was built, summed over the runs a resume continued."""
+        return time.time() - self._clock_origin
+
     def x_axis_metrics(self) -> dict[str, float]:
-        return {"epoch": self.epoch, "total_frames": self.total_frames, "grad_updates": self.grad_updates}
+        """What every row is measured against: ``epoch``, ``total_frames`` (environment steps collected by every
+        actor of every process), ``grad_updates`` (optimizer steps) and ``wall_seconds``."""
+        return {"epoch": self.epoch, "total_frames": self.total_frames, "grad_updates": self.grad_updates,
+                "wall_seconds": self.wall_seconds()}  # fmt: skip
 
     def log(self, metrics: dict[str, float], epoch: int | None = None) -> None:
-        """One row of metrics at step ``grad_updates``; ``epoch`` numbers a row logged during an epoch."""
+        """One row of metrics (step ``grad_updates`` in metrics.jsonl, ``total_frames`` in wandb); ``epoch``
+        numbers a row logged during an epoch."""
         if self.is_main and metrics:
             x = self.x_axis_metrics() | ({} if epoch is None else {"epoch": epoch})
             self.logger.log({**metrics, **x}, step=self.grad_updates)
@@ -123,16 +131,19 @@ def wandb_key_problem(environ: dict[str, str] | None = None) -> str | None:
 
 
 def init_wandb(**kwargs: Any) -> Any:
-    """``wandb.init(**kwargs)``; its "no API key" failure becomes WandbSetupError, one line that says
-    what to do (WANDB_MODE=offline among it)."""
+    """``wandb.init(**kwargs)`` with environment steps (``total_frames``) as every chart's x axis; its "no API
+    key" failure becomes WandbSetupError, one line that says what to do (WANDB_MODE=offline among it)."""
     import wandb
 
     try:
-        return wandb.init(**kwargs)
+        run = wandb.init(**kwargs)
     except wandb.errors.UsageError as e:
         if "api key" in str(e).lower():
             raise WandbSetupError(WANDB_NO_KEY) from None
         raise
+    run.define_metric("total_frames")
+    run.define_metric("*", step_metric="total_frames")
+    return run
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@
   ckpts/training_states/epoch_N/state.pt     full training state
   ckpts/policy_weights/policy_epoch_N.pt     policy weights of that epoch
   ckpts/latest/policy.pt                     newest policy (actor/learner hand-off)
+  wandb_id                                   the id of the run's wandb run (a resume continues that run)
 ```
 
 Only files: no torch modules, no accelerator. The experiment hands it state dicts and gets them back.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import uuid
 from typing import Any
 
 import torch
@@ -60,6 +62,16 @@ class RunDir:
 
     def policy_weights(self, epoch: int) -> str:
         return os.path.join(self.ckpts, "policy_weights", f"policy_epoch_{epoch}.pt")
+
+    def wandb_id(self) -> str:
+        """The id of this folder's wandb run: read from ``wandb_id``, or made and written there the first time."""
+        path = os.path.join(self.path, "wandb_id")
+        known = (read_bytes(path) or b"").decode().strip()
+        if known:
+            return known
+        made = uuid.uuid4().hex[:16]  # wandb takes ids of letters and digits
+        atomic_write_bytes(path, made.encode())
+        return made
 
     # ------------------------------------------------------------------ fresh run or resume
     def checkpoint_epochs(self) -> list[int]:
