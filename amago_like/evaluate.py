@@ -15,8 +15,13 @@ goals it never saw rewarded".
 
 ``--epoch N`` evaluates that epoch's saved weights (default: the latest policy); ``--average FIRST:LAST`` the
 mean of the weights saved at those epochs, which evens out the swings between single checkpoints.
-``--each_goal`` (envs with a task list: Meta-World) plays every task of the split once, one actor each: an exact
-figure over the benchmark's goals. ``--episodes N`` draws tasks at random instead, with repeats.
+``--episodes N`` (the default) draws tasks at random, with repeats. ``--protocol`` (envs with a task list:
+Meta-World) plays every task x goal of the split exactly once instead (amago_like/protocols.py says what each
+counts): ``k-attempt`` (also ``--each_goal``) the run's k attempts, ``metaworld`` Meta-World's meta-RL protocol,
+``--adaptation_episodes`` (10) then ``--evaluation_episodes`` (3) scored. A protocol writes its task x attempt
+success matrix to ``--out`` (default ``RUN/eval``) as ``PROTOCOL_SPLIT.csv`` and ``.png``, and every goal's
+attempts as ``PROTOCOL_SPLIT_goals.csv`` (``_epochN`` / ``_epochsA-B`` appended for ``--epoch`` / ``--average``).
+``--seed`` seeds the env resets and the sampled actions (default: the run's seed).
 ``--save_trajs_to DIR`` keeps every evaluated meta-episode there as a trajectory dataset; ``--render_to DIR``
 writes the first actor's meta-episodes there as GIFs (``MUJOCO_GL=egl`` for Meta-World).
 """
@@ -44,10 +49,12 @@ from amago_like.envs.builtin.bandit import MetaBandit
 from amago_like.envs.builtin.dark_room import DarkRoom
 from amago_like.envs.builtin.metaworld import KEpisodeMetaworld, Metaworld
 from amago_like.envs.vector import make_vector_env
+from amago_like.learner import seed_rngs
 from amago_like.nets.distributions import TanhGaussian
 from amago_like.nets.traj_encoders import TformerTrajEncoder
 from amago_like.nets.tstep_encoders import FFTstepEncoder
-from amago_like.rollout import Rollout
+from amago_like.protocols import PROTOCOLS, Protocol, ProtocolResult, run_protocol
+from amago_like.rollout import Rollout, summarize_episodes
 from amago_like.run_dir import RunDir, average_weights, load_weights, read_checkpoint
 
 #: ``--env`` names (as examples/toy.py and examples/metaworld.py call them)
@@ -159,14 +166,19 @@ class Evaluator:
         self.settings = settings
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.policy: Agent | None = None
-        self.weights = ""
+        self.weights = self.weights_tag = ""  # which weights were loaded: in words, and in file names
 
     def env_factory(self, split: str, **kwargs: Any) -> Callable[[], gym.Env]:
         return functools.partial(self.make_env, **{**self.env_kwargs, "split": split, **kwargs})
 
     def num_tasks(self, split: str) -> int:
-        """Tasks of the split (envs with a task list, such as Meta-World's)."""
+        """Tasks of the split (envs with a task list, such as Meta-World's); ValueError for other envs."""
         with contextlib.closing(self.env_factory(split)()) as env:
+            if not isinstance(getattr(env.unwrapped, "num_tasks", None), int):
+                raise ValueError(
+                    f"{type(env.unwrapped).__name__} has no task list (a num_tasks attribute and a task_index "
+                    "argument): the protocols play every task of a split; use --episodes N"
+                )
             return env.unwrapped.num_tasks
 
     def build_policy(self, rollout: Rollout) -> Agent:
@@ -187,11 +199,27 @@ class Evaluator:
             source, weights = average_weights(saved_weights(self.folder, *average))
             load_weights(policy, weights, source)
             self.weights = f" (weights of epochs {average[0]}-{average[1]} averaged)"
+            self.weights_tag = f"_epochs{average[0]}-{average[1]}"
             return
         path = self.folder.latest_policy if epoch is None else self.folder.policy_weights(epoch)
         file, _, weights = read_checkpoint(path)
         load_weights(policy, weights, file)
         self.weights = "" if epoch is None else f" (epoch {epoch})"
+        self.weights_tag = "" if epoch is None else f"_epoch{epoch}"
+
+    def _loaded_policy(self, rollout: Rollout, epoch, average, on_policy: Callable[[Agent], None] | None) -> Agent:
+        self.policy = self.build_policy(rollout)
+        self.load(self.policy, epoch, average)
+        if on_policy is not None:
+            on_policy(self.policy)
+        return self.policy
+
+    def _seed(self, seed: int | None) -> int | None:
+        """The evaluation's seed (the run's unless given), with which torch's sampled actions are seeded too."""
+        seed = self.settings["seed"] if seed is None else seed
+        if seed is not None:
+            seed_rngs(seed)
+        return seed
 
     def evaluate(
         self,
@@ -204,26 +232,46 @@ class Evaluator:
         save_trajs_to: str | None = None,
         render_to: str | None = None,
         on_policy: Callable[[Agent], None] | None = None,
+        seed: int | None = None,
     ) -> dict[str, float]:
-        """Roll out ``episodes`` meta-episodes (``each_goal``: every task of the split once, one actor each)."""
-        extra = {"render_mode": "rgb_array"} if render_to else {}
-        if each_goal:  # one actor per task: a list of factories assigns them
-            episodes = self.num_tasks(split)
-            make: Any = [self.env_factory(split, task_index=i, **extra) for i in range(episodes)]
-        else:
-            make = self.env_factory(split, **extra)
-        actors = episodes if each_goal else self.settings["parallel_actors"]
-        envs = make_vector_env(make, actors, "sync", save_dir=save_trajs_to, record_to=render_to)
+        """Roll out ``episodes`` meta-episodes drawn at random (``each_goal``: the k-attempt protocol, every task of
+        the split once: :meth:`run_protocol`'s metrics, with the means of the episodes' other metrics)."""
+        if each_goal:
+            result = self.run_protocol("k-attempt", split, sample, epoch, average, save_trajs_to=save_trajs_to,
+                                       render_to=render_to, on_policy=on_policy, seed=seed)  # fmt: skip
+            return {**summarize_episodes(result.episodes, "test"), **result.metrics("test")}
+        seed = self._seed(seed)
+        make = self.env_factory(split, **({"render_mode": "rgb_array"} if render_to else {}))
+        envs = make_vector_env(make, self.settings["parallel_actors"], "sync", save_trajs_to, record_to=render_to)
         rollout = Rollout(envs, self.device)
         try:
-            self.policy = self.build_policy(rollout)
-            self.load(self.policy, epoch, average)
-            if on_policy is not None:
-                on_policy(self.policy)
-            stats = rollout.collect(self.policy, 10**6, sample, self.settings["seed"], "evaluate", episodes)
+            policy = self._loaded_policy(rollout, epoch, average, on_policy)
+            stats = rollout.collect(policy, 10**6, sample, seed, "evaluate", episodes)
         finally:
             rollout.close()
         return stats.summary("test")
+
+    def run_protocol(
+        self,
+        protocol: str | Protocol,
+        split: str = "test",
+        sample: bool = True,
+        epoch: int | None = None,
+        average: tuple[int, int] | None = None,
+        max_actors: int | None = None,
+        save_trajs_to: str | None = None,
+        render_to: str | None = None,
+        on_policy: Callable[[Agent], None] | None = None,
+        seed: int | None = None,
+    ) -> ProtocolResult:
+        """Every task x goal of ``split`` once under ``protocol`` (a name takes Meta-World's episode counts),
+        ``max_actors`` goals at a time (default: all)."""
+        protocol = Protocol.named(protocol) if isinstance(protocol, str) else protocol
+        make = self.env_factory(split, **({"render_mode": "rgb_array"} if render_to else {}))
+        return run_protocol(
+            protocol, lambda rollout: self._loaded_policy(rollout, epoch, average, on_policy), make,
+            self.num_tasks(split), self.device, split, sample, self._seed(seed), max_actors, save_trajs_to, render_to,
+        )  # fmt: skip
 
 
 def saved_weights(folder: RunDir, first: int, last: int) -> list[str]:
@@ -259,10 +307,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--env", choices=sorted(ENVS), default=None, help="the env (default: the one in config.gin)")
     p.add_argument("--split", default="train")
     p.add_argument("--benchmark", default=None, help="Meta-World benchmark (default: the one in config.gin)")
-    p.add_argument("--episodes", type=int, default=64, help="meta-episodes to average over")
-    p.add_argument(
-        "--each_goal", action="store_true", help="one meta-episode on every task of the split, one actor each"
-    )
+    p.add_argument("--episodes", type=int, default=64, help="meta-episodes drawn at random to average over")
+    p.add_argument("--protocol", choices=PROTOCOLS, default=None, help="play every task x goal of the split once")
+    p.add_argument("--each_goal", action="store_true", help="the same as --protocol k-attempt")
+    p.add_argument("--adaptation_episodes", type=int, default=None, help="--protocol metaworld: episodes to adapt "
+                   "from before the scored ones (default: Meta-World's 10)")  # fmt: skip
+    p.add_argument("--evaluation_episodes", type=int, default=None, help="--protocol metaworld: scored episodes "
+                   "after the adaptation ones (default: Meta-World's 3)")  # fmt: skip
+    p.add_argument("--max_actors", type=int, default=None, help="a protocol's goals played at once (default: all)")
+    p.add_argument("--out", default=None, help="folder of a protocol's CSV and PNG files (default: RUN/eval)")
+    p.add_argument("--seed", type=int, default=None, help="seed of env resets and sampled actions (default: the run's)")
     p.add_argument("--actions", choices=("sample", "mode"), default="sample", help="sample, or act with the mode")
     p.add_argument("--gin", action="append", default=[], help="binding applied over config.gin (repeatable)")
     p.add_argument("--max_seq_len", type=int, default=None, help="for runs whose config.gin does not record it")
@@ -280,6 +334,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Evaluate, print the summary, and return the evaluation's metrics (``test/...``)."""
     p = parser()
     args = p.parse_args(argv)
+    flag = "--each_goal" if args.each_goal else f"--protocol {args.protocol}"
+    if args.each_goal and args.protocol not in (None, "k-attempt"):
+        p.error(f"--each_goal is --protocol k-attempt; drop one of it and --protocol {args.protocol}")
+    protocol_name = "k-attempt" if args.each_goal else args.protocol
+    counts = (args.adaptation_episodes, args.evaluation_episodes)
+    if counts != (None, None) and protocol_name != "metaworld":
+        p.error("--adaptation_episodes and --evaluation_episodes are for --protocol metaworld: pass it, or drop them")
+    try:
+        protocol = Protocol.named(protocol_name, *counts) if protocol_name else None
+    except ValueError as e:
+        p.error(str(e))
     try:
         ev = Evaluator(args.run_dir, args.gin, args.env, args.max_seq_len)
     except (FileNotFoundError, GinBindingError, ValueError) as e:
@@ -293,20 +358,28 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         and not {"benchmark", "benchmark_name"} & set(ev.env_kwargs)
     ):
         p.error(f"{args.run_dir}/config.gin does not name its Meta-World benchmark: pass --benchmark")
-    if args.each_goal and not metaworld:
-        p.error("--each_goal is for Meta-World runs (envs with a task list)")
+    if protocol_name is not None:
+        try:
+            ev.num_tasks(args.split)
+        except ValueError as e:
+            p.error(f"{flag} is for Meta-World runs and other envs with a task list: {e}")
     gaussians: list[TanhGaussian] = []  # the policy's distribution at every rollout step
     watch = lambda policy: policy.actor.register_forward_hook(  # noqa: E731
         lambda _m, _i, dist: gaussians.append(dist) if isinstance(dist, TanhGaussian) else None
     )
-    metrics = ev.evaluate(
-        args.split, args.episodes, args.each_goal, args.actions == "sample", args.epoch, args.average,
-        args.save_trajs_to, args.render_to, watch,
-    )  # fmt: skip
-    episodes = metrics["test/episodes"] if args.each_goal else args.episodes
+    sample = args.actions == "sample"
+    if protocol_name is None:
+        metrics = ev.evaluate(args.split, args.episodes, False, sample, args.epoch, args.average,
+                              args.save_trajs_to, args.render_to, watch, args.seed)  # fmt: skip
+    else:
+        result = ev.run_protocol(protocol, args.split, sample, args.epoch, args.average, args.max_actors,
+                                 args.save_trajs_to, args.render_to, watch, args.seed)  # fmt: skip
+        metrics = {**summarize_episodes(result.episodes, "test"), **result.metrics("test")}
+    episodes = metrics["test/episodes"] if protocol_name else args.episodes
     print(
         f"{args.run_dir}{ev.weights} on the {args.split} split, {int(episodes)} meta-episodes"
-        f"{' (each task once)' if args.each_goal else ''}, {args.actions} actions: return {metrics['test/return']:.2f}"
+        f"{f' (each task once, {protocol_name} protocol)' if protocol_name else ''}, {args.actions} actions: "
+        f"return {metrics['test/return']:.2f}"
     )
     if gaussians:  # a wide pre-tanh std makes sampled actions mostly +-1 noise
         mean = torch.cat([d.mean.reshape(-1, d.mean.shape[-1]) for d in gaussians]).abs().mean(0)
@@ -314,11 +387,25 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print(
             f"  policy pre-tanh |mean| per action dim {mean.cpu().numpy().round(2)}, std {std.cpu().numpy().round(2)}"
         )
-    if metaworld:
+    if protocol_name is not None:
+        _print_protocol(result, args, ev.weights_tag)
+    elif metaworld:
         _print_metaworld(metrics)
     else:
         _print_toy(ev.env_factory(args.split)(), metrics)
     return metrics
+
+
+def _print_protocol(result: ProtocolResult, args: argparse.Namespace, weights_tag: str) -> None:
+    """The protocol's figures, and the files of its success matrix."""
+    print(f"  {result.protocol.describe()}: {result.success():.3f} (mean over {len(result.tasks)} tasks)")
+    per_attempt = result.attempt_matrix().mean(axis=0)
+    print("  success per attempt: " + ", ".join(f"{i + 1} {v:.3f}" for i, v in enumerate(per_attempt)))
+    if len(result.tasks) > 1:
+        print("  by task: " + ", ".join(f"{t} {v:.2f}" for t, v in result.task_success().items()))
+    folder = args.out or os.path.join(args.run_dir, "eval")
+    paths = result.write(folder, f"{result.protocol.name}_{args.split}{weights_tag}")
+    print(f"  success per task and attempt: {paths[0]} and {paths[2]}; per goal: {paths[1]}")
 
 
 def _print_metaworld(metrics: dict[str, float]) -> None:

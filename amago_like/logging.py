@@ -383,12 +383,17 @@ def plot_metrics(run_dir: str, x_key: str | None = None, filename: str = "metric
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="best")
             fig.subplots_adjust(left=0.11, right=0.97, bottom=0.13, top=0.92)  # tight_layout costs a second draw
-        atomic_write(out, lambda f, fig=fig: fig.savefig(f, dpi=80, format="png"))
+        save_png(fig, out)
         plotted[os.path.basename(out)] = digest
         redrawn = True
     if redrawn:
         atomic_write_text(state_path, json.dumps(plotted))
     return written
+
+
+def save_png(fig: Any, path: str, dpi: int = 80) -> None:
+    """A matplotlib figure to ``path`` as a PNG, written atomically (a viewer never sees half a file)."""
+    atomic_write(path, lambda f: fig.savefig(f, dpi=dpi, format="png"))
 
 
 _plotting: dict[str, threading.Thread] = {}  # run folder -> its plotting thread

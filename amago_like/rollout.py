@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from amago_like.envs.exploration import ExplorationWrapper
-from amago_like.envs.vector import as_amago_env, close_envs, finished_episodes
+from amago_like.envs.vector import as_amago_env, close_envs, finished_episodes_by_env
 from amago_like.envs.wrapper import RL2_KEY, TIME_KEY, EpisodeStats, split_timestep
 from amago_like.logging import progress
 
@@ -28,11 +28,13 @@ EnvFactory = Callable[[], gym.Env]
 
 @dataclass
 class RolloutStats:
-    """What one :meth:`Rollout.collect` did: the episodes that finished and the env steps taken."""
+    """What one :meth:`Rollout.collect` did: the episodes that finished (and the actor that played each) and the
+    env steps taken."""
 
     episodes: list[EpisodeStats] = field(default_factory=list)
     steps: int = 0  # per actor
     num_envs: int = 0
+    actors: list[int] = field(default_factory=list)  # the index of the env that played episodes[i]
 
     @property
     def frames(self) -> int:
@@ -135,6 +137,7 @@ class Rollout:
         else:
             obs, hidden = self.state
         episodes: list[EpisodeStats] = []
+        actors: list[int] = []
         for _ in progress(range(timesteps), desc=desc, disable=self.no_bars, unit="env steps"):
             with self.caster():
                 actions, hidden = policy.get_actions(*self._obs_to_torch(obs), hidden, sample=sample)
@@ -142,13 +145,15 @@ class Rollout:
             done = np.logical_or(terminated, truncated)
             if done.any():
                 hidden = policy.reset_hidden_state(hidden, done)
-                episodes += finished_episodes(infos)
+                for actor, episode in finished_episodes_by_env(infos):
+                    actors.append(actor)
+                    episodes.append(episode)
         policy.train()
         self.state = (obs, hidden)
         self._steps_since_reset += timesteps
         if self.explores:
             self.explore_steps += timesteps
-        return RolloutStats(episodes, timesteps, self.num_envs)
+        return RolloutStats(episodes, timesteps, self.num_envs, actors)
 
     def collect(
         self,
@@ -167,9 +172,29 @@ class Rollout:
         while total.steps < timesteps and len(total.episodes) < episodes:
             part = self.step(policy, min(timesteps - total.steps, 100), sample, seed, desc)
             total.episodes += part.episodes
+            total.actors += part.actors
             total.steps += part.steps
-        total.episodes = total.episodes[:episodes]
+        total.episodes, total.actors = total.episodes[:episodes], total.actors[:episodes]
         return total
+
+    def first_episodes(
+        self, policy: Any, sample: bool = True, seed: int | None = None, desc: str = "", timesteps: int = 10**6
+    ) -> list[EpisodeStats]:
+        """Fresh episodes until every actor finished one; returns each actor's first, in actor order. Unlike
+        ``collect(episodes=N)``, an actor whose episodes are short cannot stand in for a slower one.
+        RuntimeError if some actor has not finished within ``timesteps`` steps."""
+        self.restart()
+        first: dict[int, EpisodeStats] = {}
+        steps = 0
+        while len(first) < self.num_envs and steps < timesteps:
+            part = self.step(policy, min(timesteps - steps, 100), sample, seed, desc)
+            steps += part.steps
+            for actor, episode in zip(part.actors, part.episodes):
+                first.setdefault(actor, episode)
+        if len(first) < self.num_envs:
+            waiting = sorted(set(range(self.num_envs)) - set(first))
+            raise RuntimeError(f"actors {waiting} finished no episode within {timesteps} steps; their env never ends")
+        return [first[i] for i in range(self.num_envs)]
 
     # ------------------------------------------------------------------ exploration schedule
     def state_dict(self) -> dict[str, int]:

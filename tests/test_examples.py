@@ -88,7 +88,7 @@ def test_evaluate_reads_the_env_and_benchmark_from_the_run(example, tmp_path, ca
     evaluate.main(
         [str(tmp_path / "mw"), "--env", "metaworld", "--split", "test", "--each_goal", "--save_trajs_to", str(demos)]
     )
-    assert "50 meta-episodes (each task once)" in capsys.readouterr().out
+    assert "50 meta-episodes (each task once, k-attempt protocol)" in capsys.readouterr().out
     assert {i for i in played if i is not None} == set(range(50))  # 50 actors, each pinned to its own task
     assert len(list(demos.rglob("*.npz"))) == 50
     with pytest.raises(SystemExit):  # argparse: the toy envs have no task list to cover

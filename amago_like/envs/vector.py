@@ -201,11 +201,16 @@ class LeanSyncVectorEnv(gym.vector.SyncVectorEnv):
 
 def finished_episodes(infos: dict) -> list[EpisodeStats]:
     """EpisodeStats of every env that finished an episode in this vector step."""
+    return [s for _, s in finished_episodes_by_env(infos)]
+
+
+def finished_episodes_by_env(infos: dict) -> list[tuple[int, EpisodeStats]]:
+    """(env index, EpisodeStats) of every env that finished an episode in this vector step."""
     final = infos.get("final_info", {})
     stats, mask = final.get("episode_stats"), final.get("_episode_stats")
     if stats is None:
         return []
-    return [s for s, m in zip(stats, mask) if m and isinstance(s, EpisodeStats)]
+    return [(i, s) for i, (s, m) in enumerate(zip(stats, mask)) if m and isinstance(s, EpisodeStats)]
 
 
 # ---------------------------------------------------------------------------------------------
