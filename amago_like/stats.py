@@ -35,14 +35,20 @@ def stratified_bootstrap_ci(
     confidence: float = CONFIDENCE,
 ) -> tuple[float, float]:
     """Percentile CI of ``stat`` over a (runs, tasks) score matrix, resampling runs within each task."""
+    values = [stat(m) for m in stratified_resamples(scores, reps, seed)]
+    tail = 100 * (1 - confidence) / 2
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def stratified_resamples(scores: np.ndarray, reps: int = REPS, seed: int = 0) -> np.ndarray:
+    """(reps, runs, tasks): ``reps`` copies of the (runs, tasks) matrix, each task's column drawn from its own runs
+    with replacement."""
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 2 or 0 in scores.shape:
         raise ValueError(f"scores must be a non-empty (runs, tasks) matrix, got shape {scores.shape}")
-    rng = np.random.default_rng(seed)
     runs, tasks = scores.shape
-    values = [stat(np.take_along_axis(scores, rng.integers(runs, size=(runs, tasks)), axis=0)) for _ in range(reps)]
-    tail = 100 * (1 - confidence) / 2
-    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+    picks = np.random.default_rng(seed).integers(runs, size=(reps, runs, tasks))
+    return np.take_along_axis(np.broadcast_to(scores, picks.shape), picks, axis=1)
 
 
 def bootstrap_ci(values: np.ndarray, stat: Callable[[np.ndarray], float] = np.mean, **kwargs) -> tuple[float, float]:
@@ -56,7 +62,11 @@ def performance_profile(scores: np.ndarray, taus: np.ndarray) -> np.ndarray:
     return np.array([(flat > tau).mean() for tau in np.asarray(taus, dtype=np.float64)])
 
 
-def performance_profile_ci(scores: np.ndarray, taus: np.ndarray, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+def performance_profile_ci(
+    scores: np.ndarray, taus: np.ndarray, reps: int = REPS, seed: int = 0, confidence: float = CONFIDENCE
+) -> tuple[np.ndarray, np.ndarray]:
     """Lower and upper stratified bootstrap bounds of :func:`performance_profile` at each tau."""
-    bounds = [stratified_bootstrap_ci(scores, lambda m, t=tau: float((m > t).mean()), **kwargs) for tau in taus]
-    return np.array([b[0] for b in bounds]), np.array([b[1] for b in bounds])
+    resamples = stratified_resamples(scores, reps, seed).reshape(reps, -1)
+    fractions = (resamples[:, :, None] > np.asarray(taus, dtype=np.float64)).mean(axis=1)  # (reps, taus)
+    tail = 100 * (1 - confidence) / 2
+    return np.percentile(fractions, tail, axis=0), np.percentile(fractions, 100 - tail, axis=0)
