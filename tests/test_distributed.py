@@ -48,6 +48,7 @@ def test_two_ranks_train_in_lockstep_with_identical_weights(ddp_run):
     # every rank collects with its own actors: 2 ranks x 2 actors x 12 steps x 2 epochs
     assert r0["total_frames"] == r1["total_frames"] == 96
     assert r0["grad_updates"] == r1["grad_updates"] == 8
+    assert isinstance(r0["seed"], int) and r0["seed"] == r1["seed"]  # drawn once, shared (each rank adds its index)
 
 
 def test_metrics_gather_episodes_from_both_ranks(ddp_run):

@@ -34,8 +34,7 @@ exp = Experiment(
     batch_size=4,
     val_interval=1,
     ckpt_interval=2,
-    verbose=False,
-    seed=0,
+    verbose=False,  # and no seed: the main process draws one for every rank
 )
 
 
@@ -68,6 +67,7 @@ with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
             "buffers": buffers.tolist(),
             "grad_updates": exp.grad_updates,
             "total_frames": exp.total_frames,
+            "seed": exp.seed,
             "checkpoint_error": checkpoint_error(exp),
         },
         f,
