@@ -389,9 +389,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         )
     if protocol_name is not None:
         _print_protocol(result, args, ev.weights_tag)
-    elif metaworld:
-        _print_metaworld(metrics)
-    else:
+    if metaworld:
+        _print_metaworld(metrics, protocol=protocol_name is not None)
+    elif protocol_name is None:
         _print_toy(ev.env_factory(args.split)(), metrics)
     return metrics
 
@@ -408,10 +408,13 @@ def _print_protocol(result: ProtocolResult, args: argparse.Namespace, weights_ta
     print(f"  success per task and attempt: {paths[0]} and {paths[2]}; per goal: {paths[1]}")
 
 
-def _print_metaworld(metrics: dict[str, float]) -> None:
+def _print_metaworld(metrics: dict[str, float], protocol: bool = False) -> None:
+    """Success per attempt and by task (unless a protocol printed its own), how long attempts stayed successful
+    and how near they came."""
     trials = sorted((k for k in metrics if re.fullmatch(r"test/Trial \d+ Success", k)), key=lambda k: int(k.split()[1]))
-    print(f"  success (any attempt) {metrics['test/Success']:.3f}")
-    print("  per attempt: " + ", ".join(f"{k.split()[1]} {metrics[k]:.3f}" for k in trials))
+    if not protocol:
+        print(f"  success (any attempt) {metrics['test/Success']:.3f}")
+        print("  per attempt: " + ", ".join(f"{k.split()[1]} {metrics[k]:.3f}" for k in trials))
     staying = [f"{k} Fraction" for k in trials]
     if all(k in metrics for k in staying):  # the share of each attempt's steps that were successful
         print("  steps successful per attempt: " + ", ".join(f"{metrics[k]:.3f}" for k in staying))
@@ -419,7 +422,7 @@ def _print_metaworld(metrics: dict[str, float]) -> None:
     if all(k in metrics for k in closest):  # mean over meta-episodes of each attempt's closest approach
         print("  min distance to target (m) per attempt: " + ", ".join(f"{metrics[k]:.3f}" for k in closest))
     tasks = sorted(k.split("/")[1] for k in metrics if re.fullmatch(r"test/[^/]+/Success", k))
-    if len(tasks) > 1:
+    if len(tasks) > 1 and not protocol:
         print("  success by task: " + ", ".join(f"{t} {metrics[f'test/{t}/Success']:.2f}" for t in tasks))
 
 
