@@ -48,7 +48,7 @@ from amago_like.envs.vector import make_vector_env
 from amago_like.nets.distributions import TanhGaussian
 from amago_like.nets.traj_encoders import TformerTrajEncoder
 from amago_like.nets.tstep_encoders import FFTstepEncoder
-from amago_like.rollout import Rollout
+from amago_like.rollout import KeptEpisodes, Rollout
 from amago_like.run_dir import RunDir, average_weights, load_weights, read_checkpoint
 
 #: ``--env`` names (as examples/toy.py and examples/metaworld.py call them)
@@ -214,16 +214,18 @@ class Evaluator:
         else:
             make = self.env_factory(split, **extra)
         actors = episodes if each_goal else self.settings["parallel_actors"]
-        envs = make_vector_env(make, actors, "sync", save_dir=save_trajs_to, record_to=render_to)
-        rollout = Rollout(envs, self.device)
-        try:
-            self.policy = self.build_policy(rollout)
-            self.load(self.policy, epoch, average)
-            if on_policy is not None:
-                on_policy(self.policy)
-            stats = rollout.collect(self.policy, 10**6, sample, self.settings["seed"], "evaluate", episodes)
-        finally:
-            rollout.close()
+        with KeptEpisodes(save_trajs_to) as saved:
+            envs = make_vector_env(make, actors, "sync", save_dir=saved.folder, record_to=render_to)
+            rollout = Rollout(envs, self.device)
+            try:
+                self.policy = self.build_policy(rollout)
+                self.load(self.policy, epoch, average)
+                if on_policy is not None:
+                    on_policy(self.policy)
+                stats = rollout.collect(self.policy, 10**6, sample, self.settings["seed"], "evaluate", episodes)
+            finally:
+                rollout.close()
+            saved.keep(stats.episodes)
         return stats.summary("test")
 
 

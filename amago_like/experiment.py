@@ -35,7 +35,7 @@ from amago_like.learner import DivergenceError, Learner, adamw, on_main_process,
 from amago_like.logging import RunLogger, init_wandb, plot_metrics, plot_metrics_in_background, progress
 from amago_like.nets.traj_encoders import TformerTrajEncoder, TrajEncoder
 from amago_like.nets.tstep_encoders import FFTstepEncoder, TstepEncoder
-from amago_like.rollout import Rollout, RolloutStats, summarize_episodes, with_exploration
+from amago_like.rollout import KeptEpisodes, Rollout, RolloutStats, summarize_episodes, with_exploration
 from amago_like.run_dir import CheckpointError, RunDir, RunExistsError, average_weights, load_weights, read_checkpoint
 
 __all__ = ["CheckpointError", "DivergenceError", "Experiment", "RunExistsError", "summarize_episodes"]
@@ -378,18 +378,21 @@ class Experiment:
         render_to: str | None = None,
     ) -> dict[str, float]:
         """Roll out the policy on fresh envs for ``timesteps`` steps per actor (or until ``episodes`` episodes
-        finished); with ``save_trajs_to``, every finished episode is written there as a dataset. ``render``
-        (True: ``{run_dir}/videos``, or a folder; ``render_to`` is the same) writes the first actor's episodes
-        as GIFs (``episode_0000.gif``, ...); ``make_test_env`` must build envs with ``render_mode="rgb_array"``."""
+        finished); with ``save_trajs_to``, exactly the finished episodes the metrics count are written there as
+        a dataset. ``render`` (True: ``{run_dir}/videos``, or a folder; ``render_to`` is the same) writes the
+        first actor's episodes as GIFs (``episode_0000.gif``, ...); ``make_test_env`` must build envs with
+        ``render_mode="rgb_array"``."""
         if render_to is None and render:
             render_to = render if isinstance(render, str) else os.path.join(self.run_dir, "videos")
-        rollout = self.make_rollout(self.make_envs(make_test_env, save_trajs_to, render_to))
-        try:
-            stats = rollout.collect(
-                self.policy, timesteps, self.eval_sample_actions, self._rollout_seed(), "test", episodes
-            )
-        finally:
-            rollout.close()
+        with KeptEpisodes(save_trajs_to) as saved:
+            rollout = self.make_rollout(self.make_envs(make_test_env, saved.folder, render_to))
+            try:
+                stats = rollout.collect(
+                    self.policy, timesteps, self.eval_sample_actions, self._rollout_seed(), "test", episodes
+                )
+            finally:
+                rollout.close()
+            saved.keep(stats.episodes)
         return self._summarize(stats, "test")
 
     # ================================================================== learning
