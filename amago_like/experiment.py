@@ -26,7 +26,7 @@ from amago_like.agents import Agent
 from amago_like.callbacks import Callback
 from amago_like.checks import check_writable_dir
 from amago_like.config import check_arguments, check_bindings, describe_arguments
-from amago_like.data.dataset import PADDED_SAMPLING, Batch, RLDataset, make_dataloader, require_data
+from amago_like.data.dataset import PADDED_SAMPLING, Batch, DataFeed, RLDataset, make_dataloader, require_data
 from amago_like.data.trajectory import FORMATS
 from amago_like.envs.exploration import ExplorationWrapper
 from amago_like.envs.vector import ENV_MODES, close_envs, make_vector_env
@@ -37,6 +37,7 @@ from amago_like.nets.traj_encoders import TformerTrajEncoder, TrajEncoder
 from amago_like.nets.tstep_encoders import FFTstepEncoder, TstepEncoder
 from amago_like.rollout import KeptEpisodes, Rollout, RolloutStats, summarize_episodes, with_exploration
 from amago_like.run_dir import CheckpointError, RunDir, RunExistsError, average_weights, load_weights, read_checkpoint
+from amago_like.threads import set_torch_threads
 
 __all__ = ["CheckpointError", "DivergenceError", "Experiment", "RunExistsError", "summarize_episodes"]
 
@@ -54,8 +55,8 @@ EnvFactory = Callable[[], gym.Env] | Sequence[Callable[[], gym.Env]]
 # the arguments' checks: choices, integers (minimum; None: any; "none": None allowed, else >= 1), numbers
 CHOICES = dict(env_mode=ENV_MODES, save_trajs_as=FORMATS, padded_sampling=PADDED_SAMPLING,
                mixed_precision=MIXED_PRECISION, role=ROLES)  # fmt: skip
-INTS = dict(max_seq_len=None, batch_size=1, batches_per_update=1, parallel_actors=1, epochs=1,
-            train_timesteps_per_epoch=0, train_batches_per_epoch=0, val_timesteps_per_epoch=0, dloader_workers=0,
+INTS = dict(max_seq_len=None, batch_size=1, batches_per_update=1, parallel_actors=1, epochs=1, dloader_workers=0,
+            train_timesteps_per_epoch=0, train_batches_per_epoch=0, val_timesteps_per_epoch=0, torch_threads="none",
             max_bad_updates_in_a_row=1, traj_save_len="none", keep_checkpoints="none")  # fmt: skip
 NUMBERS = ("learning_rate", "grad_clip", "l2_coeff")
 
@@ -65,7 +66,7 @@ class Experiment:
     """A meta-RL training run. Every argument is bindable from gin (``Experiment.epochs = 10``).
 
     ``make_train_env`` / ``make_val_env``: one env factory for every actor, or a list of ``parallel_actors``
-    factories (a list gives manual assignment across actors)."""
+    factories (a list gives manual assignment across actors). ``torch_threads``: see :mod:`amago_like.threads`."""
 
     def __init__(
         self,
@@ -122,6 +123,7 @@ class Experiment:
         max_bad_updates_in_a_row: int = 20,
         wait_for_data_seconds: float = 600.0,
         role: str = "both",
+        torch_threads: int | None = None,
     ):
         arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         check_bindings()  # a binding that would do nothing fails here, also when gin was parsed without the CLI
@@ -150,6 +152,7 @@ class Experiment:
         metrics_file = "metrics.jsonl" if role != "collect" else "metrics_collect.jsonl"
         self.run_folder = RunDir(self.run_dir, keep_checkpoints, metrics_file)
         self.epoch = self.total_frames = 0
+        self._feed = DataFeed(dataset)
         self._started, self._resume_pending = False, False
 
     # ================================================================== set-up (override points)
@@ -158,6 +161,7 @@ class Experiment:
         self.accelerator = Accelerator(
             mixed_precision=self.mixed_precision, gradient_accumulation_steps=self.batches_per_update
         )
+        set_torch_threads(self.torch_threads, self.role, self.accelerator.num_processes)
         if self.seed is not None:
             seed = self.seed + self.accelerator.process_index
             random.seed(seed)
@@ -309,7 +313,7 @@ class Experiment:
                 f"  {type(p.tstep_encoder).__name__} -> {type(p.traj_encoder).__name__}, max_seq_len {self.max_seq_len}",
                 f"envs: {self.parallel_actors} x {self.env_mode}, obs {dict(self.obs_space.spaces)}, actions {self.action_space}",
                 f"dataset: {self.dataset.get_description()}",
-                f"devices: {self.accelerator.num_processes} process(es) on {self.DEVICE}, mixed precision {self.mixed_precision}",
+                f"devices: {self.accelerator.num_processes} process(es) on {self.DEVICE}, mixed precision {self.mixed_precision}, {torch.get_num_threads()} torch thread(s)",
                 f"schedule: {self.epochs} epochs x ({self.train_timesteps_per_epoch} steps/actor, {self.train_batches_per_epoch} batches of {self.batch_size} x {self.max_seq_len})",
             ]
         )
@@ -423,8 +427,13 @@ class Experiment:
                 f"epoch {self.epoch} trains before any collection (start_collecting_at_epoch = "
                 f"{self.start_collecting_at_epoch})",
             )
-        if not self._wait_for_data():
-            return {}
+        # a learner that collects nothing itself (actor/learner split) waits for other processes to fill the buffer
+        seconds = 0 if self.epoch >= self.start_collecting_at_epoch else self.wait_for_data_seconds
+        if not self._feed.wait(seconds, print if self.verbose and self.is_main else None):
+            why = f"the learner waited {seconds:g} s (Experiment.wait_for_data_seconds) at epoch {self.epoch}"
+            return self._feed.starved(why, self.grad_updates > 0) if self.role == "learn" else {}
+        if self.role == "learn":  # its frames: the transitions its buffer received
+            self.total_frames = self._feed.frames(self.total_frames)
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
         bars = None if (self.verbose and self.is_main) else True
@@ -440,19 +449,6 @@ class Experiment:
                 self.log({f"learn/{k}": v for k, v in step_metrics.items()}, epoch=self.epoch + 1)
         self.learner.sync_buffers()
         return self.learner.mean_across_processes({f"learn/{k}": sums[k] / counts[k] for k in sums})
-
-    def _wait_for_data(self) -> bool:
-        """True when the dataset can be sampled. A learner that collects nothing itself (actor/learner
-        split) waits up to ``wait_for_data_seconds`` for other processes to fill the buffer."""
-        collects = self.epoch >= self.start_collecting_at_epoch
-        deadline = time.time() + (0 if collects else self.wait_for_data_seconds)
-        while True:
-            self.dataset.refresh_files()
-            if self.dataset.ready_for_training:
-                return True
-            if time.time() >= deadline:
-                return False
-            time.sleep(2.0)
 
     # ================================================================== the loop
     def learn(self) -> dict[str, float]:
@@ -596,6 +592,7 @@ class Experiment:
         self.learner.load_state_dict(state)
         c = state["counters"]
         self.epoch, self.total_frames = c["epoch"], c["total_frames"]
+        self._feed = DataFeed(self.dataset)
         self.learner.grad_updates, self.learner.bad_updates = c["grad_updates"], c.get("bad_updates", 0)
         # checkpoints written before the rollout had its own state: actors step in lockstep
         per_actor = self.total_frames // (self.parallel_actors * self.accelerator.num_processes)
