@@ -1,6 +1,6 @@
 """How many threads torch runs its operators on in each process (``Experiment.torch_threads``).
 
-torch starts one intra-op thread per core and its OpenMP threads busy-wait for one another at every
+torch starts one intra-op thread per core, and its OpenMP threads spin (busy-wait) for one another at every
 operator. That pays on an idle machine with big operators; with this trainer's small ones, and with the
 cores shared (env stepping, collectors beside a learner, other jobs), a thread that is not scheduled holds
 up all the others at every operator while they spin on the cores the rest of the machine needs, and a run

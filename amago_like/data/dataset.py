@@ -428,8 +428,8 @@ class DataFeed:
 
     def frames(self, frames: int) -> int:
         """A learner's frames, given its count so far: the transitions its buffer received
-        (:meth:`RLDataset.frames_received`) on top of the count it had when it first looked (after a resume,
-        the checkpoint's, less what is still on disk)."""
+        (:meth:`RLDataset.frames_received`). The first call gives the larger of ``frames`` (a resumed run's
+        count) and what the buffer holds; later calls add what arrived since."""
         received = self.dataset.frames_received() or 0
         if self._base is None:
             self._base = max(frames - received, 0)
