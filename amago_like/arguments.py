@@ -18,8 +18,8 @@ ROLES = ("both", "collect", "learn")
 # the arguments' checks: choices, integers (minimum; None: any; "none": None allowed, else >= 1), numbers
 CHOICES = dict(env_mode=ENV_MODES, save_trajs_as=FORMATS, padded_sampling=PADDED_SAMPLING,
                mixed_precision=MIXED_PRECISION, role=ROLES)  # fmt: skip
-INTS = dict(max_seq_len=None, batch_size=1, batches_per_update=1, parallel_actors=1, epochs=1,
-            train_timesteps_per_epoch=0, train_batches_per_epoch=0, val_timesteps_per_epoch=0, dloader_workers=0,
+INTS = dict(max_seq_len=None, batch_size=1, batches_per_update=1, parallel_actors=1, epochs=1, dloader_workers=0,
+            train_timesteps_per_epoch=0, train_batches_per_epoch=0, val_timesteps_per_epoch=0, torch_threads="none",
             max_bad_updates_in_a_row=1, traj_save_len="none", keep_checkpoints="none")  # fmt: skip
 NUMBERS = ("learning_rate", "grad_clip", "l2_coeff")
 

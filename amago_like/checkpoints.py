@@ -14,15 +14,16 @@ import time
 from collections.abc import Sequence
 
 from amago_like.config import literal, read_arguments
+from amago_like.data.dataset import DataFeed
 from amago_like.learner import draw_seed, on_main_process, restore_rng_state, rng_state
 from amago_like.run_dir import CheckpointError, RunExistsError, average_weights, load_weights, read_checkpoint
 
 
 class ExperimentCheckpoints:
     """The checkpoint methods of :class:`~amago_like.experiment.Experiment`. They use its run folder
-    (``run_folder``), parts (``accelerator``, ``is_main``, ``DEVICE``, ``learner``, ``policy``, ``train_rollout``),
-    counters (``epoch``, ``total_frames``, ``grad_updates``, ``bad_updates``), settings (``role``,
-    ``parallel_actors``) and state (``_started``, ``_resume_pending``)."""
+    (``run_folder``), parts (``accelerator``, ``is_main``, ``DEVICE``, ``learner``, ``policy``, ``train_rollout``,
+    ``dataset``), counters (``epoch``, ``total_frames``, ``grad_updates``, ``bad_updates``), settings (``role``,
+    ``parallel_actors``) and state (``_started``, ``_resume_pending``, ``_feed``)."""
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -63,6 +64,7 @@ class ExperimentCheckpoints:
         self.learner.load_state_dict(state)
         c = state["counters"]
         self.epoch, self.total_frames = c["epoch"], c["total_frames"]
+        self._feed = DataFeed(self.dataset)  # a learner's frames go on from the checkpoint's count
         self.learner.grad_updates, self.learner.bad_updates = c["grad_updates"], c.get("bad_updates", 0)
         self._clock_origin = time.time() - c.get("wall_seconds", 0.0)  # wall seconds go on from the checkpoint's
         # checkpoints written before the rollout had its own state: actors step in lockstep

@@ -54,7 +54,7 @@ from amago_like.nets.distributions import TanhGaussian
 from amago_like.nets.traj_encoders import TformerTrajEncoder
 from amago_like.nets.tstep_encoders import FFTstepEncoder
 from amago_like.protocols import PROTOCOLS, Protocol, ProtocolResult, run_protocol
-from amago_like.rollout import Rollout, summarize_episodes
+from amago_like.rollout import KeptEpisodes, Rollout, summarize_episodes
 from amago_like.run_dir import RunDir, average_weights, load_weights, read_checkpoint
 
 #: ``--env`` names (as examples/toy.py and examples/metaworld.py call them)
@@ -242,13 +242,15 @@ class Evaluator:
             return {**summarize_episodes(result.episodes, "test"), **result.metrics("test")}
         seed = self._seed(seed)
         make = self.env_factory(split, **({"render_mode": "rgb_array"} if render_to else {}))
-        envs = make_vector_env(make, self.settings["parallel_actors"], "sync", save_trajs_to, record_to=render_to)
-        rollout = Rollout(envs, self.device)
-        try:
-            policy = self._loaded_policy(rollout, epoch, average, on_policy)
-            stats = rollout.collect(policy, 10**6, sample, seed, "evaluate", episodes)
-        finally:
-            rollout.close()
+        with KeptEpisodes(save_trajs_to) as saved:
+            envs = make_vector_env(make, self.settings["parallel_actors"], "sync", saved.folder, record_to=render_to)
+            rollout = Rollout(envs, self.device)
+            try:
+                policy = self._loaded_policy(rollout, epoch, average, on_policy)
+                stats = rollout.collect(policy, 10**6, sample, seed, "evaluate", episodes)
+            finally:
+                rollout.close()
+            saved.keep(stats.episodes)
         return stats.summary("test")
 
     def run_protocol(

@@ -28,7 +28,7 @@ from amago_like.callbacks import Callback
 from amago_like.checkpoints import ExperimentCheckpoints
 from amago_like.config import describe_arguments
 from amago_like.data.batches import Batch, make_dataloader
-from amago_like.data.dataset import RLDataset, require_data
+from amago_like.data.dataset import DataFeed, RLDataset, require_data
 from amago_like.envs.exploration import ExplorationWrapper
 from amago_like.envs.vector import close_envs, make_vector_env
 from amago_like.envs.wrapper import EpisodeStats
@@ -43,8 +43,9 @@ from amago_like.logging import (
 )
 from amago_like.nets.traj_encoders import TformerTrajEncoder, TrajEncoder
 from amago_like.nets.tstep_encoders import FFTstepEncoder, TstepEncoder
-from amago_like.rollout import Rollout, RolloutStats, summarize_episodes, with_exploration
+from amago_like.rollout import KeptEpisodes, Rollout, RolloutStats, summarize_episodes, with_exploration
 from amago_like.run_dir import CheckpointError, RunDir, RunExistsError
+from amago_like.threads import set_torch_threads
 
 __all__ = ["CheckpointError", "DivergenceError", "Experiment", "RunExistsError", "summarize_episodes"]
 
@@ -64,7 +65,7 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
     """A meta-RL training run. Every argument is bindable from gin (``Experiment.epochs = 10``).
 
     ``make_train_env`` / ``make_val_env``: one env factory for every actor, or a list of ``parallel_actors``
-    factories (a list gives manual assignment across actors)."""
+    factories (a list gives manual assignment across actors). ``torch_threads``: see :mod:`amago_like.threads`."""
 
     def __init__(
         self,
@@ -121,6 +122,7 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         max_bad_updates_in_a_row: int = 20,
         wait_for_data_seconds: float = 600.0,
         role: str = "both",
+        torch_threads: int | None = None,
     ):
         arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         check_experiment_arguments(arguments)
@@ -138,6 +140,7 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         self.run_folder = RunDir(self.run_dir, keep_checkpoints, metrics_file)
         self.epoch = self.total_frames = 0
         self._clock_origin = time.time()  # of wall_seconds (a resume moves it back by the checkpoint's seconds)
+        self._feed = DataFeed(dataset)
         self._started, self._resume_pending = False, False
 
     # ================================================================== set-up (override points)
@@ -146,6 +149,7 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         self.accelerator = Accelerator(
             mixed_precision=self.mixed_precision, gradient_accumulation_steps=self.batches_per_update
         )
+        set_torch_threads(self.torch_threads, self.role, self.accelerator.num_processes)
         self.settle_seed()
         seed_rngs(self.seed + self.accelerator.process_index)
         self.init_checkpoints()
@@ -341,18 +345,21 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         render_to: str | None = None,
     ) -> dict[str, float]:
         """Roll out the policy on fresh envs for ``timesteps`` steps per actor (or until ``episodes`` episodes
-        finished); with ``save_trajs_to``, every finished episode is written there as a dataset. ``render``
-        (True: ``{run_dir}/videos``, or a folder; ``render_to`` is the same) writes the first actor's episodes
-        as GIFs (``episode_0000.gif``, ...); ``make_test_env`` must build envs with ``render_mode="rgb_array"``."""
+        finished); with ``save_trajs_to``, exactly the finished episodes the metrics count are written there as
+        a dataset. ``render`` (True: ``{run_dir}/videos``, or a folder; ``render_to`` is the same) writes the
+        first actor's episodes as GIFs (``episode_0000.gif``, ...); ``make_test_env`` must build envs with
+        ``render_mode="rgb_array"``."""
         if render_to is None and render:
             render_to = render if isinstance(render, str) else os.path.join(self.run_dir, "videos")
-        rollout = self.make_rollout(self.make_envs(make_test_env, save_trajs_to, render_to))
-        try:
-            stats = rollout.collect(
-                self.policy, timesteps, self.eval_sample_actions, self._rollout_seed(), "test", episodes
-            )
-        finally:
-            rollout.close()
+        with KeptEpisodes(save_trajs_to) as saved:
+            rollout = self.make_rollout(self.make_envs(make_test_env, saved.folder, render_to))
+            try:
+                stats = rollout.collect(
+                    self.policy, timesteps, self.eval_sample_actions, self._rollout_seed(), "test", episodes
+                )
+            finally:
+                rollout.close()
+            saved.keep(stats.episodes)
         return self._summarize(stats, "test")
 
     # ================================================================== learning
@@ -383,8 +390,13 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
                 f"epoch {self.epoch} trains before any collection (start_collecting_at_epoch = "
                 f"{self.start_collecting_at_epoch})",
             )
-        if not self._wait_for_data():
-            return {}
+        # a learner that collects nothing itself (actor/learner split) waits for other processes to fill the buffer
+        seconds = 0 if self.epoch >= self.start_collecting_at_epoch else self.wait_for_data_seconds
+        if not self._feed.wait(seconds, print if self.verbose and self.is_main else None):
+            why = f"the learner waited {seconds:g} s (Experiment.wait_for_data_seconds) at epoch {self.epoch}"
+            return self._feed.starved(why, self.grad_updates > 0) if self.role == "learn" else {}
+        if self.role == "learn":  # its frames: the transitions its buffer received
+            self.total_frames = self._feed.frames(self.total_frames)
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
         bars = None if (self.verbose and self.is_main) else True
@@ -400,19 +412,6 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
                 self.log({f"learn/{k}": v for k, v in step_metrics.items()}, epoch=self.epoch + 1)
         self.learner.sync_buffers()
         return self.learner.mean_across_processes({f"learn/{k}": sums[k] / counts[k] for k in sums})
-
-    def _wait_for_data(self) -> bool:
-        """True when the dataset can be sampled. A learner that collects nothing itself (actor/learner
-        split) waits up to ``wait_for_data_seconds`` for other processes to fill the buffer."""
-        collects = self.epoch >= self.start_collecting_at_epoch
-        deadline = time.time() + (0 if collects else self.wait_for_data_seconds)
-        while True:
-            self.dataset.refresh_files()
-            if self.dataset.ready_for_training:
-                return True
-            if time.time() >= deadline:
-                return False
-            time.sleep(2.0)
 
     # ================================================================== the loop
     def learn(self) -> dict[str, float]:

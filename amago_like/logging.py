@@ -75,6 +75,8 @@ class ExperimentLogging:
 
     def summary(self) -> str:
         """The start-up description of the run: model size, envs, dataset, devices, schedule."""
+        import torch  # loaded by the experiment already; this module needs it nowhere else
+
         sizes, p = self.policy_metrics(), self.policy
         return "\n".join(
             [
@@ -84,7 +86,7 @@ class ExperimentLogging:
                 f"  {type(p.tstep_encoder).__name__} -> {type(p.traj_encoder).__name__}, max_seq_len {self.max_seq_len}",
                 f"envs: {self.parallel_actors} x {self.env_mode}, obs {dict(self.obs_space.spaces)}, actions {self.action_space}",
                 f"dataset: {self.dataset.get_description()}",
-                f"devices: {self.accelerator.num_processes} process(es) on {self.DEVICE}, mixed precision {self.mixed_precision}",
+                f"devices: {self.accelerator.num_processes} process(es) on {self.DEVICE}, mixed precision {self.mixed_precision}, {torch.get_num_threads()} torch thread(s)",
                 f"schedule: {self.epochs} epochs x ({self.train_timesteps_per_epoch} steps/actor, {self.train_batches_per_epoch} batches of {self.batch_size} x {self.max_seq_len})",
             ]
         )

@@ -45,7 +45,7 @@ from amago_like.envs.vector import make_vector_env
 from amago_like.envs.wrapper import EpisodeStats
 from amago_like.io import atomic_write_text
 from amago_like.logging import save_png
-from amago_like.rollout import Rollout
+from amago_like.rollout import KeptEpisodes, Rollout
 
 PROTOCOLS = ("k-attempt", "metaworld")
 #: Meta-World's defaults (``metalearning_evaluation``: one adaptation step of 10 episodes, then 3 scored)
@@ -229,24 +229,28 @@ def run_protocol(
 ) -> ProtocolResult:
     """Play every task ``0..num_tasks-1`` of ``make_env`` (called with ``task_index`` and the protocol's
     :meth:`Protocol.env_kwargs`) once, ``max_actors`` at a time (default: all at once). ``policy_for(rollout)``
-    gives the policy (built on the first rollout's spaces). Goal i's envs reset with ``seed + i``."""
+    gives the policy (built on the first rollout's spaces). Goal i's envs reset with ``seed + i``. With
+    ``save_trajs_to``, the counted meta-episodes (each actor's first) are written there, no others."""
     if num_tasks < 1:
         raise ValueError("the split has no tasks to evaluate")
     size = max_actors or num_tasks
     if size < 1:
         raise ValueError(f"max_actors must be >= 1, got {max_actors}")
     policy, episodes = None, []
-    for start in range(0, num_tasks, size):
-        indices = range(start, min(start + size, num_tasks))
-        factories = [functools.partial(make_env, task_index=i, **protocol.env_kwargs()) for i in indices]
-        record = render_to if start == 0 else None
-        rollout = Rollout(make_vector_env(factories, len(factories), "sync", save_trajs_to, record_to=record), device)
-        try:
-            policy = policy_for(rollout) if policy is None else policy
-            desc = f"{protocol.name} goals {start + 1}-{indices[-1] + 1} of {num_tasks}"
-            episodes += rollout.first_episodes(policy, sample, None if seed is None else seed + start, desc)
-        finally:
-            rollout.close()
+    with KeptEpisodes(save_trajs_to) as saved:  # only the counted meta-episodes stay in save_trajs_to
+        for start in range(0, num_tasks, size):
+            indices = range(start, min(start + size, num_tasks))
+            factories = [functools.partial(make_env, task_index=i, **protocol.env_kwargs()) for i in indices]
+            record = render_to if start == 0 else None
+            envs = make_vector_env(factories, len(factories), "sync", saved.folder, record_to=record)
+            rollout = Rollout(envs, device)
+            try:
+                policy = policy_for(rollout) if policy is None else policy
+                desc = f"{protocol.name} goals {start + 1}-{indices[-1] + 1} of {num_tasks}"
+                episodes += rollout.first_episodes(policy, sample, None if seed is None else seed + start, desc)
+            finally:
+                rollout.close()
+        saved.keep(episodes)
     goals, seen = [], {}
     for i, episode in enumerate(episodes):
         goal = seen[episode.env_name] = seen.get(episode.env_name, -1) + 1

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import shutil
+import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +68,40 @@ def summarize_episodes(episodes: list[EpisodeStats], prefix: str) -> dict[str, f
         for name, eps in by_name.items():
             out.update({f"{prefix}/{name}/{k}": v for k, v in averages(eps).items()})
     return out
+
+
+class KeptEpisodes:
+    """Saving for a rollout that counts only some of its episodes (``collect(..., episodes=N)``): the envs
+    write into a hidden staging folder inside ``directory`` (``folder``), and :meth:`keep` moves the files of
+    the counted episodes into ``directory``; leaving the ``with`` block removes the rest (episodes past the
+    N-th, unfinished ones). Every move is a rename, so a killed run leaves in ``directory`` only complete
+    files of counted episodes (and the hidden staging folder, which datasets never list).
+    ``directory`` None: nothing is saved and ``folder`` is None."""
+
+    def __init__(self, directory: str | None):
+        self.directory = directory
+        self.folder: str | None = None
+        if directory is not None:
+            os.makedirs(directory, exist_ok=True)
+            self.folder = tempfile.mkdtemp(prefix=".staging-", dir=directory)  # same disk: moves are renames
+
+    def keep(self, episodes: list[EpisodeStats]) -> list[str]:
+        """Move the files of ``episodes`` into ``directory``; returns their new paths."""
+        if self.directory is None:
+            return []
+        kept = []
+        for ep in episodes:
+            for path in ep.files:
+                kept.append(os.path.join(self.directory, os.path.basename(path)))
+                os.replace(path, kept[-1])
+        return kept
+
+    def __enter__(self) -> KeptEpisodes:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _explore(make_env: EnvFactory, wrapper_type: type[ExplorationWrapper]) -> gym.Env:

@@ -33,6 +33,7 @@ from amago_like.data.trajectory import (
     FORMATS,
     Trajectory,
     TrajectoryFileError,
+    count_transitions,
     load_trajectory,
     save_trajectory,
 )
@@ -192,6 +193,31 @@ def test_leftover_temp_file_of_a_killed_writer_is_invisible(tmp_path):
     save_trajectory(make_traj(), ds.fifo_dir, "env", "npz")
     ds.refresh_files()
     assert len(ds) == 1
+
+
+def test_count_transitions_reads_every_format_and_names_bad_files(tmp_path):
+    for fmt in FORMATS:
+        assert count_transitions(save_trajectory(make_traj(T=7), str(tmp_path), "env", fmt)) == 7
+    os.makedirs(tmp_path / "bad")
+    for kind, path in write_bad_files(tmp_path / "bad").items():
+        with pytest.raises(TrajectoryFileError) as info:
+            count_transitions(path)
+        assert path in str(info.value), kind
+    with pytest.raises(FileNotFoundError):
+        count_transitions(str(tmp_path / "missing.npz"))
+
+
+def test_dataset_counts_the_frames_its_buffer_received_once_each(tmp_path):
+    ds = make_dataset(tmp_path)
+    assert ds.frames_received() == 0
+    first = save_trajectory(make_traj(T=5), ds.fifo_dir, "env", "npz")
+    save_trajectory(make_traj(T=3), ds.protected_dir, "env", "npz")  # not received: put there by hand
+    assert ds.frames_received() == 5
+    os.remove(first)  # the FIFO bound: what was received stays counted
+    save_trajectory(make_traj(T=4), ds.fifo_dir, "env", "traj")
+    assert ds.frames_received() == ds.frames_received() == 9
+    mixture = MixtureOfDatasets([make_dataset(tmp_path / "other"), ds], [0.5, 0.5], save_to_index=1)
+    assert mixture.frames_received() == 9
 
 
 def test_bad_files_raise_trajectory_file_error_naming_path(tmp_path):

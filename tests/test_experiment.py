@@ -217,6 +217,25 @@ def test_evaluate_test_saves_a_dataset_that_reads_back(trained, tmp_path):
     np.testing.assert_array_equal(traj.actions.sum(-1), np.ones(6))  # one-hot actions
 
 
+@pytest.mark.parametrize("env_mode, traj_save_len", [("sync", None), ("async", 4)])
+def test_evaluate_test_writes_exactly_the_episodes_it_counts(trained, tmp_path, env_mode, traj_save_len):
+    """2 actors stepped in chunks of 100 finish 32 meta-episodes; 3 are counted, and only those are written
+    (all their segments when they are cut in pieces; none of the unfinished ones)."""
+    from amago_like.data.trajectory import load_trajectory
+
+    exp, _ = trained
+    exp.env_mode, exp.traj_save_len = env_mode, traj_save_len
+    out = tmp_path / "test_trajs"
+    metrics = exp.evaluate_test(MetaBandit, timesteps=600, save_trajs_to=str(out), episodes=3)
+    assert metrics["test/episodes"] == 3
+    names = os.listdir(out)  # no staging folder left behind either
+    assert len(names) == 3 if traj_save_len is None else len(names) >= 6
+    trajs = [load_trajectory(str(out / n)) for n in names]
+    assert sum(len(t.actions) for t in trajs) == 3 * 6  # three whole 6-pull meta-episodes
+    assert sum(t.dones.sum() for t in trajs) <= 3
+    assert np.isclose(sum(t.rews.sum() for t in trajs), 3 * metrics["test/return"], atol=1e-4)
+
+
 def test_evaluate_test_stops_after_requested_episodes(trained):
     exp, _ = trained
     metrics = exp.evaluate_test(MetaBandit, timesteps=600, episodes=3)

@@ -15,9 +15,10 @@ import torch
 from amago_like import DiskTrajDataset, Experiment, MetaBandit
 from amago_like.callbacks import EarlyStopping
 from amago_like.cli import REPO_ROOT, apply_gin
-from amago_like.data import load_trajectory
+from amago_like.data import EmptyDatasetError, load_trajectory
 from amago_like.experiment import DivergenceError
 from amago_like.logging import read_metrics
+from amago_like.threads import THREAD_ENV_VARS, automatic_threads
 
 BANDIT = os.path.join(REPO_ROOT, "examples", "toy.py")
 FAST = ["--gin", "Experiment.train_batches_per_epoch = 10", "--gin", "Experiment.val_interval = 100"]
@@ -94,22 +95,27 @@ def test_sigkill_then_resume_keeps_counters_and_every_trajectory(tmp_path):
 
 def test_actor_learner_split_shares_buffer_and_policy(tmp_path):
     run = tmp_path / "life"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # torch's thread count left to the roles (a learner and a collector at torch's default stalled on 2 cores)
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_ENV_VARS}
     # the learner starts first and waits for the collector's data
     learner = subprocess.Popen(bandit_cmd(tmp_path, "--mode", "learn", "--epochs", "3"), env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     first = subprocess.run(bandit_cmd(tmp_path, "--mode", "collect", "--epochs", "4"), env=env,
                            capture_output=True, text=True, timeout=240)  # fmt: skip
     assert first.returncode == 0, first.stderr[-2000:]
-    _, err = learner.communicate(timeout=240)
+    out, err = learner.communicate(timeout=240)
     assert learner.returncode == 0, err[-2000:]
+    assert "1 torch thread(s)" in first.stdout
+    assert f"{automatic_threads('learn')} torch thread(s)" in out
     # a collector started after the learner published its policy acts with it
     second = subprocess.run(bandit_cmd(tmp_path, "--mode", "collect", "--epochs", "2"), env=env,
                             capture_output=True, text=True, timeout=240)  # fmt: skip
     assert second.returncode == 0, second.stderr[-2000:]
 
     learned = rows(run / "metrics.jsonl")
-    assert learned[-1]["grad_updates"] == 3 * 10 and learned[-1]["total_frames"] == 0
+    assert learned[-1]["grad_updates"] == 3 * 10
+    # the learner's frames: what had reached the buffer (whole 6-step episodes) when it trained
+    assert 0 < learned[-1]["total_frames"] <= 4 * 240 and learned[-1]["total_frames"] % 6 == 0
     assert sum("learn/critic_loss" in r for r in learned) == 3
     collected = rows(run / "metrics_collect.jsonl")
     assert [r["total_frames"] for r in collected] == [240, 480, 720, 960, 240, 480]  # 30 steps x 8 actors
@@ -117,6 +123,55 @@ def test_actor_learner_split_shares_buffer_and_policy(tmp_path):
     assert [r["latest_policy_loaded"] for r in collected[-2:]] == [1.0, 1.0]
     assert (run / "ckpts" / "latest" / "policy.pt").exists()
     assert (run / "ckpts" / "training_states" / "epoch_3" / "state.pt").exists()  # only the learner checkpoints
+
+
+def test_a_learner_counts_the_frames_its_buffer_received(tmp_path):
+    collector = small_experiment(tmp_path, role="collect", epochs=1, val_interval=None)
+    learner = small_experiment(tmp_path, role="learn", epochs=1, val_interval=None)
+    collector.start()
+    learner.start()
+    collector.learn()  # 2 actors x 12 steps: four whole 6-step episodes
+    learner.learn()
+    assert learner.total_frames == 24
+    collector.epochs = learner.epochs = 2
+    collector.learn()
+    learner.learn()
+    assert learner.total_frames == 48
+    assert [r["total_frames"] for r in rows(tmp_path / "run" / "metrics.jsonl")] == [24, 48]
+    learner.close()
+    resumed = small_experiment(tmp_path, role="learn", epochs=3, val_interval=None)
+    resumed.start()
+    resumed.load_latest_checkpoint()
+    collector.epochs = 3
+    collector.learn()
+    resumed.learn()  # goes on from the checkpoint's count, not from the files on disk
+    assert resumed.total_frames == 72
+    resumed.close()
+    collector.close()
+
+
+def test_a_learner_that_never_gets_data_stops_saying_where_it_waited(tmp_path):
+    exp = small_experiment(tmp_path, role="learn", wait_for_data_seconds=0)
+    exp.start()
+    try:
+        with pytest.raises(EmptyDatasetError) as err:
+            exp.learn()
+    finally:
+        exp.close()
+    message = str(err.value)
+    assert "the learner waited 0 s (Experiment.wait_for_data_seconds) at epoch 0" in message
+    assert str(tmp_path / "run" / "buffer") in message and "--mode collect" in message
+    assert exp.grad_updates == 0 and exp.checkpoint_epochs() == []
+
+
+def test_a_learner_that_has_trained_warns_of_an_epoch_without_data(tmp_path):
+    exp = small_experiment(tmp_path, role="learn", wait_for_data_seconds=0)
+    exp.start()
+    exp.learner.grad_updates = 5  # trained before (e.g. resumed), and its buffer is gone since
+    with pytest.warns(RuntimeWarning, match=r"waited 0 s .* at epoch 0 for data in vain: this epoch makes no updates"):
+        metrics = exp.learn_epoch()
+    assert metrics == {"learn/epoch_without_data": 1.0} and exp.grad_updates == 5
+    exp.close()
 
 
 def test_non_finite_updates_are_skipped_counted_then_stop_the_run(tmp_path):

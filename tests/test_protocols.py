@@ -103,6 +103,22 @@ def test_every_goal_is_played_exactly_once_however_short_its_episodes():
         assert [ep.length for ep in result.episodes] == [6, 6, 15, 15, 15]  # 3 attempts each
 
 
+def test_only_the_counted_meta_episodes_are_saved(tmp_path):
+    """The short task's actors finish more meta-episodes while the long task's play their first; only each
+    actor's first (the counted ones) is written, and no staging folder is left."""
+    from amago_like.data.trajectory import load_trajectory
+
+    out = tmp_path / "trajs"
+    for max_actors in (None, 2):
+        result = run_protocol(K_ATTEMPT, lambda rollout: Scripted(lambda a, long: True), TaskList, len(TASKS),
+                              torch.device("cpu"), seed=0, max_actors=max_actors, save_trajs_to=str(out))  # fmt: skip
+        names = sorted(os.listdir(out))
+        assert len(names) == 5 and len(result.goals) == 5 and not any(n.startswith(".") for n in names)
+        assert sorted(len(load_trajectory(str(out / n)).actions) for n in names) == [6, 6, 15, 15, 15]
+        for n in names:
+            os.remove(out / n)
+
+
 def test_a_policy_that_succeeds_from_the_second_attempt_shows_it_per_attempt():
     from_second = lambda attempt, long: attempt >= 2  # noqa: E731
     k = play(K_ATTEMPT, from_second)

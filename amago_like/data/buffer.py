@@ -20,6 +20,7 @@ from amago_like.data.trajectory import (
     NpzLayout,
     Trajectory,
     TrajectoryFileError,
+    count_transitions,
     load_trajectory_and_layout,
     read_window,
 )
@@ -142,6 +143,8 @@ class DiskTrajDataset(RLDataset):
         self._layouts: dict[str, NpzLayout] = {}  # where the rows lie in files already read once
         self._bad_files: set[str] = set()
         self._files: list[str] = []
+        self._counted: set[str] = set()  # fifo files already in frames_received()
+        self._received = 0
         self.refresh_files()
 
     def __getstate__(self) -> dict:
@@ -188,6 +191,22 @@ class DiskTrajDataset(RLDataset):
         deleted = self.enforce_max_size() if self.has_edit_rights else 0
         self.refresh_files()
         return {"buffer/trajectories": len(self), "buffer/deleted": deleted}
+
+    def frames_received(self) -> int:
+        """Transitions in the files that arrived in ``fifo/``, each counted once, the first time this method
+        lists it (reading only its header where the format allows); a file written and deleted between two
+        calls is missed."""
+        fifo = self._list(self.fifo_dir)
+        for path in fifo:
+            if path in self._counted:
+                continue
+            try:
+                self._received += count_transitions(path)
+            except (FileNotFoundError, TrajectoryFileError):  # deleted meanwhile, or no data (sampling warns)
+                continue
+            self._counted.add(path)
+        self._counted.intersection_update(fifo)  # names are unique: a file gone never comes back
+        return self._received
 
     def enforce_max_size(self) -> int:
         """Delete the oldest fifo files beyond ``dset_max_size`` (and stale temporary files);
@@ -371,6 +390,9 @@ class TrajFolderDataset(DiskTrajDataset):
     def on_end_of_collection(self) -> dict[str, float]:
         self.refresh_files()
         return {"buffer/trajectories": len(self)}
+
+    def frames_received(self) -> None:
+        return None
 
     def enforce_max_size(self) -> int:
         return 0

@@ -1,5 +1,6 @@
 """The dataset interface the learner samples from (:class:`RLDataset`), mixtures of datasets, the window a
-sample covers, and the refusal of an empty dataset where training needs data.
+sample covers, the refusal of an empty dataset where training needs data, and what a training process sees
+of the data arriving (:class:`DataFeed`: waiting for it, a learner's frames).
 
 The datasets of trajectory files on disk are in :mod:`amago_like.data.buffer`, the padded batches and the
 DataLoader in :mod:`amago_like.data.batches`; their names stay importable from here, where they lived before.
@@ -9,6 +10,9 @@ from __future__ import annotations
 
 import abc
 import importlib
+import time
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import gin
@@ -48,6 +52,11 @@ class RLDataset(abc.ABC):
     def on_end_of_collection(self) -> dict[str, float]:
         """Called after each round of data collection; returns metrics to log."""
         return {}
+
+    def frames_received(self) -> int | None:
+        """Transitions written into this dataset's buffer by any process, as far as this object has seen them
+        arrive (None: it takes no new data, or does not count). What a learner that collects nothing counts."""
+        return None
 
     def get_description(self) -> str:
         return type(self).__name__
@@ -92,18 +101,65 @@ class EmptyDatasetError(ValueError):
     """A dataset pointed at a folder that holds no trajectories where training needs them."""
 
 
-def require_data(dataset: RLDataset, why: str) -> None:
-    """EmptyDatasetError, saying ``why`` data is needed now and where the dataset looked, unless
+_OFFLINE_FIX = (
+    "Point the dataset at a folder of trajectory files (TrajFolderDataset, DiskTrajDataset.demo_dirs) or collect "
+    "before learning"
+)
+
+
+def require_data(dataset: RLDataset, why: str, fix: str = _OFFLINE_FIX) -> None:
+    """EmptyDatasetError, saying ``why`` data is needed now, where the dataset looked and ``fix``, unless
     ``dataset`` holds enough to train on (after re-listing its files, for datasets on disk). For
     training that will not collect first: offline runs, ``start_collecting_at_epoch`` after
-    ``start_learning_at_epoch``."""
+    ``start_learning_at_epoch``, a learner that waited in vain for collectors."""
     if hasattr(dataset, "refresh_files"):
         dataset.refresh_files()
     if not dataset.ready_for_training:
-        raise EmptyDatasetError(
-            f"{why}, but there is nothing to train on: {dataset.get_description()}. Point the dataset at a folder "
-            "of trajectory files (TrajFolderDataset, DiskTrajDataset.demo_dirs) or collect before learning"
-        )
+        raise EmptyDatasetError(f"{why}, but there is nothing to train on: {dataset.get_description()}. {fix}")
+
+
+class DataFeed:
+    """What a training process sees of the data arriving in ``dataset``: it waits for enough to train on
+    (:meth:`wait`), and a learner that collects nothing itself (actor/learner split) reports waiting in vain
+    (:meth:`starved`) and counts as its frames the transitions its buffer received (:meth:`frames`)."""
+
+    def __init__(self, dataset: RLDataset):
+        self.dataset = dataset
+        self._base: int | None = None  # the learner's frames from before this feed first counted
+
+    def wait(self, seconds: float, say: Callable[[str], None] | None = None) -> bool:
+        """Re-list the dataset's files every 2 s for up to ``seconds`` until it is ready to train on; returns
+        whether it is. ``say`` gets one line when the waiting starts."""
+        deadline = time.time() + seconds
+        while True:
+            self.dataset.refresh_files()
+            if self.dataset.ready_for_training:
+                return True
+            if time.time() >= deadline:
+                return False
+            if say is not None:
+                say(f"waiting up to {seconds:g} s for data: {self.dataset.get_description()}")
+                say = None
+            time.sleep(2.0)
+
+    def starved(self, why: str, has_trained: bool) -> dict[str, float]:
+        """A learner waited in vain (``why``): EmptyDatasetError if it has never trained (no collector writes
+        where it reads), else a RuntimeWarning; returns the epoch's metrics."""
+        if not has_trained:
+            require_data(
+                self.dataset, why, "Start collectors (--mode collect) with the same run name and buffer folder"
+            )
+        warnings.warn(f"{why} for data in vain: this epoch makes no updates", RuntimeWarning, stacklevel=3)
+        return {"learn/epoch_without_data": 1.0}
+
+    def frames(self, frames: int) -> int:
+        """A learner's frames, given its count so far: the transitions its buffer received
+        (:meth:`RLDataset.frames_received`). The first call gives the larger of ``frames`` (a resumed run's
+        count) and what the buffer holds; later calls add what arrived since."""
+        received = self.dataset.frames_received() or 0
+        if self._base is None:
+            self._base = max(frames - received, 0)
+        return self._base + received
 
 
 @gin.configurable
@@ -139,6 +195,9 @@ class MixtureOfDatasets(RLDataset):
         for i, d in enumerate(self.datasets):
             metrics.update({f"{k}/{i}": v for k, v in d.on_end_of_collection().items()})
         return metrics
+
+    def frames_received(self) -> int | None:
+        return self.datasets[self.save_to_index].frames_received()
 
     def sample_random_trajectory(self, rng: np.random.Generator) -> Trajectory:
         i = rng.choice(len(self.datasets), p=self.weights)

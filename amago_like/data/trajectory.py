@@ -15,6 +15,7 @@ import pickle
 import struct
 import time
 import uuid
+import zipfile
 import zlib
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -314,6 +315,25 @@ def load_trajectory_and_layout(path: str) -> tuple[Trajectory, NpzLayout | None]
     except TrajectoryFileError as e:
         raise TrajectoryFileError(f"{path}: {e}") from None
     except Exception as e:  # noqa: BLE001 - a corrupt file can make numpy, zipfile or pickle raise almost anything
+        raise TrajectoryFileError(f"{path}: unreadable trajectory file ({type(e).__name__}: {e})") from None
+
+
+def count_transitions(path: str) -> int:
+    """The transitions (T) in a trajectory file, reading as little of it as its format allows: the header of
+    the ``actions`` array of an .npz file, the whole of a .traj file. Same errors as ``load_trajectory``."""
+    if not path.endswith(".npz"):
+        return len(load_trajectory(path).actions)
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("actions.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
+            shape = read_header(f)[0]
+        return int(shape[0])
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - as load_trajectory_and_layout: a damaged file can raise almost anything
         raise TrajectoryFileError(f"{path}: unreadable trajectory file ({type(e).__name__}: {e})") from None
 
 

@@ -8,6 +8,7 @@ takes a user's own batched env (``make_env()`` returns a gymnasium ``VectorEnv``
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,6 +29,7 @@ from amago_like.envs.wrapper import (
     find_amago_env,
     sequence_observation_space,
 )
+from amago_like.threads import single_threaded_env_worker
 
 ENV_MODES = ("sync", "async", "already_vectorized")
 
@@ -44,8 +46,13 @@ def _wrapped_factory(
     save_every: int | None,
     stagger: bool,
     record_to: str | None = None,
+    worker: bool = False,
 ) -> Callable[[], gym.Env]:
+    main_pid = os.getpid()
+
     def make() -> gym.Env:
+        if worker and os.getpid() != main_pid:  # an async env's own process (gymnasium makes one env here too)
+            single_threaded_env_worker()
         env = as_amago_env(make_env())
         find_amago_env(env).configure_saving(save_dir, fmt, save_every, stagger)
         return env if record_to is None else FrameRecorder(env, record_to)
@@ -113,6 +120,7 @@ def make_vector_env(
             save_every,
             stagger,
             record_to if i == 0 else None,
+            worker=mode == "async",
         )
         for i in range(num_envs)
     ]

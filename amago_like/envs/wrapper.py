@@ -36,6 +36,7 @@ class EpisodeStats:
     ret: float
     length: int
     metrics: dict[str, float] = field(default_factory=dict)
+    files: tuple[str, ...] = field(default=(), compare=False)  # where it was saved (every segment)
 
 
 def split_timestep(obs: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
@@ -217,6 +218,7 @@ class EpisodeRecorder:
         self._seg_start = 0  # time index of the segment's first timestep
         self._seg_len = first_len  # transitions at which the current segment is cut (None: never)
         self._terminated = False
+        self._files: list[str] = []  # segments of this episode already saved
 
     def _name(self) -> str:
         return self.env_name if self.name_source is None else self.name_source()
@@ -248,10 +250,10 @@ class EpisodeRecorder:
             self._terminated = bool(terminated)
             name = self._name()
             if self.save_dir is not None:
-                save_trajectory(self.trajectory(), self.save_dir, name, self.fmt)
-            return obs, EpisodeStats(name, self._ret, self._time, dict(self._metrics))
+                self._files.append(save_trajectory(self.trajectory(), self.save_dir, name, self.fmt))
+            return obs, EpisodeStats(name, self._ret, self._time, dict(self._metrics), tuple(self._files))
         if self.save_dir is not None and self._seg_len is not None and len(self._actions) >= self._seg_len:
-            save_trajectory(self.trajectory(), self.save_dir, self._name(), self.fmt)
+            self._files.append(save_trajectory(self.trajectory(), self.save_dir, self._name(), self.fmt))
             self._obs = {k: v[-1:] for k, v in self._obs.items()}
             self._rl2s = self._rl2s[-1:]
             self._actions, self._rews = [], []
