@@ -10,9 +10,12 @@ Loss, per real (unpadded) transition t and discount factor gamma_g:
                                                             ``pessimistic_actor``)
            + offline_coeff * -log pi(a_t | s_t) * 1[Q(s_t, a_t) > E_pi Q(s_t, .)]  (advantage-filtered BC)
            - entropy_coeff * H(pi(s_t))
-With ``target_entropy`` set, entropy_coeff is learned (starting from the given value) by a SAC-style
-dual step on log(entropy_coeff) * (H - target_entropy): it rises while the policy's entropy is below
-the target and falls while above. For a tanh-squashed policy H counts the squashing: actions piled
+With a target entropy, entropy_coeff is learned (starting from the given value, or 0.1 when unbound) by a
+SAC-style dual step on log(entropy_coeff) * (H - target_entropy): it rises while the policy's entropy is below
+the target and falls while above. The default ``target_entropy="auto"`` is SAC's -action_dim for continuous
+actions (a continuous policy without an entropy floor collapses onto a corner of the action box that a
+critic nearly linear in the action points to) and no target for discrete and multi-binary actions, which
+keep a fixed entropy_coeff (0 when unbound). For a tanh-squashed policy H counts the squashing: actions piled
 up at +-1 have low entropy, whether from large pre-tanh means or from a wide pre-tanh std.
 The critics learn every gamma at once (a cheap auxiliary signal); the actor follows ``actor_gamma``,
 or, with ``multigamma_actor``, has one policy per gamma, each trained on its own gamma's values
@@ -44,6 +47,9 @@ from amago_like.nets.tstep_encoders import FFTstepEncoder, TstepEncoder
 from amago_like.nets.values import PopArt, ValueBins, symexp, symlog
 
 VALUE_TARGETS = ("two_hot", "hl_gauss")
+# where a learned entropy coefficient starts when entropy_coeff is left unbound: high enough that the
+# entropy bonus is felt before the policy's std collapses (a start of 0.01 came too late, see docs/RESULTS.md)
+AUTO_ENTROPY_COEFF_START = 0.1
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -79,8 +85,8 @@ class Agent(nn.Module):
         reward_multiplier: float = 1.0,
         online_coeff: float = 1.0,
         offline_coeff: float = 0.1,
-        entropy_coeff: float = 0.0,
-        target_entropy: float | None = None,
+        entropy_coeff: float | None = None,
+        target_entropy: float | str | None = "auto",
         entropy_coeff_lr: float = 3e-3,
         bc_action_limit: float | None = None,
         num_actions_for_value: int = 4,
@@ -94,11 +100,6 @@ class Agent(nn.Module):
                 f"Agent.num_critics_td must be None (all critics) or between 1 and num_critics={num_critics}, "
                 f"got {num_critics_td}"
             )
-        if target_entropy is not None and not entropy_coeff > 0:
-            raise ValueError(
-                f"target_entropy learns entropy_coeff from its starting value, which must be > 0 (got "
-                f"{entropy_coeff}); bind e.g. Agent.entropy_coeff = 0.01"
-            )
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         self.multi_binary = isinstance(action_space, gym.spaces.MultiBinary)
         if self.discrete:
@@ -107,6 +108,14 @@ class Agent(nn.Module):
             self.action_dim = math.prod(action_space.shape)
         else:
             self.action_dim = int(action_space.shape[0])
+        target_entropy = self._resolve_target_entropy(target_entropy)
+        if entropy_coeff is None:  # a learned coefficient starts here; a fixed one is off
+            entropy_coeff = AUTO_ENTROPY_COEFF_START if target_entropy is not None else 0.0
+        if target_entropy is not None and not entropy_coeff > 0:
+            raise ValueError(
+                f"target_entropy learns entropy_coeff from its starting value, which must be > 0 (got "
+                f"{entropy_coeff}); bind e.g. Agent.entropy_coeff = 0.1, or leave it unbound"
+            )
         self.max_seq_len = max_seq_len
         self.tau, self.reward_multiplier = tau, reward_multiplier
         self.online_coeff, self.offline_coeff, self.entropy_coeff = online_coeff, offline_coeff, entropy_coeff
@@ -139,6 +148,14 @@ class Agent(nn.Module):
         # TD targets act with a slowly moving copy of the actor, so targets do not chase every actor step
         self.target_actor = copy.deepcopy(self.actor).requires_grad_(False) if target_actor else None
         self.popart = PopArt(len(gammas)) if popart else None
+
+    def _resolve_target_entropy(self, target: float | str | None) -> float | None:
+        """``"auto"``: -action_dim for continuous actions (SAC's choice), none for discrete and multi-binary."""
+        if isinstance(target, str):
+            if target != "auto":
+                raise ValueError(f'Agent.target_entropy must be a number, "auto" or None, got {target!r}')
+            return None if self.discrete or self.multi_binary else -float(self.action_dim)
+        return target
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups: everything at ``lr``; a learned entropy coefficient at its own rate."""

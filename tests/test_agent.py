@@ -98,6 +98,8 @@ def test_losses_are_finite_and_reach_every_trainable_parameter(discrete):
 def test_padding_content_and_extra_padding_do_not_change_losses(discrete, monkeypatch):
     # sampled actions would differ with the batch shape: make the continuous policy's samples deterministic
     monkeypatch.setattr(TanhGaussian, "rsample", lambda self, n: torch.tanh(self.mean).expand(n, *self.mean.shape))
+    # ... and so would the sampled entropy estimate that the (default, learned) entropy bonus uses
+    monkeypatch.setattr(TanhGaussian, "_rsample_u", lambda self, n: self.mean.expand(n, *self.mean.shape))
     agent = make_agent(discrete).eval()  # eval: input normalisation statistics stay fixed
     batch = make_batch(agent)
     base = losses(agent, batch)
@@ -213,8 +215,9 @@ def test_actor_gamma_must_be_one_of_gammas():
 
 
 def _train_bc(actions: torch.Tensor | float, steps: int = 150, **agent_kw) -> tuple[dict[str, float], Any, Agent]:
-    """Pure BC (no critic signal) on the given actions; returns (last metrics, final policy, agent)."""
-    agent = make_agent(False, online_coeff=0.0, offline_coeff=1.0, **agent_kw)
+    """Pure BC (no critic signal) on the given actions; returns (last metrics, final policy, agent).
+    No entropy target unless given: these tests are about what BC alone does to the policy."""
+    agent = make_agent(False, online_coeff=0.0, offline_coeff=1.0, **{"target_entropy": None, **agent_kw})
     batch = make_batch(agent)
     batch.actions = torch.broadcast_to(torch.as_tensor(actions, dtype=torch.float32), batch.actions.shape).clone()
     opt = torch.optim.Adam(agent.param_groups(1e-3))
@@ -268,7 +271,23 @@ def test_learned_entropy_coeff_falls_when_entropy_is_above_target():
 
 def test_target_entropy_needs_a_positive_starting_coeff():
     with pytest.raises(ValueError, match="entropy_coeff"):
-        make_agent(False, target_entropy=-2.0)
+        make_agent(False, target_entropy=-2.0, entropy_coeff=0.0)
+
+
+def test_auto_target_entropy_is_minus_action_dim_for_continuous_actions_only():
+    continuous = make_agent(False)  # Box(2): SAC's target, a learned coefficient from 0.1
+    assert continuous.target_entropy == -2.0
+    assert continuous.log_entropy_coeff.exp().item() == pytest.approx(0.1)
+    _, _, metrics = continuous(make_batch(continuous))
+    assert "entropy_coeff" in metrics
+    for kind in (True, "multi_binary"):  # no target: a fixed coefficient, off unless bound
+        agent = make_agent(kind)
+        assert agent.target_entropy is None and agent.log_entropy_coeff is None and agent.entropy_coeff == 0.0
+    assert make_agent(True, entropy_coeff=0.01).entropy_coeff == 0.01
+    off = make_agent(False, target_entropy=None)
+    assert off.log_entropy_coeff is None and off.entropy_coeff == 0.0
+    with pytest.raises(ValueError, match='"auto"'):
+        make_agent(False, target_entropy="sac")
 
 
 # ------------------------------------------------------------------ PopArt

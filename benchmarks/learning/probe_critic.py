@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--env", default=None, help="env factory (default: the one in the run's config.gin)")
     args = p.parse_args(argv)
     for row in probe(args.run_dir, args.traj_file, args.steps, args.grid, args.env):
-        print(f"t={row['t']}  policy tanh(mean)={np.round(row['policy_action'], 2)}  std={np.round(row['policy_std'], 2)}")
+        print(
+            f"t={row['t']}  policy tanh(mean)={np.round(row['policy_action'], 2)}  std={np.round(row['policy_std'], 2)}"
+        )
         print(np.array2string(np.round(row["q"], 2)))
 
 
