@@ -12,6 +12,7 @@ from amago_like.config import check_arguments, check_bindings
 from amago_like.data.dataset import PADDED_SAMPLING, RLDataset
 from amago_like.data.trajectory import FORMATS
 from amago_like.envs.vector import ENV_MODES
+from amago_like.overlap import check_overlap
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 ROLES = ("both", "collect", "learn")
@@ -39,5 +40,6 @@ def check_experiment_arguments(arguments: dict[str, Any]) -> None:
         raise TypeError(f"Experiment.dataset must be an RLDataset (e.g. DiskTrajDataset), got {type(dataset)}")
     # fail before any env steps or training, not at the first file written an epoch later
     check_writable_dir(os.path.join(ckpt_base_dir, run_name), "the run folder")
+    check_overlap(arguments)
     if role != "learn" and dataset.save_new_trajs_to is not None:
         check_writable_dir(dataset.save_new_trajs_to, "the trajectory buffer folder")

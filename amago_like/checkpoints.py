@@ -14,7 +14,6 @@ import time
 from collections.abc import Sequence
 
 from amago_like.config import literal, read_arguments
-from amago_like.data.dataset import DataFeed
 from amago_like.learner import draw_seed, on_main_process, restore_rng_state, rng_state
 from amago_like.run_dir import CheckpointError, RunExistsError, average_weights, load_weights, read_checkpoint
 
@@ -64,7 +63,7 @@ class ExperimentCheckpoints:
         self.learner.load_state_dict(state)
         c = state["counters"]
         self.epoch, self.total_frames = c["epoch"], c["total_frames"]
-        self._feed = DataFeed(self.dataset)  # a learner's frames go on from the checkpoint's count
+        self._feed.restart()  # a learner's frames go on from the checkpoint's count
         self.learner.grad_updates, self.learner.bad_updates = c["grad_updates"], c.get("bad_updates", 0)
         self._clock_origin = time.time() - c.get("wall_seconds", 0.0)  # wall seconds go on from the checkpoint's
         # checkpoints written before the rollout had its own state: actors step in lockstep
@@ -120,7 +119,7 @@ class ExperimentCheckpoints:
         if self.seed is not None:
             return
         recorded = None
-        if self.role == "both" and self.checkpoint_epochs() and os.path.exists(self.run_folder.config):
+        if self._owns_run and self.checkpoint_epochs() and os.path.exists(self.run_folder.config):
             with open(self.run_folder.config) as f:
                 recorded = read_arguments(f.read()).get("seed")
         self.seed = literal(recorded) if recorded not in (None, "None") else None
@@ -147,6 +146,11 @@ class ExperimentCheckpoints:
 
     def check_not_overwriting(self) -> None:
         """RunExistsError if training from epoch 0 would overwrite this run folder's checkpoints.
-        Collect / learn roles share a folder on purpose and are exempt."""
-        if self.epoch == 0 and self.role == "both":
+        Collect / learn roles share a folder on purpose and are exempt (not an overlapped run's learner)."""
+        if self.epoch == 0 and self._owns_run:
             self.run_folder.check_fresh()
+
+    @property
+    def _owns_run(self) -> bool:
+        """A run that is its own (not one role of a split the user started): sequential, or overlapped's learner."""
+        return self.role == "both" or (getattr(self, "overlap", False) and self.role == "learn")

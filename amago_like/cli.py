@@ -29,6 +29,7 @@ FLAG_BINDINGS = {
     "seed": "Experiment.seed",
     "log_to_wandb": "Experiment.log_to_wandb",
     "mode": "Experiment.role",
+    "overlap": "Experiment.overlap",
     "demos": "DiskTrajDataset.demo_dirs",
 }
 
@@ -119,6 +120,14 @@ def add_common_args(parser: argparse.ArgumentParser, default_configs: str = "") 
         "--buffer_dir (default: both)",
     )
     parser.add_argument(
+        "--overlap",
+        action="store_true",
+        default=None,
+        help="collect while learning: this process trains and spawns one collector (the same command with --mode "
+        "collect) that keeps stepping the envs meanwhile, paced to the same env steps and updates as the sequential "
+        "run (Experiment.overlap; default: off, collect then train each epoch)",
+    )
+    parser.add_argument(
         "--demos",
         nargs="+",
         type=os.path.abspath,
@@ -183,24 +192,30 @@ def run(experiment: Experiment, resume: bool = False) -> dict[str, float]:
     and keep the one that made the epochs so far as ``config.until_epoch_<N>.gin``; the rows logged after the
     checkpoint move from ``metrics.jsonl`` to ``metrics.after_epoch_<N>.jsonl``. Without ``resume``, a run
     folder that already holds checkpoints raises RunExistsError before anything is written (collect / learn
-    roles share a folder on purpose and are exempt).
+    roles share a folder on purpose and are exempt). With ``--overlap`` the collector this learner spawns runs
+    while it learns and is ended with it (:func:`amago_like.overlap.overlapped`).
     """
+    from amago_like.overlap import overlapped  # (loads torch, which --help does without)
+
     if not resume:  # before start() rewrites the run's config.gin
         experiment.check_not_overwriting()
     try:
-        experiment.start()
-        if resume:
-            epoch = experiment.load_latest_checkpoint()
-            if experiment.is_main:
-                print(
-                    f"resuming from epoch {epoch}" if epoch is not None else "no checkpoint to resume: starting fresh"
-                )
-        try:
-            return experiment.learn()
-        except DiskFullError as e:
-            stopped = DiskFullError(f"{e}\n{_checkpoint_before_stopping(experiment)}")
-            stopped.errno = e.errno
-            raise stopped from None
+        with overlapped(experiment):  # --overlap: the learner's collector runs meanwhile
+            experiment.start()
+            if resume:
+                epoch = experiment.load_latest_checkpoint()
+                if experiment.is_main:
+                    print(
+                        f"resuming from epoch {epoch}"
+                        if epoch is not None
+                        else "no checkpoint to resume: starting fresh"
+                    )
+            try:
+                return experiment.learn()
+            except DiskFullError as e:
+                stopped = DiskFullError(f"{e}\n{_checkpoint_before_stopping(experiment)}")
+                stopped.errno = e.errno
+                raise stopped from None
     finally:
         experiment.close()
 

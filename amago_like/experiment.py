@@ -43,20 +43,13 @@ from amago_like.logging import (
 )
 from amago_like.nets.traj_encoders import TformerTrajEncoder, TrajEncoder
 from amago_like.nets.tstep_encoders import FFTstepEncoder, TstepEncoder
+from amago_like.overlap import ROLE_SETTINGS, attach, role_settings, run_files  # noqa: F401  (ROLE_SETTINGS: was here)
 from amago_like.rollout import KeptEpisodes, Rollout, RolloutStats, summarize_episodes, with_exploration
 from amago_like.run_dir import CheckpointError, RunDir, RunExistsError
 from amago_like.threads import set_torch_threads
 
 __all__ = ["CheckpointError", "DivergenceError", "Experiment", "RunExistsError", "summarize_episodes"]
 
-NEVER = 2**62  # an epoch that never comes
-# actor/learner split: what each role changes. collect: act with the newest policy the learner wrote, never
-# train or prune; learn: train on what collectors write, publish the policy every epoch
-ROLE_SETTINGS = {
-    "collect": dict(start_learning_at_epoch=NEVER, always_load_latest=True, always_save_latest=False,
-                    ckpt_interval=None, has_dset_edit_rights=False),
-    "learn": dict(start_collecting_at_epoch=NEVER, always_save_latest=True, always_load_latest=False),
-}  # fmt: skip
 EnvFactory = Callable[[], gym.Env] | Sequence[Callable[[], gym.Env]]
 
 
@@ -123,11 +116,14 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         wait_for_data_seconds: float = 600.0,
         role: str = "both",
         torch_threads: int | None = None,
+        overlap: bool = False,
+        overlap_updates_per_env_step: float | None = None,
+        overlap_publish_every: int | None = None,
     ):
         arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         check_experiment_arguments(arguments)
         self._arguments = dict(arguments)  # recorded in config.gin (amago_like.evaluate), with the seed start() sets
-        arguments.update(ROLE_SETTINGS.get(role, {}))
+        arguments.update(role_settings(role, overlap))  # amago_like.overlap: what each process's role changes
         vars(self).update({k: v for k, v in arguments.items() if k != "critic_loss_weight"})
         self._critic_loss_weight = critic_loss_weight
         # val / test rollouts: None follows sample_actions; False acts with the policy's mode
@@ -136,12 +132,11 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         self.stagger_traj_file_lengths = stagger_traj_file_lengths and traj_save_len is not None
         self.callbacks = list(callbacks)
         self.run_dir = os.path.join(ckpt_base_dir, run_name)
-        metrics_file = "metrics.jsonl" if role != "collect" else "metrics_collect.jsonl"
-        self.run_folder = RunDir(self.run_dir, keep_checkpoints, metrics_file)
+        self.run_folder = RunDir(self.run_dir, keep_checkpoints, *run_files(role, overlap))
         self.epoch = self.total_frames = 0
         self._clock_origin = time.time()  # of wall_seconds (a resume moves it back by the checkpoint's seconds)
         self._feed = DataFeed(dataset)
-        self._started, self._resume_pending = False, False
+        self._started, self._resume_pending, self._collector = False, False, None  # (an overlapped run's collector)
 
     # ================================================================== set-up (override points)
     def start(self) -> None:
@@ -158,6 +153,7 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         self.init_model()
         self.init_logger()
         self._started = True
+        attach(self)  # --overlap: the learner's or the spawned collector's side
         if self.verbose and self.is_main:
             print(self.summary())
 
@@ -317,12 +313,12 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
     def collect_new_training_data(self) -> dict[str, float]:
         """Step the training envs ``train_timesteps_per_epoch`` times, continuing their episodes from the last
         epoch (unless ``force_reset_train_envs_every`` steps have passed: then every env restarts)."""
-        stats = self.train_rollout.collect(
+        stats = (self._collector or self.train_rollout).collect(
             self.policy, self.train_timesteps_per_epoch, self.sample_actions, self._rollout_seed(),
             f"epoch {self.epoch} collect",
         )  # fmt: skip
         self.total_frames += stats.frames * self.accelerator.num_processes
-        metrics = self._summarize(stats, "train")
+        metrics = self._summarize(stats, "train") | stats.metrics
         self.accelerator.wait_for_everyone()
         metrics.update(self.dataset.on_end_of_collection() if self.is_main else {})
         return metrics
@@ -401,7 +397,9 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         counts: dict[str, int] = defaultdict(int)
         bars = None if (self.verbose and self.is_main) else True
         for i, batch in enumerate(
-            progress(self.init_dloaders(), desc=f"epoch {self.epoch} train", disable=bars, unit="batches")
+            progress(
+                self._feed.batches(self.init_dloaders()), desc=f"epoch {self.epoch} train", disable=bars, unit="batches"
+            )
         ):
             step_metrics = self.train_step(batch.to(self.DEVICE))
             for k, v in step_metrics.items():
@@ -411,7 +409,9 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
             if self.log_interval and (i + 1) % self.log_interval == 0 and i + 1 < self.train_batches_per_epoch:
                 self.log({f"learn/{k}": v for k, v in step_metrics.items()}, epoch=self.epoch + 1)
         self.learner.sync_buffers()
-        return self.learner.mean_across_processes({f"learn/{k}": sums[k] / counts[k] for k in sums})
+        return (
+            self.learner.mean_across_processes({f"learn/{k}": sums[k] / counts[k] for k in sums}) | self._feed.metrics()
+        )
 
     # ================================================================== the loop
     def learn(self) -> dict[str, float]:
@@ -440,7 +440,7 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
                 self.run_folder.restore_config()
             raise
         finally:
-            if self.is_main:
+            if self.is_main and self.role != "collect":  # plots of metrics.jsonl are the learner's to draw
                 plot_metrics(self.run_dir)
         return metrics
 

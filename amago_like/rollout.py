@@ -38,6 +38,7 @@ class RolloutStats:
     steps: int = 0  # per actor
     num_envs: int = 0
     actors: list[int] = field(default_factory=list)  # the index of the env that played episodes[i]
+    metrics: dict[str, float] = field(default_factory=dict)  # what the stepping measured (a paced collector's waits)
 
     @property
     def frames(self) -> int:

@@ -39,13 +39,19 @@ class RunExistsError(FileExistsError):
 class RunDir:
     """Paths of one run folder and every write into it (the caller decides which process writes)."""
 
-    def __init__(self, path: str, keep_checkpoints: int | None = None, metrics_file: str = "metrics.jsonl"):
+    def __init__(
+        self,
+        path: str,
+        keep_checkpoints: int | None = None,
+        metrics_file: str = "metrics.jsonl",
+        config_file: str = "config.gin",
+    ):
         if keep_checkpoints is not None and keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be None (keep all) or >= 1, got {keep_checkpoints}")
         self.path, self.keep_checkpoints, self.metrics_file = path, keep_checkpoints, metrics_file
         self.ckpts = os.path.join(path, "ckpts")
         self.states = os.path.join(self.ckpts, "training_states")
-        self.config = os.path.join(path, "config.gin")
+        self.config = os.path.join(path, config_file)
         self.latest_policy = os.path.join(self.ckpts, "latest", "policy.pt")
         self._replaced_config: bytes | None = None  # what write_config overwrote
 

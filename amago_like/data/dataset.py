@@ -161,6 +161,19 @@ class DataFeed:
             self._base = max(frames - received, 0)
         return self._base + received
 
+    def restart(self) -> None:
+        """After a loaded checkpoint: a learner's frames go on from the checkpoint's count."""
+        self._base = None
+
+    def batches(self, loader: Any) -> Any:
+        """The epoch's batches from ``loader``, as they may be trained on (here: all at once; an overlapped run
+        paces them on its collector, :class:`amago_like.overlap.OverlapFeed`)."""
+        return loader
+
+    def metrics(self) -> dict[str, float]:
+        """What the feed measured this epoch (here: nothing)."""
+        return {}
+
 
 @gin.configurable
 class MixtureOfDatasets(RLDataset):
