@@ -1,0 +1,189 @@
+"""Issue 22: collect while learning (--overlap). The replay-ratio arithmetic without processes, the refusals, and
+overlapped toy runs: the same env steps and updates as the sequential run, weights handed over while running,
+a failing collector stopping the learner, and a killed learner's collector stopping by itself."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+
+import pytest
+
+from amago_like import DiskTrajDataset, Experiment, MetaBandit
+from amago_like.cli import REPO_ROOT
+from amago_like.data.trajectory import count_transitions
+from amago_like.overlap import PARENT_ENV, Pace
+
+BANDIT = os.path.join(REPO_ROOT, "examples", "toy.py")
+SMALL = ["--epochs", "3", "--gin", "Experiment.train_batches_per_epoch = 10", "--gin", "Experiment.val_interval = 100",
+         "--gin", "Experiment.ckpt_interval = 1", "--seed", "0"]  # fmt: skip
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def rows(path):
+    return [json.loads(line) for line in open(path) if line.strip()]
+
+
+def sequential_pace(epochs=4, steps=30, actors=8, batches=10, learning_from=0) -> Pace:
+    args = dict(train_timesteps_per_epoch=steps, parallel_actors=actors, train_batches_per_epoch=batches,
+                epochs=epochs, overlap_updates_per_env_step=None, start_learning_at_epoch=learning_from)  # fmt: skip
+    return Pace.of(args)
+
+
+# ------------------------------------------------------------------ the replay ratio, without processes
+def test_the_default_ratio_is_the_sequential_schedules():
+    pace = sequential_pace()
+    assert pace.ratio == Fraction(10, 240) and pace.frames == 4 * 240 and pace.updates == 4 * 10
+    assert [pace.frames_needed(u) for u in (1, 10, 11, 40)] == [24, 240, 264, 960]
+    # an epoch ahead of the updates done, no further; never past the budget
+    assert pace.may_step(239, 0) and not pace.may_step(240, 0)
+    assert pace.may_step(479, 10) and not pace.may_step(480, 10)
+    assert not pace.may_step(960, 40) and pace.may_step(950, 40)
+    late = sequential_pace(learning_from=2)  # learning starts after two epochs of env steps, as sequentially
+    assert late.updates == 20 and late.frames_needed(1) == 480 + 24 and late.frames_needed(20) == 960
+    assert late.may_step(719, 0) and not late.may_step(720, 0)
+
+
+@pytest.mark.parametrize("ratio", [None, 0.01, 1.0])
+@pytest.mark.parametrize("chunk", [1, 3, 30])
+def test_learner_and_collector_never_wait_for_each_other_forever(ratio, chunk):
+    """Whatever the ratio and chunk size, one of the two can always go on until both budgets are spent, and no
+    update runs before its env steps were taken (the ratio holds)."""
+    args = dict(train_timesteps_per_epoch=30, parallel_actors=8, train_batches_per_epoch=10, epochs=4,
+                overlap_updates_per_env_step=ratio, start_learning_at_epoch=0)  # fmt: skip
+    pace = Pace.of(args)
+    frames = updates = 0
+    while frames < pace.frames or updates < pace.updates:
+        collector_can = pace.may_step(frames, updates)
+        learner_can = updates < pace.updates and frames >= pace.frames_needed(updates + 1)
+        assert collector_can or learner_can, (frames, updates)
+        if learner_can:
+            updates += 1
+        if collector_can:
+            frames = min(frames + chunk * 8, pace.frames)
+    assert (frames, updates) == (pace.frames, pace.updates)
+
+
+def _experiment(root, **overrides) -> Experiment:
+    kwargs = dict(run_name="run", ckpt_base_dir=str(root), max_seq_len=7, dataset=DiskTrajDataset(str(root), "run"),
+                  make_train_env=MetaBandit, make_val_env=MetaBandit, val_timesteps_per_epoch=6, parallel_actors=2,
+                  env_mode="sync", verbose=False)  # fmt: skip
+    kwargs.update(overrides)
+    return Experiment(**kwargs)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(overlap=True, role="collect"), "--overlap with --mode collect: an overlapped run is one learner"),
+    (dict(overlap=True, role="learn"), "--overlap with --mode learn"),
+    (dict(overlap=True, start_collecting_at_epoch=2), "start_collecting_at_epoch > 0"),
+    (dict(overlap=True, overlap_updates_per_env_step=0), "must be a number > 0"),
+    (dict(overlap_publish_every=5), "applies to overlapped runs only: add --overlap"),
+    (dict(overlap_updates_per_env_step=0.5), "applies to overlapped runs only"),
+])  # fmt: skip
+def test_settings_an_overlapped_run_cannot_honour_are_refused(tmp_path, monkeypatch, overrides, message):
+    monkeypatch.delenv(PARENT_ENV, raising=False)
+    with pytest.raises(ValueError, match=message):
+        _experiment(tmp_path, **overrides)
+
+
+# ------------------------------------------------------------------ overlapped runs
+def _collector_pid(stdout: str) -> int:
+    line = next(line for line in stdout.splitlines() if line.startswith("overlap: collector pid"))
+    return int(line.split()[3].rstrip(","))
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "\nState:\tZ" in f.read()  # a zombie nobody reaped yet has stopped all the same
+    except FileNotFoundError:
+        return True
+
+
+def test_an_overlapped_run_takes_the_sequential_runs_env_steps_and_updates(tmp_path):
+    run = lambda name, *extra: subprocess.run(  # noqa: E731
+        [sys.executable, BANDIT, "--buffer_dir", str(tmp_path), "--run_name", name, *SMALL, *extra],
+        env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    sequential = run("seq")
+    assert sequential.returncode == 0, sequential.stderr[-2000:]
+    overlapped = run("ovl", "--overlap")
+    assert overlapped.returncode == 0, overlapped.stderr[-2000:]
+    last = lambda name: [r for r in rows(tmp_path / name / "metrics.jsonl") if "epoch_seconds" in r][-1]  # noqa: E731
+    seq, ovl = last("seq"), last("ovl")
+    assert (ovl["total_frames"], ovl["grad_updates"], ovl["epoch"]) == (seq["total_frames"], seq["grad_updates"], 3)
+    assert ovl["total_frames"] == 3 * 30 * 8 and "wall_seconds" in ovl
+    # the collector wrote the buffer: every step of it, in whole 6-step meta-episodes
+    fifo = tmp_path / "ovl" / "buffer" / "fifo"
+    files = [f for f in os.listdir(fifo) if not f.startswith(".")]
+    assert sum(count_transitions(str(fifo / f)) for f in files) == 3 * 30 * 8
+    collected = rows(tmp_path / "ovl" / "metrics_collect.jsonl")
+    assert collected[-1]["total_frames"] == 3 * 30 * 8 and "val/return" not in collected[-1]
+    # it acted with weights published after the first: the update count behind its policy grew
+    versions = [r["overlap/policy_updates"] for r in collected]
+    assert versions == sorted(versions) and versions[-1] > versions[0] >= 0 and versions[-1] > 0
+    assert sum(r["overlap/policy_loads"] for r in collected) >= 2
+    assert (tmp_path / "ovl" / "ckpts" / "training_states" / "epoch_3" / "state.pt").exists()
+    assert _gone(_collector_pid(overlapped.stdout))
+    assert "Experiment.role = 'collect'" in (tmp_path / "ovl" / "overlap" / "collector.gin").read_text()
+    assert "Experiment.overlap = True" in (tmp_path / "ovl" / "config.gin").read_text()
+
+
+FAILING = """
+from amago_like import overlap
+if overlap.PARENT_ENV in __import__("os").environ:  # only the collector: it fails in its second chunk
+    collect, calls = overlap.PacedCollector.collect, []
+    def failing(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("injected collector failure")
+        return collect(self, *args, **kwargs)
+    overlap.PacedCollector.collect = failing
+# (runpy would set sys.argv[0] to toy.py, and the collector would run without the failure)
+exec(compile(open(TOY).read(), TOY, "exec"), {"__name__": "__main__", "__file__": TOY})
+"""
+
+
+def test_a_failing_collector_stops_the_learner_naming_its_log(tmp_path):
+    script = tmp_path / "failing.py"
+    script.write_text(f"TOY = {BANDIT!r}" + FAILING)  # the collector's command is this one, --mode collect added
+    done = subprocess.run([sys.executable, str(script), "--buffer_dir", str(tmp_path), "--run_name", "f",
+                           *SMALL, "--overlap"], env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    log = tmp_path / "f" / "overlap" / "collector.log"
+    assert "CollectorFailed: the collector (pid" in last and "exited with status 1" in last, last
+    assert "injected collector failure" in last and str(log) in last
+    assert "injected collector failure" in log.read_text()
+    assert _gone(_collector_pid(done.stdout))
+
+
+def test_a_killed_learners_collector_stops_and_the_run_resumes_overlapped(tmp_path):
+    out = open(tmp_path / "learner.out", "w")
+    cmd = [sys.executable, BANDIT, "--buffer_dir", str(tmp_path), "--run_name", "k", *SMALL, "--epochs", "4",
+           "--overlap"]  # fmt: skip
+    learner = subprocess.Popen(cmd, env=ENV, stdout=out, stderr=subprocess.STDOUT)
+    run = tmp_path / "k"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "ckpts" / "training_states" / "epoch_1" / "state.pt").exists():
+        time.sleep(0.05)
+    learner.send_signal(signal.SIGKILL)  # the learner alone: its collector must notice by itself
+    learner.wait()
+    pid = _collector_pid((tmp_path / "learner.out").read_text())
+    deadline = time.time() + 30
+    while time.time() < deadline and not _gone(pid):
+        time.sleep(0.1)
+    assert _gone(pid), "the collector outlived its learner"
+    assert "is gone: the collector stops" in (run / "overlap" / "collector.log").read_text()
+
+    resumed = subprocess.run([*cmd, "--resume"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from epoch" in resumed.stdout
+    epochs = [r for r in rows(run / "metrics.jsonl") if "epoch_seconds" in r]
+    assert [r["epoch"] for r in epochs][-1] == 4
+    assert (epochs[-1]["total_frames"], epochs[-1]["grad_updates"]) == (4 * 30 * 8, 4 * 10)
+    frames = [r["total_frames"] for r in epochs]
+    assert frames == sorted(frames)
