@@ -214,16 +214,24 @@ class OverlapFeed(DataFeed):
         self._measured = {"wait_seconds": 0.0, "publish_seconds": 0.0, "publishes": 0}
 
     def restart(self) -> None:
-        """After a loaded checkpoint: the pace counts every batch trained, skipped non-finite ones too."""
+        """After a loaded checkpoint: the pace counts every batch trained, skipped non-finite ones too. The count
+        goes to the collector at once: after a resume it may collect (with the checkpoint's weights, which it
+        loaded too) before the learner has published anything."""
         self.updates = self.exp.grad_updates + self.exp.bad_updates
         self.published = -1
         self._refreshed = 0.0
+        self.write_progress()
 
     # -- the collector's progress
     def collector_frames(self) -> int | None:
+        """The env steps the collector reported, which become the learner's ``total_frames``; the learner's own
+        (idle) training rollout mirrors the collector's exploration schedule, so that a checkpoint holds it."""
         frames = read_json(self.files.collector).get("frames")
         if frames is not None and frames > self.exp.total_frames:
             self.exp.total_frames = frames
+            rollout = self.exp.train_rollout
+            if rollout.explores:  # its actors step in lockstep
+                rollout.explore_steps = frames // rollout.num_envs
         return frames
 
     def frames(self, frames: int) -> int:

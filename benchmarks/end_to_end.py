@@ -1,0 +1,103 @@
+"""Wall time of whole training runs, sequential (collect, then train, each epoch) against overlapped (--overlap:
+a collector process steps the envs while the learner trains), at equal env steps and equal updates.
+
+    python benchmarks/end_to_end.py [--epochs 10] [--toy_epochs 6] [--skip_toy] [--val_interval N] [--keep]
+
+Runs, one after another in temporary folders, each as its own process and with torch's thread counts left to
+the roles (a sequential run and a learner take half the CPUs, a collector 1):
+
+- Meta-World ML1 reach-v3 with configs/metaworld/quick.gin (8 sync envs, 450 steps per actor and 100 updates of
+  16 x 64 per epoch, the tiny model), ``--epochs`` epochs, evaluation off unless ``--val_interval`` (it runs in
+  the learner in both modes and only dilutes the comparison), sequential then ``--overlap``;
+- the toy meta-bandit (examples/toy.py, configs/bandit.gin), the same two ways.
+
+For each it prints wall seconds (process start to exit), env steps/s and updates/s over that time, and the
+counters of the last epoch row of metrics.jsonl, which must match between the two modes (it exits non-zero if
+they do not). The last line is the Meta-World speedup: ``overlap speedup: X.XXx`` (sequential wall / overlapped
+wall). The machine's load average is printed before and after: the rates depend on what else runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def last_epoch_row(run_dir: str) -> dict[str, float]:
+    rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl")) if line.strip()]
+    return [r for r in rows if "epoch_seconds" in r][-1]
+
+
+def timed_run(name: str, command: list[str], out: str, run_dir: str) -> dict[str, float]:
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}  # thread counts follow the roles
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    start = time.time()
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.time() - start
+    if done.returncode != 0:
+        sys.exit(f"{name} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    with open(os.path.join(out, f"{name}.log"), "w") as f:
+        f.write(done.stdout + done.stderr)
+    row = last_epoch_row(run_dir)
+    frames, updates = row["total_frames"], row["grad_updates"]
+    print(f"{name:22s} wall {wall:6.1f} s | env steps {frames:7.0f} ({frames / wall:6.1f}/s) | updates {updates:5.0f} "
+          f"({updates / wall:5.2f}/s) | run's own wall_seconds {row['wall_seconds']:.1f}", flush=True)  # fmt: skip
+    return {"wall": wall, "frames": frames, "updates": updates}
+
+
+def compare(label: str, base: list[str], out: str, run_name: str) -> float:
+    """Sequential then overlapped runs of ``base``; returns the speedup (sequential wall / overlapped wall)."""
+    results = {}
+    for mode, extra in (("sequential", []), ("overlapped", ["--overlap"])):
+        name = f"{run_name}_{mode}"
+        command = [*base, "--buffer_dir", out, "--run_name", name, *extra]
+        results[mode] = timed_run(f"{label} {mode}", command, out, os.path.join(out, name))
+    seq, ovl = results["sequential"], results["overlapped"]
+    same = (seq["frames"], seq["updates"]) == (ovl["frames"], ovl["updates"])
+    print(f"{label}: env steps {seq['frames']:.0f} / {ovl['frames']:.0f}, updates {seq['updates']:.0f} / "
+          f"{ovl['updates']:.0f} (sequential / overlapped): {'the same' if same else 'DIFFERENT'}; "
+          f"speedup {seq['wall'] / ovl['wall']:.2f}x", flush=True)  # fmt: skip
+    if not same:
+        sys.exit(f"{label}: the two modes did not reach the same env steps and updates")
+    return seq["wall"] / ovl["wall"]
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=10, help="Meta-World epochs (default: %(default)s)")
+    parser.add_argument("--toy_epochs", type=int, default=6, help="meta-bandit epochs (default: %(default)s)")
+    parser.add_argument("--skip_toy", action="store_true")
+    parser.add_argument("--val_interval", default="None", help="Experiment.val_interval of both (default: off)")
+    parser.add_argument("--keep", action="store_true", help="keep the run folders (their path is printed)")
+    args = parser.parse_args()
+    out = tempfile.mkdtemp(prefix="amago_end_to_end_")
+    print(f"{os.cpu_count()} CPUs, load average {load()} (1, 5, 15 min); runs in {out}", flush=True)
+    common = ["--seed", "0", "--gin", f"Experiment.val_interval = {args.val_interval}"]
+    try:
+        if not args.skip_toy:
+            toy = [sys.executable, "examples/toy.py", "--epochs", str(args.toy_epochs), *common]
+            compare("toy bandit", toy, out, "toy")
+        metaworld = [sys.executable, "examples/metaworld.py", "--benchmark", "reach-v3", "--epochs", str(args.epochs)]
+        speedup = compare("metaworld reach-v3", [*metaworld, *common], out, "reach")
+    finally:
+        if not args.keep:
+            shutil.rmtree(out, ignore_errors=True)
+    print(f"load average after: {load()}")
+    print(f"overlap speedup: {speedup:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
