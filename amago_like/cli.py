@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from amago_like.experiment import Experiment
 
 
+#: set by an overlapped learner in its collector's environment (amago_like.overlap.PARENT_ENV, which loads torch)
+OVERLAP_PARENT_ENV = "AMAGO_LIKE_OVERLAP_LEARNER"
+
 # flag -> gin parameter it binds (only when the flag is given)
 FLAG_BINDINGS = {
     "epochs": "Experiment.epochs",
@@ -164,6 +167,10 @@ def configure_from_args(args: argparse.Namespace, default_configs: list[str], ex
     """Apply ``--configs`` (or ``default_configs``), then the flags, then ``--gin``. A bad one prints one line
     (``error: <file or binding>: <what is wrong>; <the fix>``) and exits with status 2, before anything is built."""
     configs = [os.path.abspath(c) for c in args.configs] if args.configs is not None else default_configs
+    if getattr(args, "overlap", None) and args.mode in ("collect", "learn") and OVERLAP_PARENT_ENV not in os.environ:
+        _usage_error(f"--overlap with --mode {args.mode}: an overlapped run is one learner that spawns its own "
+                     "collector; drop --mode for it, or drop --overlap to start --mode collect / learn processes "
+                     "yourself")  # fmt: skip
     try:
         apply_gin(configs, flag_bindings(args) + list(extra_bindings) + args.gin)
     except GinBindingError as e:

@@ -55,7 +55,7 @@ OVERLAP_SETTINGS = {
     "learn": dict(always_save_latest=False),
     "collect": dict(always_load_latest=False, val_interval=None, log_to_wandb=False),
 }
-#: set in a spawned collector's environment: the pid of the learner that spawned it
+#: set in a spawned collector's environment: the pid of the learner that spawned it (cli.py names it too)
 PARENT_ENV = "AMAGO_LIKE_OVERLAP_LEARNER"
 # launcher variables a collector must not inherit: it is a one-process run of its own
 DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")

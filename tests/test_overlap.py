@@ -89,6 +89,24 @@ def test_settings_an_overlapped_run_cannot_honour_are_refused(tmp_path, monkeypa
         _experiment(tmp_path, **overrides)
 
 
+def test_overlap_with_a_mode_fails_in_one_line_from_the_command_line(tmp_path, monkeypatch):
+    monkeypatch.delenv(PARENT_ENV, raising=False)
+    cmd = [sys.executable, BANDIT, "--buffer_dir", str(tmp_path), "--overlap", "--mode", "collect"]
+    done = subprocess.run(cmd, env={k: v for k, v in ENV.items() if k != PARENT_ENV}, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: --overlap with --mode collect: an overlapped run is one learner that spawns its own collector; drop "
+        "--mode for it, or drop --overlap to start --mode collect / learn processes yourself"
+    ]
+    assert not os.listdir(tmp_path)  # nothing built, nothing written
+
+
+def test_the_cli_and_the_overlap_module_name_the_same_variable():
+    from amago_like.cli import OVERLAP_PARENT_ENV
+
+    assert OVERLAP_PARENT_ENV == PARENT_ENV
+
+
 # ------------------------------------------------------------------ overlapped runs
 def _collector_pid(stdout: str) -> int:
     line = next(line for line in stdout.splitlines() if line.startswith("overlap: collector pid"))
