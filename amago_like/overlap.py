@@ -238,8 +238,11 @@ class OverlapFeed(DataFeed):
         reported = self.collector_frames()
         return frames if reported is None else max(frames, reported)
 
-    def write_progress(self, done: bool = False) -> None:
-        write_json(self.files.learner, {"updates": self.updates, "policy": self.published, "done": done})
+    def write_progress(self, done: bool = False, starving: bool = False) -> None:
+        """``starving``: the env steps are there but no trajectory has finished yet; the collector then steps on
+        regardless of its throttle (the learner cannot update, and only more steps end an episode)."""
+        progress = {"updates": self.updates, "policy": self.published, "done": done, "starving": starving}
+        write_json(self.files.learner, progress)
 
     def publish(self) -> None:
         """The policy to ``ckpts/latest/policy.pt``, then its update count to ``learner.json``."""
@@ -287,7 +290,7 @@ class OverlapFeed(DataFeed):
                 say(f"waiting up to {seconds:g} s for the collector's env steps ({needed} for update {update}) and "
                     f"data: {self.dataset.get_description()}")  # fmt: skip
                 say = None
-            self.write_progress()  # the collector may be throttled on the updates done
+            self.write_progress(starving=frames >= needed)  # the collector may be throttled on the updates done
             time.sleep(POLL_SECONDS)
 
     def batches(self, loader: Any) -> _Paced:
@@ -430,7 +433,10 @@ class PacedCollector(Callback):
 
     def _throttle(self, frames: int) -> None:
         start = time.time()
-        while not self.pace.may_step(frames, self._learner().get("updates", 0)) and not self.learner_done:
+        while True:
+            learner = self._learner()
+            if self.learner_done or learner.get("starving") or self.pace.may_step(frames, learner.get("updates", 0)):
+                break
             time.sleep(POLL_SECONDS)
         self._measured["throttle_seconds"] += time.time() - start
 

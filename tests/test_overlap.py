@@ -150,6 +150,17 @@ def test_an_overlapped_run_takes_the_sequential_runs_env_steps_and_updates(tmp_p
     assert "Experiment.overlap = True" in (tmp_path / "ovl" / "config.gin").read_text()
 
 
+def test_episodes_longer_than_an_epoch_do_not_stall_an_overlapped_run(tmp_path):
+    """Until the first meta-episode ends there is nothing to train on: the collector steps on past its throttle.
+    (A sequential run skips such epochs' updates; an overlapped one makes them once data is there.)"""
+    cmd = [sys.executable, BANDIT, "--buffer_dir", str(tmp_path), "--run_name", "long", *SMALL, "--overlap",
+           "--gin", "Experiment.train_timesteps_per_epoch = 4", "--gin", "Experiment.val_interval = None"]  # fmt: skip
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)  # 6-step meta-episodes
+    assert done.returncode == 0, done.stderr[-2000:]
+    last = [r for r in rows(tmp_path / "long" / "metrics.jsonl") if "epoch_seconds" in r][-1]
+    assert (last["total_frames"], last["grad_updates"]) == (3 * 4 * 8, 3 * 10)
+
+
 FAILING = """
 from amago_like import overlap
 if overlap.PARENT_ENV in __import__("os").environ:  # only the collector: it fails in its second chunk
