@@ -27,6 +27,7 @@ import contextlib
 import json
 import math
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -128,11 +129,12 @@ class Pace:
 
     def may_step(self, frames: int, updates_done: int) -> bool:
         """Whether collectors that have taken ``frames`` env steps may step on, ``updates_done`` updates made.
-        A waiting learner always lets them (its next update needs less than ``window`` more steps), so the two
-        never wait for each other."""
+        The steps the learner's next update needs are always allowed, so the two never wait for each other."""
         if frames >= self.frames:
             return False
-        return updates_done >= self.updates or frames < self.offset + updates_done / self.ratio + self.window
+        if updates_done >= self.updates or frames < self.frames_needed(updates_done + 1):
+            return True
+        return frames < self.offset + updates_done / self.ratio + self.window
 
     @classmethod
     def of(cls, arguments: dict[str, Any], processes: int = 1) -> Pace:
@@ -398,6 +400,11 @@ def overlapped(experiment: Any) -> Iterator[None]:
         if status != 0:
             raise CollectorFailed(collector.failure(status) if status is not None else
                                   f"the collector did not stop after the learner ended; its log: {files.log}")  # fmt: skip
+        if experiment.verbose:  # where the time went: the collector's CPU (its env steps and acting), and ours
+            used = resource.getrusage(resource.RUSAGE_CHILDREN)
+            own = resource.getrusage(resource.RUSAGE_SELF)
+            print(f"overlap: CPU seconds: collector (and other child processes) {used.ru_utime + used.ru_stime:.1f}, learner "
+                  f"{own.ru_utime + own.ru_stime:.1f}")  # fmt: skip
     finally:
         collector.stop()
 

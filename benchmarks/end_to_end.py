@@ -11,9 +11,10 @@ the roles (a sequential run and a learner take half the CPUs, a collector 1):
   the learner in both modes and only dilutes the comparison), sequential then ``--overlap``;
 - the toy meta-bandit (examples/toy.py, configs/bandit.gin), the same two ways.
 
-For each it prints wall seconds (process start to exit), env steps/s and updates/s over that time, and the
-counters of the last epoch row of metrics.jsonl, which must match between the two modes (it exits non-zero if
-they do not). The last line is the Meta-World speedup: ``overlap speedup: X.XXx`` (sequential wall / overlapped
+For each it prints wall seconds (process start to exit), env steps/s and updates/s over that time, the CPU
+seconds of its processes (an overlapped run's learner and collector apart), and the counters of the last epoch
+row of metrics.jsonl, which must match between the two modes (it exits non-zero if they do not). On a shared
+machine the wall times follow the load; the CPU seconds say what 2 idle cores would allow at most. The last line is the Meta-World speedup: ``overlap speedup: X.XXx`` (sequential wall / overlapped
 wall). The machine's load average is printed before and after: the rates depend on what else runs.
 """
 
@@ -22,6 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -40,18 +43,24 @@ def last_epoch_row(run_dir: str) -> dict[str, float]:
 def timed_run(name: str, command: list[str], out: str, run_dir: str) -> dict[str, float]:
     env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}  # thread counts follow the roles
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    start = time.time()
+    start, cpu = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.time() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the run's processes, its collector included
+    cpu = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
     if done.returncode != 0:
         sys.exit(f"{name} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     with open(os.path.join(out, f"{name}.log"), "w") as f:
         f.write(done.stdout + done.stderr)
     row = last_epoch_row(run_dir)
     frames, updates = row["total_frames"], row["grad_updates"]
+    # an overlapped learner prints its own CPU seconds and its collector's
+    split = re.search(r"collector \(and other child processes\) ([\d.]+), learner ([\d.]+)", done.stdout)
+    where = f" (learner {split[2]}, collector {split[1]})" if split else ""
     print(f"{name:22s} wall {wall:6.1f} s | env steps {frames:7.0f} ({frames / wall:6.1f}/s) | updates {updates:5.0f} "
-          f"({updates / wall:5.2f}/s) | run's own wall_seconds {row['wall_seconds']:.1f}", flush=True)  # fmt: skip
-    return {"wall": wall, "frames": frames, "updates": updates}
+          f"({updates / wall:5.2f}/s) | CPU {cpu:6.1f} s{where}", flush=True)  # fmt: skip
+    busiest = max(float(split[1]), float(split[2])) if split else cpu
+    return {"wall": wall, "frames": frames, "updates": updates, "busiest": busiest}
 
 
 def compare(label: str, base: list[str], out: str, run_name: str) -> float:
@@ -66,6 +75,9 @@ def compare(label: str, base: list[str], out: str, run_name: str) -> float:
     print(f"{label}: env steps {seq['frames']:.0f} / {ovl['frames']:.0f}, updates {seq['updates']:.0f} / "
           f"{ovl['updates']:.0f} (sequential / overlapped): {'the same' if same else 'DIFFERENT'}; "
           f"speedup {seq['wall'] / ovl['wall']:.2f}x", flush=True)  # fmt: skip
+    # what the CPU time allows on 2 idle cores: each process on a core of its own, never waiting
+    print(f"{label}: on 2 idle cores the CPU time would allow at most {seq['busiest'] / ovl['busiest']:.2f}x "
+          f"(sequential CPU / the busier overlapped process's CPU)", flush=True)  # fmt: skip
     if not same:
         sys.exit(f"{label}: the two modes did not reach the same env steps and updates")
     return seq["wall"] / ovl["wall"]

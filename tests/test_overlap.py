@@ -47,7 +47,7 @@ def test_the_default_ratio_is_the_sequential_schedules():
     assert late.may_step(719, 0) and not late.may_step(720, 0)
 
 
-@pytest.mark.parametrize("ratio", [None, 0.01, 1.0])
+@pytest.mark.parametrize("ratio", [None, 0.001, 0.01, 1.0])
 @pytest.mark.parametrize("chunk", [1, 3, 30])
 def test_learner_and_collector_never_wait_for_each_other_forever(ratio, chunk):
     """Whatever the ratio and chunk size, one of the two can always go on until both budgets are spent, and no
