@@ -214,6 +214,7 @@ class OverlapFeed(DataFeed):
         self.collector: CollectorProcess | None = getattr(experiment, "_collector_process", None)  # (overlapped())
         self.restart()
         self._measured = {"wait_seconds": 0.0, "publish_seconds": 0.0, "publishes": 0}
+        self._buffer_metrics: dict[str, float] = {}
 
     def restart(self) -> None:
         """After a loaded checkpoint: the pace counts every batch trained, skipped non-finite ones too. The count
@@ -312,13 +313,13 @@ class OverlapFeed(DataFeed):
                 self.write_progress()
         if self.published != self.updates:
             self.publish()
-        if self.dataset.has_edit_rights and hasattr(self.dataset, "enforce_max_size"):
-            self.dataset.enforce_max_size()  # the FIFO bound, which a sequential run keeps after collecting
+        # what a sequential run does after collecting: the FIFO bound (where this process may delete), buffer metrics
+        self._buffer_metrics = self.dataset.on_end_of_collection()
 
     def metrics(self) -> dict[str, float]:
         """This epoch's waiting for the collector and publishing, then the counts start again."""
-        measured = {f"overlap/learner_{k}": float(v) for k, v in self._measured.items()}
-        self._measured = dict.fromkeys(self._measured, 0.0)
+        measured = {f"overlap/learner_{k}": float(v) for k, v in self._measured.items()} | self._buffer_metrics
+        self._measured, self._buffer_metrics = dict.fromkeys(self._measured, 0.0), {}
         return measured
 
 

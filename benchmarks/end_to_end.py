@@ -1,14 +1,16 @@
 """Wall time of whole training runs, sequential (collect, then train, each epoch) against overlapped (--overlap:
 a collector process steps the envs while the learner trains), at equal env steps and equal updates.
 
-    python benchmarks/end_to_end.py [--epochs 10] [--toy_epochs 6] [--skip_toy] [--val_interval N] [--keep]
+    python benchmarks/end_to_end.py [--epochs 10] [--toy_epochs 6] [--skip_toy] [--val_interval N] [--ckpt_interval N]
 
 Runs, one after another in temporary folders, each as its own process and with torch's thread counts left to
 the roles (a sequential run and a learner take half the CPUs, a collector 1):
 
 - Meta-World ML1 reach-v3 with configs/metaworld/quick.gin (8 sync envs, 450 steps per actor and 100 updates of
-  16 x 64 per epoch, the tiny model), ``--epochs`` epochs, evaluation off unless ``--val_interval`` (it runs in
-  the learner in both modes and only dilutes the comparison), sequential then ``--overlap``;
+  16 x 64 per epoch, the tiny model), ``--epochs`` epochs, sequential then ``--overlap``. Evaluation is off unless
+  ``--val_interval``, and only the final checkpoint is written unless ``--ckpt_interval``: both run in the learner
+  in either mode (quick.gin's checkpoint every epoch also redraws every plot, seconds of CPU an epoch) and would
+  only dilute the comparison of collecting beside training;
 - the toy meta-bandit (examples/toy.py, configs/bandit.gin), the same two ways.
 
 For each it prints wall seconds (process start to exit), env steps/s and updates/s over that time, the CPU
@@ -93,11 +95,15 @@ def main() -> None:
     parser.add_argument("--toy_epochs", type=int, default=6, help="meta-bandit epochs (default: %(default)s)")
     parser.add_argument("--skip_toy", action="store_true")
     parser.add_argument("--val_interval", default="None", help="Experiment.val_interval of both (default: off)")
+    parser.add_argument(
+        "--ckpt_interval", default="None", help="Experiment.ckpt_interval of both (default: only the final checkpoint)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the run folders (their path is printed)")
     args = parser.parse_args()
     out = tempfile.mkdtemp(prefix="amago_end_to_end_")
     print(f"{os.cpu_count()} CPUs, load average {load()} (1, 5, 15 min); runs in {out}", flush=True)
     common = ["--seed", "0", "--gin", f"Experiment.val_interval = {args.val_interval}"]
+    common += ["--gin", f"Experiment.ckpt_interval = {args.ckpt_interval}"]
     try:
         if not args.skip_toy:
             toy = [sys.executable, "examples/toy.py", "--epochs", str(args.toy_epochs), *common]
