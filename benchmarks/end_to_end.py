@@ -17,7 +17,9 @@ For each it prints wall seconds (process start to exit), env steps/s and updates
 seconds of its processes (an overlapped run's learner and collector apart), and the counters of the last epoch
 row of metrics.jsonl, which must match between the two modes (it exits non-zero if they do not). On a shared
 machine the wall times follow the load; the CPU seconds say what 2 idle cores would allow at most. The last line is the Meta-World speedup: ``overlap speedup: X.XXx`` (sequential wall / overlapped
-wall). The machine's load average is printed before and after: the rates depend on what else runs.
+wall). The machine's load average is printed before and after, with how much work two single-threaded
+processes side by side do against one (2.00 on two idle cores; on a machine other jobs fill, less): the rates
+and the speedup depend on what else runs.
 """
 
 from __future__ import annotations
@@ -89,6 +91,25 @@ def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+PROBE = """
+import time, torch
+torch.set_num_threads(1)
+a, start = torch.randn(256, 256), time.time()
+for _ in range(1000):
+    a = torch.tanh(a @ a * 0.01)
+print(time.time() - start)
+"""
+
+
+def parallel_capacity() -> float:
+    """How many single-threaded torch processes' worth of work the machine does now with two side by side (2.0 on
+    two idle cores): an overlapped run can only gain what this leaves it."""
+    probe = lambda: subprocess.Popen([sys.executable, "-c", PROBE], stdout=subprocess.PIPE, text=True)  # noqa: E731
+    alone = float(probe().communicate()[0])
+    pair = [probe(), probe()]
+    return sum(alone / float(p.communicate()[0]) for p in pair)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=10, help="Meta-World epochs (default: %(default)s)")
@@ -102,6 +123,9 @@ def main() -> None:
     args = parser.parse_args()
     out = tempfile.mkdtemp(prefix="amago_end_to_end_")
     print(f"{os.cpu_count()} CPUs, load average {load()} (1, 5, 15 min); runs in {out}", flush=True)
+    print(
+        f"two processes side by side do {parallel_capacity():.2f}x the work of one (2.00 on 2 idle cores)", flush=True
+    )
     common = ["--seed", "0", "--gin", f"Experiment.val_interval = {args.val_interval}"]
     common += ["--gin", f"Experiment.ckpt_interval = {args.ckpt_interval}"]
     try:
@@ -113,7 +137,7 @@ def main() -> None:
     finally:
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)
-    print(f"load average after: {load()}")
+    print(f"load average after: {load()}; two processes side by side now do {parallel_capacity():.2f}x the work of one")
     print(f"overlap speedup: {speedup:.2f}x")
 
 
