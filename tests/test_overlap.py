@@ -9,13 +9,14 @@ import subprocess
 import sys
 import time
 from fractions import Fraction
+from types import SimpleNamespace
 
 import pytest
 
 from amago_like import DiskTrajDataset, Experiment, MetaBandit
 from amago_like.cli import REPO_ROOT
 from amago_like.data.trajectory import count_transitions
-from amago_like.overlap import PARENT_ENV, Pace
+from amago_like.overlap import PARENT_ENV, OverlapFeed, Pace, write_json
 
 BANDIT = os.path.join(REPO_ROOT, "examples", "toy.py")
 SMALL = ["--epochs", "3", "--gin", "Experiment.train_batches_per_epoch = 10", "--gin", "Experiment.val_interval = 100",
@@ -65,6 +66,19 @@ def test_learner_and_collector_never_wait_for_each_other_forever(ratio, chunk):
         if collector_can:
             frames = min(frames + chunk * 8, pace.frames)
     assert (frames, updates) == (pace.frames, pace.updates)
+
+
+def test_the_learner_follows_the_collectors_env_steps_and_exploration_schedule(tmp_path):
+    """The learner's total_frames are what the collector reported, and its idle rollout carries the collector's
+    exploration schedule (env steps per actor), which its checkpoints save and a resumed collector loads."""
+    rollout = SimpleNamespace(explores=True, num_envs=8, explore_steps=0)
+    learner = SimpleNamespace(dataset=DiskTrajDataset(str(tmp_path), "run"), run_dir=str(tmp_path / "run"),
+                              grad_updates=30, bad_updates=2, total_frames=100, train_rollout=rollout)  # fmt: skip
+    feed = OverlapFeed(learner, sequential_pace(), publish_every=5)
+    assert feed.updates == 32 and json.load(open(feed.files.learner))["updates"] == 32  # told at once
+    assert feed.frames(100) == 100 and rollout.explore_steps == 0  # nothing reported yet
+    write_json(feed.files.collector, {"frames": 480})
+    assert feed.frames(100) == 480 and learner.total_frames == 480 and rollout.explore_steps == 60
 
 
 def _experiment(root, **overrides) -> Experiment:
