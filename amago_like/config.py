@@ -228,6 +228,18 @@ def apply_gin(configs: list[str], bindings: list[str]) -> None:
     check_bindings()  # a binding its configurable's parent would override fails now, not silently
 
 
+# Architecture defaults that changed after runs were written: a run's config.gin records every parameter its
+# configurables had, but not one added later, so a run written before one of these existed was built with the
+# value here. Loading a run (apply_run_config) binds them under the run's own file, whose bindings win.
+VALUES_BEFORE_RECORDED = ("CriticEnsemble.action_repeat = 1",)
+
+
+def apply_run_config(path: str, bindings: list[str] = ()) -> None:
+    """A saved run's config.gin as the run was built (see VALUES_BEFORE_RECORDED), then ``bindings``."""
+    apply_gin([], list(VALUES_BEFORE_RECORDED))
+    apply_gin([path], list(bindings))
+
+
 def _parse_and_check(parse: Callable[[], Any], source: str, path: str | None = None, binding: str = "") -> None:
     """``parse()``, then check the type of every binding it added or changed."""
     before = {key: dict(params) for key, params in gin.config._CONFIG.items()}  # gin has no public view

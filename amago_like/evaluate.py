@@ -44,7 +44,7 @@ import gymnasium as gym
 import torch
 
 from amago_like.agents import Agent
-from amago_like.config import GinBindingError, apply_gin, is_bound, read_arguments
+from amago_like.config import GinBindingError, apply_gin, apply_run_config, is_bound, read_arguments
 from amago_like.envs.builtin.bandit import MetaBandit
 from amago_like.envs.builtin.dark_room import DarkRoom
 from amago_like.envs.builtin.metaworld import KEpisodeMetaworld, Metaworld
@@ -137,7 +137,7 @@ class Evaluator:
             raise FileNotFoundError(
                 f"{self.folder.config} not found; run_dir must be a run folder (runs/learning/NAME)"
             )
-        apply_gin([self.folder.config], [])
+        apply_run_config(self.folder.config)
         from_config = gin.get_bindings("Experiment")
         apply_gin([], list(bindings))
         # Experiment arguments this evaluation binds itself (--gin) win over what the run used

@@ -16,6 +16,7 @@ from amago_like.nets import (
     SigmaReparamLinear,
     TformerTrajEncoder,
 )
+from amago_like.nets.heads import CriticEnsemble
 from amago_like.nets.tstep_encoders import RunningNorm
 
 TSTEP_DIM, ATOL = 6, 1e-5
@@ -426,3 +427,50 @@ def test_running_norm_merges_only_real_rows_across_batches():
     assert norm.count.item() == len(real)
     torch.testing.assert_close(norm.mean, real.mean(0))
     torch.testing.assert_close(norm.var, real.var(0, unbiased=False))
+
+
+# ------------------------------------------------------------------ critic's action input
+def _critic_action_fit(action_repeat: int, steps: int = 150, state_dim: int = 128) -> float:
+    """Fit Q(s, a) = -|a - c(s)| (c: a linear read-out of a wide state) by regression for ``steps`` Adam steps;
+    return the mean over held-out states of the correlation across a 7 x 7 action grid between fit and truth."""
+    g = torch.Generator().manual_seed(0)
+    read_out = torch.randn(state_dim, 2, generator=g) / state_dim**0.5
+
+    def draw(n: int):
+        s, a = torch.randn(n, state_dim, generator=g), torch.rand(n, 2, generator=g) * 2 - 1  # (n, D), (n, 2)
+        c = (s @ read_out).clamp(-1, 1)  # (n, 2): the best action of each state
+        return s, a, -(a - c).norm(dim=-1, keepdim=True), c
+
+    torch.manual_seed(0)
+    critic = CriticEnsemble(state_dim, 2, 1, num_critics=2, hidden=(64, 64), action_repeat=action_repeat)
+    optimizer = torch.optim.Adam(critic.parameters(), lr=3e-4)
+    for _ in range(steps):
+        s, a, q, _ = draw(256)
+        loss = ((critic(s, a) - q) ** 2).mean()  # (C, n, 1) against (n, 1)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    s, _, _, c = draw(64)
+    axis = torch.linspace(-1, 1, 7)
+    grid = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), -1).view(49, 1, 2)
+    with torch.no_grad():
+        fit = critic(s.unsqueeze(0), grid).mean(0)[..., 0]  # (49, 64)
+    truth = -(grid - c.unsqueeze(0)).norm(dim=-1)  # (49, 64)
+    fit, truth = fit - fit.mean(0), truth - truth.mean(0)
+    return ((fit * truth).sum(0) / (fit.norm(dim=0) * truth.norm(dim=0))).mean().item()
+
+
+def test_repeating_the_action_makes_the_critic_learn_its_effect_sooner():
+    # a 2-D action beside a 128-D state: entered once, the critic has barely begun to bend in the action;
+    # entered 16 times, it is well on its way (docs/RESULTS.md: the contextual bandit)
+    once, repeated = _critic_action_fit(1), _critic_action_fit(16)
+    assert repeated > 0.5 and repeated > once + 0.2, (once, repeated)
+
+
+def test_critic_action_repeat_keeps_shapes_and_refuses_bad_values():
+    critic = CriticEnsemble(8, 2, 3, num_critics=2, hidden=(16,), action_repeat=4)
+    assert critic.layers[0].weight.shape == (2, 8 + 2 * 4, 16)
+    assert critic(torch.randn(5, 7, 8), torch.randn(5, 7, 2)).shape == (2, 5, 7, 3)
+    assert critic(torch.randn(1, 7, 8), torch.randn(4, 1, 7, 2)).shape == (2, 4, 1, 7, 3)  # K action samples
+    with pytest.raises(ValueError, match="action_repeat must be an integer >= 1"):
+        CriticEnsemble(8, 2, 3, action_repeat=0)

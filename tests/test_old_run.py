@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from amago_like import DiskTrajDataset, EpsilonGreedy, Experiment, MetaBandit
-from amago_like.cli import apply_gin
+from amago_like.config import apply_run_config
 
 OLD_RUN = os.path.join(os.path.dirname(__file__), "fixtures", "old_run")
 
@@ -23,7 +23,7 @@ def old_run(tmp_path):
 
 
 def _experiment(root, **overrides) -> Experiment:
-    apply_gin([os.path.join(root, "old_run", "config.gin")], [])
+    apply_run_config(os.path.join(root, "old_run", "config.gin"))
     kwargs = dict(
         run_name="old_run",
         ckpt_base_dir=str(root),

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 
 import numpy as np
 import pytest
@@ -118,3 +120,34 @@ def test_bayes_greedy_searcher_is_optimal_without_noise_and_beats_random_with_it
     assert bayes_greedy_return(3, 6, 1.0, 0.0) == pytest.approx(MetaBandit(3, 6).best_return(), abs=0.03)
     noisy = MetaBandit(5, 12, good_prob=0.8, bad_prob=0.2)
     assert noisy.random_return() + 2.0 < noisy.best_return() < 12 * 0.8
+
+
+# ------------------------------------------------------------------ the contextual bandit (benchmarks/learning)
+@pytest.fixture(scope="module")
+def contextual_bandit(suite):
+    spec = importlib.util.spec_from_file_location(
+        "contextual_bandit", os.path.join(os.path.dirname(suite.__file__), "contextual_bandit.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_contextual_bandit_shows_its_answer_and_its_references_hold(contextual_bandit):
+    env = contextual_bandit.ContextualBandit()
+
+    def mean_return(act, episodes: int = 40) -> float:
+        returns = []
+        for i in range(episodes):
+            obs, _ = env.reset(seed=i)
+            total, done = 0.0, False
+            while not done:
+                obs, r, done, _, _ = env.step(act(obs))
+                total += r
+            returns.append(total)
+        return float(np.mean(returns))
+
+    rng = np.random.default_rng(0)
+    assert mean_return(lambda obs: obs[:2]) == pytest.approx(0.0, abs=1e-5)  # acting on what it sees is optimal
+    assert mean_return(lambda obs: np.zeros(2)) == pytest.approx(contextual_bandit.ZERO_ACTION_RETURN, abs=1.5)
+    assert mean_return(lambda obs: rng.uniform(-1, 1, 2)) == pytest.approx(contextual_bandit.RANDOM_RETURN, abs=1.5)

@@ -98,6 +98,13 @@ class CriticEnsemble(nn.Module):
     """C critics Q(s, a), each with one output per discount factor: -> (C, ..., G).
 
     With ``num_bins > 1`` (set by the agent) each output is a vector of bin logits: -> (C, ..., G, num_bins).
+
+    ``action_repeat``: the action enters the first layer this many times beside the state. The state is
+    wide (D) and the action narrow (A), so with the action entered once its first-layer weights are A of
+    D + A inputs and the critic learns Q's dependence on the action far more slowly than on the state:
+    the policy gradient and the BC filter then follow a Q that is nearly flat, or tilted the wrong way,
+    in the action. Each copy gets its own weights, so the action's share of the first layer's output,
+    and of each update's change to it, grows with the repeat count.
     """
 
     def __init__(
@@ -108,17 +115,22 @@ class CriticEnsemble(nn.Module):
         num_critics: int = 2,
         hidden: tuple[int, ...] = (256, 256),
         num_bins: int = 1,
+        action_repeat: int = 16,
     ):
         super().__init__()
+        if not (isinstance(action_repeat, int) and action_repeat >= 1):
+            raise ValueError(f"CriticEnsemble.action_repeat must be an integer >= 1, got {action_repeat!r}")
         self.num_critics, self.num_gammas, self.num_bins = num_critics, num_gammas, num_bins
-        dims = [state_dim + action_dim, *hidden]
+        self.action_repeat = action_repeat
+        dims = [state_dim + action_dim * action_repeat, *hidden]
         self.layers = nn.ModuleList(EnsembleLinear(num_critics, i, o) for i, o in zip(dims[:-1], dims[1:]))
         self.out = EnsembleLinear(num_critics, dims[-1], num_gammas * num_bins)
 
     def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         # state (..., D) and action (..., A) share leading dims
         lead = torch.broadcast_shapes(state.shape[:-1], action.shape[:-1])
-        x = torch.cat([state.expand(*lead, -1), action.to(state.dtype).expand(*lead, -1)], dim=-1)
+        action = action.to(state.dtype).expand(*lead, -1)
+        x = torch.cat([state.expand(*lead, -1), *[action] * self.action_repeat], dim=-1)  # (..., D + A * repeat)
         x = x.reshape(1, -1, x.shape[-1]).expand(self.num_critics, -1, -1)  # (C, N, D+A)
         for layer in self.layers:
             x = F.leaky_relu(layer(x))
