@@ -56,14 +56,16 @@ def temp_path(path: str) -> str:
     return os.path.join(directory, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
 
 
-def write_synced(path: str, write: Callable[[IO[bytes]], Any], hint: str = "") -> None:
+def write_synced(path: str, write: Callable[[IO[bytes]], Any], hint: str = "", sync: bool = True) -> None:
     """Create ``path`` (not atomically: for files inside a folder that is renamed into place as a whole)
-    with ``write(file)``, flushed to disk. Storage errors become DiskFullError / NotWritableError."""
+    with ``write(file)``, flushed to disk unless not ``sync``. Storage errors become DiskFullError /
+    NotWritableError."""
     try:
         with open(path, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
     except OSError as e:
         raise storage_error(e, path, hint) from None
     except RuntimeError as e:
@@ -73,11 +75,13 @@ def write_synced(path: str, write: Callable[[IO[bytes]], Any], hint: str = "") -
         raise
 
 
-def atomic_write(path: str, write: Callable[[IO[bytes]], Any], hint: str = "") -> None:
-    """Write ``path`` with ``write(file)`` through a synced temporary file and a rename."""
+def atomic_write(path: str, write: Callable[[IO[bytes]], Any], hint: str = "", sync: bool = True) -> None:
+    """Write ``path`` with ``write(file)`` through a temporary file and a rename: a reader sees the old or the
+    new file, never part of one. ``sync=False`` skips flushing it to disk, for small files rewritten many times
+    a second that a crash may lose (their writers rewrite them on restart)."""
     tmp = temp_path(path)
     try:
-        write_synced(tmp, write, hint)
+        write_synced(tmp, write, hint, sync)
         os.replace(tmp, path)
     except BaseException as e:
         if os.path.exists(tmp):
@@ -87,12 +91,12 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], Any], hint: str = "") -
         raise
 
 
-def atomic_write_bytes(path: str, data: bytes, hint: str = "") -> None:
-    atomic_write(path, lambda f: f.write(data), hint)
+def atomic_write_bytes(path: str, data: bytes, hint: str = "", sync: bool = True) -> None:
+    atomic_write(path, lambda f: f.write(data), hint, sync)
 
 
-def atomic_write_text(path: str, text: str, hint: str = "") -> None:
-    atomic_write_bytes(path, text.encode(), hint)
+def atomic_write_text(path: str, text: str, hint: str = "", sync: bool = True) -> None:
+    atomic_write_bytes(path, text.encode(), hint, sync)
 
 
 def read_bytes(path: str) -> bytes | None:

@@ -39,6 +39,7 @@ from typing import Any
 
 from amago_like.callbacks import Callback
 from amago_like.data.dataset import DataFeed
+from amago_like.io import atomic_write_text
 from amago_like.rollout import RolloutStats
 
 NEVER = 2**62  # an epoch that never comes
@@ -154,10 +155,7 @@ class Pace:
 def write_json(path: str, data: dict[str, Any]) -> None:
     """Replace ``path`` with ``data`` by a rename, so a reader sees the old or the new. Not synced: after a crash
     both processes restart and these files are written afresh."""
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data), sync=False)
 
 
 def read_json(path: str) -> dict[str, Any]:
