@@ -65,7 +65,7 @@ class ExperimentCheckpoints:
         self.epoch, self.total_frames = c["epoch"], c["total_frames"]
         self.learner.grad_updates, self.learner.bad_updates = c["grad_updates"], c.get("bad_updates", 0)
         self._feed.restart()  # a learner's frames go on from the checkpoint's count (an overlapped one's updates too)
-        self._clock_origin = time.time() - c.get("wall_seconds", 0.0)  # wall seconds go on from the checkpoint's
+        self._clock_origin = time.monotonic() - c.get("wall_seconds", 0.0)  # wall seconds go on from the checkpoint's
         # checkpoints written before the rollout had its own state: actors step in lockstep
         per_actor = self.total_frames // (self.parallel_actors * self.accelerator.num_processes)
         self.train_rollout.load_state_dict(state.get("rollout", {"explore_steps": per_actor}))

@@ -134,7 +134,9 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         self.run_dir = os.path.join(ckpt_base_dir, run_name)
         self.run_folder = RunDir(self.run_dir, keep_checkpoints, *run_files(role, overlap))
         self.epoch = self.total_frames = 0
-        self._clock_origin = time.time()  # of wall_seconds (a resume moves it back by the checkpoint's seconds)
+        # of wall_seconds (a resume moves it back by the checkpoint's seconds); monotonic, so that a system clock
+        # set back (a VM's clock sync) never runs wall_seconds backwards
+        self._clock_origin = time.monotonic()
         self._feed = DataFeed(dataset)
         self._started, self._resume_pending, self._collector = False, False, None  # (an overlapped run's collector)
 

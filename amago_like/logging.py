@@ -58,7 +58,7 @@ class ExperimentLogging:
 
     def wall_seconds(self) -> float:
         """Seconds since the run was built, summed over the runs a resume continued."""
-        return time.time() - self._clock_origin
+        return time.monotonic() - self._clock_origin
 
     def x_axis_metrics(self) -> dict[str, float]:
         """What every row is measured against: ``epoch``, ``total_frames`` (environment steps collected by every
