@@ -54,7 +54,7 @@ from amago_like.nets.distributions import TanhGaussian
 from amago_like.nets.traj_encoders import TformerTrajEncoder
 from amago_like.nets.tstep_encoders import FFTstepEncoder
 from amago_like.protocols import PROTOCOLS, Protocol, ProtocolResult, run_protocol
-from amago_like.rollout import KeptEpisodes, Rollout, summarize_episodes
+from amago_like.rollout import KeptEpisodes, Rollout
 from amago_like.run_dir import RunDir, average_weights, load_weights, read_checkpoint
 
 #: ``--env`` names (as examples/toy.py and examples/metaworld.py call them)
@@ -239,7 +239,7 @@ class Evaluator:
         if each_goal:
             result = self.run_protocol("k-attempt", split, sample, epoch, average, save_trajs_to=save_trajs_to,
                                        render_to=render_to, on_policy=on_policy, seed=seed)  # fmt: skip
-            return {**summarize_episodes(result.episodes, "test"), **result.metrics("test")}
+            return result.summary("test")
         seed = self._seed(seed)
         make = self.env_factory(split, **({"render_mode": "rgb_array"} if render_to else {}))
         with KeptEpisodes(save_trajs_to) as saved:
@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     else:
         result = ev.run_protocol(protocol, args.split, sample, args.epoch, args.average, args.max_actors,
                                  args.save_trajs_to, args.render_to, watch, args.seed)  # fmt: skip
-        metrics = {**summarize_episodes(result.episodes, "test"), **result.metrics("test")}
+        metrics = result.summary("test")
     episodes = metrics["test/episodes"] if protocol_name else args.episodes
     print(
         f"{args.run_dir}{ev.weights} on the {args.split} split, {int(episodes)} meta-episodes"

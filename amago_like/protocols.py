@@ -45,7 +45,7 @@ from amago_like.envs.vector import make_vector_env
 from amago_like.envs.wrapper import EpisodeStats
 from amago_like.io import atomic_write_text
 from amago_like.logging import save_png
-from amago_like.rollout import KeptEpisodes, Rollout
+from amago_like.rollout import KeptEpisodes, Rollout, summarize_episodes
 
 PROTOCOLS = ("k-attempt", "metaworld")
 #: Meta-World's defaults (``metalearning_evaluation``: one adaptation step of 10 episodes, then 3 scored)
@@ -154,6 +154,11 @@ class ProtocolResult:
             out[f"{prefix}/{task}/Success"] = per_task[task]
             out.update({f"{prefix}/{task}/Trial {i + 1} Success": float(v) for i, v in enumerate(row)})
         return out
+
+    def summary(self, prefix: str = "test") -> dict[str, float]:
+        """The counted meta-episodes' means (return, length, logged metrics) with the protocol's :meth:`metrics`
+        over them, which replace the episodes' own success figures."""
+        return {**summarize_episodes(self.episodes, prefix), **self.metrics(prefix)}
 
     # ------------------------------------------------------------------ files
     def tables(self) -> tuple[str, str]:

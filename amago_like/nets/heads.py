@@ -131,7 +131,7 @@ class CriticEnsemble(nn.Module):
         lead = torch.broadcast_shapes(state.shape[:-1], action.shape[:-1])
         action = action.to(state.dtype).expand(*lead, -1)
         x = torch.cat([state.expand(*lead, -1), *[action] * self.action_repeat], dim=-1)  # (..., D + A * repeat)
-        x = x.reshape(1, -1, x.shape[-1]).expand(self.num_critics, -1, -1)  # (C, N, D+A)
+        x = x.reshape(1, -1, x.shape[-1]).expand(self.num_critics, -1, -1)  # (C, N, D + A * repeat)
         for layer in self.layers:
             x = F.leaky_relu(layer(x))
         out = self.out(x).float()  # (C, N, G * bins)
