@@ -25,7 +25,6 @@ and the speedup depend on what else runs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import resource
@@ -35,13 +34,14 @@ import sys
 import tempfile
 import time
 
+from amago_like.logging import read_metrics
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def last_epoch_row(run_dir: str) -> dict[str, float]:
-    rows = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl")) if line.strip()]
-    return [r for r in rows if "epoch_seconds" in r][-1]
+    return [r for r in read_metrics(os.path.join(run_dir, "metrics.jsonl")) if "epoch_seconds" in r][-1]
 
 
 def timed_run(name: str, command: list[str], out: str, run_dir: str) -> dict[str, float]:

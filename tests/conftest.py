@@ -36,11 +36,20 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="session")
-def suite():
-    """benchmarks/learning/suite.py as a module (benchmarks/ is no package)."""
-    spec = importlib.util.spec_from_file_location("suite", os.path.join(ROOT, "benchmarks", "learning", "suite.py"))
+def _learning_benchmark(name: str):
+    """benchmarks/learning/{name}.py as a module (benchmarks/ is no package)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", "learning", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
-    sys.modules["suite"] = module  # dataclasses look their module up while the class is built
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def suite():
+    return _learning_benchmark("suite")
+
+
+@pytest.fixture(scope="session")
+def contextual_bandit(suite):
+    return _learning_benchmark("contextual_bandit")

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
 
 import numpy as np
 import pytest
@@ -123,16 +121,6 @@ def test_bayes_greedy_searcher_is_optimal_without_noise_and_beats_random_with_it
 
 
 # ------------------------------------------------------------------ the contextual bandit (benchmarks/learning)
-@pytest.fixture(scope="module")
-def contextual_bandit(suite):
-    spec = importlib.util.spec_from_file_location(
-        "contextual_bandit", os.path.join(os.path.dirname(suite.__file__), "contextual_bandit.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_contextual_bandit_shows_its_answer_and_its_references_hold(contextual_bandit):
     env = contextual_bandit.ContextualBandit()
 
