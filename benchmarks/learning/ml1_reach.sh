@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source benchmarks/learning/run_name.sh
-train_and_summarize ml1_reach --benchmark reach-v3 --configs configs/metaworld/ml1_cpu.gin -- "$@"
+train_and_summarize ml1_reach --benchmark reach-v3 --configs configs/metaworld/ml1_cpu.gin configs/metaworld/ml1_recipe.gin -- "$@"
