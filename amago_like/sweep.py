@@ -2,7 +2,7 @@
 
     python -m amago_like.sweep --seeds 0 1 2 -- examples/toy.py --env dark_room --epochs 20
     python -m amago_like.sweep --seeds 0 1 2 3 4 --parallel 2 -- examples/metaworld.py --benchmark ml10 --run_name ml10
-    python -m amago_like.sweep --seeds 0 1 2 --protocol k-attempt --eval_args "--actions mode" -- examples/metaworld.py \\
+    python -m amago_like.sweep --seeds 0 1 2 --protocol k-attempt metaworld -- examples/metaworld.py \\
         --benchmark reach-v3 --configs configs/metaworld/ml1_cpu.gin
     python -m amago_like.sweep --seeds 0 1 2 --aggregate_only -- examples/toy.py     # tables of runs already made
 
@@ -13,13 +13,14 @@ at a time (each with ``OMP_NUM_THREADS`` = cores / N unless set). Each run's out
 ``{buffer_dir}/NAME_sweep/logs/seed_S.log``.
 
 The score of a run on a task is the last evaluation in its metrics.jsonl (``val/<task>/<metric>``; ``--metric``,
-default ``Success`` where runs log it, else ``return``), or with ``--protocol`` the task's success under that
-evaluation protocol (``python -m amago_like.evaluate RUN --protocol P --split test`` run after training:
+default ``Success`` where runs log it, else ``return``), or with ``--protocol`` the task's success under each
+evaluation protocol named (``python -m amago_like.evaluate RUN --protocol P --split test`` run after training:
 amago_like/protocols.py). Aggregates, following Agarwal et al. (2021): per task, the mean over seeds and its 95%
 bootstrap CI; across tasks, the interquartile mean (IQM) of every (seed, task) score with its 95% stratified
 bootstrap CI, and the performance profile (the fraction of scores above each threshold). Scores of different
 tasks are pooled as they are, so they must share a scale (success rates do). Written to
-``{buffer_dir}/NAME_sweep/``: ``table.md``, ``results.json``, ``per_task.png`` and ``performance_profile.png``.
+``{buffer_dir}/NAME_sweep/`` (with ``--protocol``, to its ``PROTOCOL_SPLIT/`` subfolders): ``table.md``,
+``results.json``, ``per_task.png`` and ``performance_profile.png``.
 """
 
 from __future__ import annotations
@@ -87,6 +88,11 @@ class Plan:
     @property
     def folder(self) -> str:
         return os.path.join(self.buffer_dir, f"{self.name}_sweep")
+
+    def results_folder(self, protocol: str | None = None, split: str = "val") -> str:
+        """Where an aggregate goes: the sweep folder, or with a protocol its ``{protocol}_{split}`` subfolder (so
+        the tables of several protocols stand side by side)."""
+        return os.path.join(self.folder, f"{protocol}_{split}") if protocol else self.folder
 
     def run_dir(self, seed: int) -> str:
         return os.path.join(self.buffer_dir, f"{self.name}_s{seed}")
@@ -321,14 +327,16 @@ def parser() -> argparse.ArgumentParser:
         "--metric", default=None, help="score from the last evaluation (default: Success if logged, else return)"
     )
     p.add_argument("--split", default=None, help="split of the scores (default: val, or test with --protocol)")
-    p.add_argument("--protocol", choices=("k-attempt", "metaworld"), default=None,
-                   help="score each run by this evaluation protocol after training (amago_like.evaluate --protocol)")  # fmt: skip
+    p.add_argument("--protocol", nargs="+", choices=("k-attempt", "metaworld"), default=[],
+                   help="score each run by these evaluation protocols after training (amago_like.evaluate "
+                        "--protocol), each aggregated into NAME_sweep/PROTOCOL_SPLIT/")  # fmt: skip
     p.add_argument("--eval_args", default="", help='more arguments for amago_like.evaluate, e.g. "--actions mode"')
     p.add_argument("--aggregate_only", action="store_true", help="no runs: aggregate the run folders already there")
     return p
 
 
-def main(argv: list[str] | None = None) -> Aggregate:
+def main(argv: list[str] | None = None) -> list[Aggregate]:
+    """The sweep; returns its aggregates, one per protocol (one of the metrics' without ``--protocol``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     p = parser()
     if "--" not in argv:
@@ -352,24 +360,27 @@ def main(argv: list[str] | None = None) -> Aggregate:
         jobs = []
         for seed in plan.seeds:
             commands = [plan.training(seed)]
-            if args.protocol:
+            for protocol in args.protocol:
                 commands.append([sys.executable, "-m", "amago_like.evaluate", plan.run_dir(seed), "--protocol",
-                                 args.protocol, "--split", split, *shlex.split(args.eval_args)])  # fmt: skip
+                                 protocol, "--split", split, *shlex.split(args.eval_args)])  # fmt: skip
             jobs.append(Job(seed, commands, os.path.join(logs, f"seed_{seed}.log"), env))
         run_jobs(jobs, args.parallel)
         ok = [j.seed for j in jobs if j.returncode == 0]
         if not ok:
             sys.exit(f"error: every run failed; their logs are in {logs}")
-    try:
-        result, source = aggregate(plan, ok, args.metric, args.protocol, split)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    paths = result.write(plan.folder, source, shlex.join(argv[cut + 1 :]))
-    print(result.table(source, shlex.join(argv[cut + 1 :])))
-    print(f"written: {', '.join(paths)}")
+    results = []
+    for protocol in args.protocol or [None]:
+        try:
+            result, source = aggregate(plan, ok, args.metric, protocol, split)
+        except ValueError as e:
+            sys.exit(f"error: {e}")
+        paths = result.write(plan.results_folder(protocol, split), source, shlex.join(argv[cut + 1 :]))
+        print(result.table(source, shlex.join(argv[cut + 1 :])))
+        print(f"written: {', '.join(paths)}")
+        results.append(result)
     if len(ok) < len(plan.seeds):
         sys.exit(f"error: seeds {sorted(set(plan.seeds) - set(ok))} failed (aggregated without them)")
-    return result
+    return results
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def fake_training(tmp_path):
 
 def test_the_aggregate_equals_a_hand_computation(tmp_path, fake_training, capsys):
     runs = tmp_path / "runs"
-    result = sweep.main(["--seeds", "0", "1", "2", "--parallel", "2", "--", fake_training, "--buffer_dir", str(runs),
+    [result] = sweep.main(["--seeds", "0", "1", "2", "--parallel", "2", "--", fake_training, "--buffer_dir", str(runs),
                          "--run_name", "toy", "--epochs", "3"])  # fmt: skip
     # every run got its seed and a run name with the seed, and kept the other arguments
     for seed in (0, 1, 2):
@@ -86,20 +86,24 @@ def test_a_failed_seed_is_named_and_left_out(tmp_path, fake_training, capsys):
 def test_aggregate_only_reads_the_runs_there_and_a_protocol_reads_their_matrices(tmp_path, fake_training):
     runs = str(tmp_path / "runs")
     sweep.main(["--seeds", "0", "1", "--", fake_training, "--buffer_dir", runs, "--run_name", "x"])
-    returns = sweep.main(["--seeds", "0", "1", "--aggregate_only", "--metric", "return", "--", fake_training,
+    [returns] = sweep.main(["--seeds", "0", "1", "--aggregate_only", "--metric", "return", "--", fake_training,
                           "--buffer_dir", runs, "--run_name", "x"])  # fmt: skip
     assert returns.scores == {"a": {0: 7.0, 1: 7.0}}
     for seed, success in ((0, "0.2500"), (1, "0.7500")):  # as amago_like.evaluate --protocol writes them
         os.makedirs(os.path.join(runs, f"x_s{seed}", "eval"))
-        with open(os.path.join(runs, f"x_s{seed}", "eval", "k-attempt_test.csv"), "w") as f:
-            f.write(f"task,goals,attempt 1,success\nreach-v3,50,0.1,{success}\nmean over tasks,50,0.1,{success}\n")
-    protocol = sweep.main(["--seeds", "0", "1", "--aggregate_only", "--protocol", "k-attempt", "--", fake_training,
-                           "--buffer_dir", runs, "--run_name", "x"])  # fmt: skip
-    assert protocol.scores == {"reach-v3": {0: 0.25, 1: 0.75}} and protocol.per_task()["reach-v3"]["mean"] == 0.5
-    assert (
-        "success under the k-attempt protocol on the test split"
-        in open(os.path.join(runs, "x_sweep", "table.md")).read()
-    )
+        for protocol, scale in (("k-attempt", 1.0), ("metaworld", 0.5)):
+            rate = f"{float(success) * scale:.4f}"
+            with open(os.path.join(runs, f"x_s{seed}", "eval", f"{protocol}_test.csv"), "w") as f:
+                f.write(f"task,goals,attempt 1,success\nreach-v3,50,0.1,{rate}\nmean over tasks,50,0.1,{rate}\n")
+    k_attempt, metaworld = sweep.main(["--seeds", "0", "1", "--aggregate_only", "--protocol", "k-attempt", "metaworld",
+                                       "--", fake_training, "--buffer_dir", runs, "--run_name", "x"])  # fmt: skip
+    assert k_attempt.scores == {"reach-v3": {0: 0.25, 1: 0.75}} and k_attempt.per_task()["reach-v3"]["mean"] == 0.5
+    assert metaworld.scores == {"reach-v3": {0: 0.125, 1: 0.375}}
+    # each protocol's tables in a folder of its own, beside the metrics' table
+    for protocol in ("k-attempt", "metaworld"):
+        table = open(os.path.join(runs, "x_sweep", f"{protocol}_test", "table.md")).read()
+        assert f"success under the {protocol} protocol on the test split" in table
+    assert "return of the last val/ evaluation" in open(os.path.join(runs, "x_sweep", "table.md")).read()
 
 
 @pytest.mark.parametrize(
