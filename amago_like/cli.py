@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import gin
 
 # gin parsing lives in config.py; these names stay importable from here
-from amago_like.config import REPO_ROOT, GinBindingError, GinTypeError, apply_gin, is_bound  # noqa: F401
+from amago_like.config import REPO_ROOT, GinBindingError, GinTypeError, apply_gin, is_bound, values_not_recorded  # noqa: F401
 from amago_like.io import DiskFullError
 
 if TYPE_CHECKING:
@@ -163,15 +163,23 @@ class UsageExit(SystemExit):
         return self.message
 
 
-def configure_from_args(args: argparse.Namespace, default_configs: list[str], extra_bindings: list[str] = ()) -> None:
+def configure_from_args(
+    args: argparse.Namespace, default_configs: list[str], extra_bindings: list[str] = (), run_dir: str | None = None
+) -> None:
     """Apply ``--configs`` (or ``default_configs``), then the flags, then ``--gin``. A bad one prints one line
-    (``error: <file or binding>: <what is wrong>; <the fix>``) and exits with status 2, before anything is built."""
+    (``error: <file or binding>: <what is wrong>; <the fix>``) and exits with status 2, before anything is built.
+
+    With ``--resume``, a run (``run_dir``) written before a default of the model changed is rebuilt as it was: the
+    old values its config.gin does not record (config.VALUES_BEFORE_RECORDED) are bound first, under the rest."""
     configs = [os.path.abspath(c) for c in args.configs] if args.configs is not None else default_configs
+    recorded = os.path.join(run_dir, "config.gin") if run_dir else None
+    old_values = values_not_recorded(recorded) if args.resume and recorded and os.path.exists(recorded) else []
     if getattr(args, "overlap", None) and args.mode in ("collect", "learn") and OVERLAP_PARENT_ENV not in os.environ:
         _usage_error(f"--overlap with --mode {args.mode}: an overlapped run is one learner that spawns its own "
                      "collector; drop --mode for it, or drop --overlap to start --mode collect / learn processes "
                      "yourself")  # fmt: skip
     try:
+        apply_gin([], old_values)
         apply_gin(configs, flag_bindings(args) + list(extra_bindings) + args.gin)
     except GinBindingError as e:
         _usage_error(str(e))

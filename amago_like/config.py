@@ -230,13 +230,25 @@ def apply_gin(configs: list[str], bindings: list[str]) -> None:
 
 # Architecture defaults that changed after runs were written: a run's config.gin records every parameter its
 # configurables had, but not one added later, so a run written before one of these existed was built with the
-# value here. Loading a run (apply_run_config) binds them under the run's own file, whose bindings win.
+# value here. Loading a run (apply_run_config) and resuming one from the command line bind those its file lacks.
 VALUES_BEFORE_RECORDED = ("CriticEnsemble.action_repeat = 1",)
+
+
+def values_not_recorded(path: str) -> list[str]:
+    """The VALUES_BEFORE_RECORDED bindings whose parameter a run's config.gin (``path``) does not bind: the values
+    that run was built with."""
+    with open(path) as f:
+        text = f.read()
+    return [
+        b
+        for b in VALUES_BEFORE_RECORDED
+        if not re.search(rf"^\s*{re.escape(b.split('=')[0].strip())}\s*=", text, flags=re.MULTILINE)
+    ]
 
 
 def apply_run_config(path: str, bindings: list[str] = ()) -> None:
     """A saved run's config.gin as the run was built (see VALUES_BEFORE_RECORDED), then ``bindings``."""
-    apply_gin([], list(VALUES_BEFORE_RECORDED))
+    apply_gin([], values_not_recorded(path))
     apply_gin([path], list(bindings))
 
 

@@ -50,10 +50,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # the benchmark goes through gin, so the run's config.gin records it (python -m amago_like.evaluate reads it back)
     bindings = [f"Metaworld.benchmark_name = {args.benchmark!r}"]
     bindings += [f"Metaworld.k_episodes = {args.k_episodes}"] if args.k_episodes else []
-    configure_from_args(args, [DEFAULT_CONFIG], bindings)
-
     run_name = args.run_name or f"metaworld_{args.benchmark}"
     buffer_dir = os.path.abspath(args.buffer_dir)
+    configure_from_args(args, [DEFAULT_CONFIG], bindings, run_dir=os.path.join(buffer_dir, run_name))
+
     with removed_if_left_empty(
         os.path.join(buffer_dir, run_name), buffer_dir
     ):  # a failed start leaves no empty run folder

@@ -31,9 +31,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     env_type, config = {"bandit": MetaBandit, "dark_room": DarkRoom}[args.env], CONFIGS[args.env]
     buffer_dir = os.path.abspath(args.buffer_dir)
-    configure_from_args(args, [os.path.join(ROOT, "configs", config)])
-
     run_name = args.run_name or args.env
+    configure_from_args(args, [os.path.join(ROOT, "configs", config)], run_dir=os.path.join(buffer_dir, run_name))
+
     with removed_if_left_empty(
         os.path.join(buffer_dir, run_name), buffer_dir
     ):  # a failed start leaves no empty run folder

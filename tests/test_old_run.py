@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from amago_like import DiskTrajDataset, EpsilonGreedy, Experiment, MetaBandit
-from amago_like.config import apply_run_config
+from amago_like.config import REPO_ROOT, apply_run_config
 
 OLD_RUN = os.path.join(os.path.dirname(__file__), "fixtures", "old_run")
 
@@ -90,3 +90,21 @@ def test_evaluate_reads_the_old_runs_env_and_builds_no_optimizer(old_run, monkey
     assert built == [12]  # one vector env: the test envs (Experiment.parallel_actors' default), no training envs
     assert metrics["test/episodes"] == 4 and "test/bandit-4arms/return" in metrics  # MetaBandit.n_arms from config.gin
     assert "(random 1.50, best 4.50)" in capsys.readouterr().out
+
+
+def test_the_command_line_resumes_an_old_run_as_it_was_built(old_run, capsys):
+    """--resume binds the values the old run's config.gin does not record (its critics took the action once),
+    so the command that made it continues it; today's defaults would not fit its checkpoint."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("example_toy", os.path.join(REPO_ROOT, "examples", "toy.py"))
+    toy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(toy)
+    shapes = ["max_seq_len = 7", "val_timesteps_per_epoch = 8", "parallel_actors = 2", "train_timesteps_per_epoch = 8",
+              "train_batches_per_epoch = 2", "batch_size = 4", "env_mode = 'sync'", "val_interval = 1"]  # fmt: skip
+    argv = ["--env", "bandit", "--resume", "--buffer_dir", str(old_run.parent), "--run_name", "old_run", "--epochs",
+            "3", "--configs", str(old_run / "config.gin"), *[a for s in shapes for a in ("--gin", f"Experiment.{s}")]]  # fmt: skip
+    toy.main(argv)
+    assert "resuming from epoch 2" in capsys.readouterr().out
+    assert (old_run / "ckpts" / "training_states" / "epoch_3").is_dir()
+    assert "CriticEnsemble.action_repeat = 1" in (old_run / "config.gin").read_text()
