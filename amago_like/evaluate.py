@@ -56,6 +56,7 @@ from amago_like.nets.tstep_encoders import FFTstepEncoder
 from amago_like.protocols import PROTOCOLS, Protocol, ProtocolResult, run_protocol
 from amago_like.rollout import KeptEpisodes, Rollout
 from amago_like.run_dir import RunDir, average_weights, load_weights, read_checkpoint
+from amago_like.threads import set_torch_threads
 
 #: ``--env`` names (as examples/toy.py and examples/metaworld.py call them)
 ENVS: dict[str, Callable[..., gym.Env]] = {"dark_room": DarkRoom, "bandit": MetaBandit, "metaworld": Metaworld}
@@ -336,6 +337,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     """Evaluate, print the summary, and return the evaluation's metrics (``test/...``)."""
     p = parser()
     args = p.parse_args(argv)
+    set_torch_threads(None, "both")  # as a training run's collection: the policy and env stepping share the cores
     flag = "--each_goal" if args.each_goal else f"--protocol {args.protocol}"
     if args.each_goal and args.protocol not in (None, "k-attempt"):
         p.error(f"--each_goal is --protocol k-attempt; drop one of it and --protocol {args.protocol}")

@@ -97,3 +97,12 @@ def test_async_env_workers_run_one_torch_thread(threads_unset):
     finally:
         close_envs(envs)
     assert torch.get_num_threads() == 2  # the main process keeps its own
+
+
+def test_the_evaluate_command_takes_the_threads_of_a_run_that_collects(threads_unset, tmp_path):
+    from amago_like import evaluate
+
+    torch.set_num_threads(3)
+    with pytest.raises(SystemExit):  # no such run: it stops after choosing its threads
+        evaluate.main([str(tmp_path / "no_run")])
+    assert torch.get_num_threads() == automatic_threads("both")
