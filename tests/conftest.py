@@ -1,12 +1,9 @@
-import importlib.util
 import os
-import sys
 
 import gin
 import pytest
 import torch
-
-ROOT = os.path.join(os.path.dirname(__file__), "..")
+from helpers import load_script
 
 
 @pytest.fixture(autouse=True)
@@ -37,12 +34,8 @@ def one_thread():
 
 
 def _learning_benchmark(name: str):
-    """benchmarks/learning/{name}.py as a module (benchmarks/ is no package)."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", "learning", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    """benchmarks/learning/{name}.py as a module."""
+    return load_script(os.path.join("benchmarks", "learning", f"{name}.py"), name)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ import builtins
 import errno
 import functools
 import hashlib
-import importlib.util
 import os
 import re
 import shutil
@@ -17,6 +16,7 @@ import gin
 import gymnasium as gym
 import numpy as np
 import pytest
+from helpers import load_example
 
 import amago_like.io as io_module
 from amago_like import CheckpointError, DarkRoom, DiskTrajDataset, Experiment, MetaBandit, Metaworld, RunExistsError
@@ -29,13 +29,6 @@ SETTINGS = dict(
     max_seq_len=7, val_timesteps_per_epoch=12, parallel_actors=2, env_mode="sync", train_timesteps_per_epoch=12,
     train_batches_per_epoch=3, batch_size=4, val_interval=1, ckpt_interval=1, verbose=False, seed=0,
 )  # fmt: skip
-
-
-def load_example(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", os.path.join(REPO_ROOT, "examples", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def toy_args(root: Path, *extra: str) -> list[str]:

@@ -1,16 +1,15 @@
 """The Meta-World example, end to end, with the settings cut down to seconds."""
 
-import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
+from helpers import load_example, load_script
 
 from amago_like import CheckpointError
 from amago_like.envs.builtin.metaworld import KEpisodeMetaworld
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
 SHORT = [
     "--parallel_actors", "2",
     "--epochs", "1",
@@ -24,10 +23,7 @@ SHORT = [
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("example_metaworld", os.path.join(ROOT, "examples", "metaworld.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("metaworld")
 
 
 @pytest.mark.parametrize(
@@ -128,11 +124,7 @@ def test_bad_gin_binding_fails_with_its_name(example, tmp_path):
 def test_add_success_bonus_relabels_a_buffer_in_place(tmp_path, fmt):
     from amago_like.data import Trajectory, load_trajectory, save_trajectory
 
-    spec = importlib.util.spec_from_file_location(
-        "add_success_bonus", os.path.join(ROOT, "benchmarks", "learning", "add_success_bonus.py")
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script(os.path.join("benchmarks", "learning", "add_success_bonus.py"), "add_success_bonus")
     rews = np.array([[1.0], [10.0], [9.99], [10.0]], dtype=np.float32)  # steps 2 and 4 succeeded
     rl2s = np.zeros((5, 2), dtype=np.float32)
     rl2s[0, 0] = 10.0  # a segment that continues a successful step

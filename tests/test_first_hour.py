@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import load_example
 
 from amago_like.cli import REPO_ROOT
 
@@ -66,15 +67,6 @@ def test_help_describes_every_flag_and_shows_defaults(example):
 
 
 # ------------------------------------------------------------------ item 6: a wrong-type binding is one line, exit 2
-def _toy():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("example_toy", os.path.join(REPO_ROOT, "examples", "toy.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize(
     "binding, message",
     [
@@ -89,7 +81,7 @@ def _toy():
 def test_wrong_type_binding_is_one_line_with_exit_status_2(tmp_path, capsys, binding, message):
     buffer_dir = tmp_path / "runs"
     with pytest.raises(SystemExit) as exit_info:
-        _toy().main(["--buffer_dir", str(buffer_dir), "--gin", binding])
+        load_example("toy").main(["--buffer_dir", str(buffer_dir), "--gin", binding])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0, err
@@ -101,7 +93,7 @@ def test_wrong_type_in_a_config_file_names_the_file_and_line(tmp_path, capsys):
     config = tmp_path / "mine.gin"
     config.write_text("include 'configs/bandit.gin'\n\nExperiment.epochs = 3\nTformerTrajEncoder.n_layers = '2'\n")
     with pytest.raises(SystemExit) as exit_info:
-        _toy().main(["--buffer_dir", str(tmp_path / "runs"), "--configs", str(config)])
+        load_example("toy").main(["--buffer_dir", str(tmp_path / "runs"), "--configs", str(config)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err == (
@@ -112,7 +104,7 @@ def test_wrong_type_in_a_config_file_names_the_file_and_line(tmp_path, capsys):
 
 def test_unparsable_binding_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        _toy().main(["--buffer_dir", str(tmp_path / "runs"), "--gin", "Experiment.epochs = (3"])
+        load_example("toy").main(["--buffer_dir", str(tmp_path / "runs"), "--gin", "Experiment.epochs = (3"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "close every bracket" in err
@@ -127,7 +119,7 @@ def test_references_and_macros_are_not_type_checked():
 def test_failed_start_leaves_no_empty_run_folder(tmp_path):
     buffer_dir = tmp_path / "runs"
     with pytest.raises(ValueError, match="max_seq_len must be >= 2"):
-        _toy().main(["--buffer_dir", str(buffer_dir), "--max_seq_len", "1"])
+        load_example("toy").main(["--buffer_dir", str(buffer_dir), "--max_seq_len", "1"])
     assert not buffer_dir.exists()
 
 
@@ -208,7 +200,7 @@ def _no_wandb_key(monkeypatch, home):
 def test_log_to_wandb_without_a_key_says_wandb_mode_offline(tmp_path, monkeypatch, capsys):
     _no_wandb_key(monkeypatch, tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        _toy().main(["--buffer_dir", str(tmp_path / "runs"), "--log_to_wandb"])
+        load_example("toy").main(["--buffer_dir", str(tmp_path / "runs"), "--log_to_wandb"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "no API key" in err and "WANDB_MODE=offline" in err

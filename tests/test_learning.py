@@ -1,21 +1,11 @@
 """Learning is shown by learning: the transformer agent must adapt in context on the meta-bandit."""
 
-import importlib.util
 import json
-import os
 
 import numpy as np
+from helpers import load_example
 
 from amago_like import MetaBandit
-
-ROOT = os.path.join(os.path.dirname(__file__), "..")
-
-
-def load_example(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", os.path.join(ROOT, "examples", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_bandit_agent_learns_to_explore_then_exploit(tmp_path, two_threads):

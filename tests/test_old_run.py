@@ -7,9 +7,10 @@ import shutil
 
 import pytest
 import torch
+from helpers import load_example
 
 from amago_like import DiskTrajDataset, EpsilonGreedy, Experiment, MetaBandit
-from amago_like.config import REPO_ROOT, apply_run_config
+from amago_like.config import apply_run_config
 
 OLD_RUN = os.path.join(os.path.dirname(__file__), "fixtures", "old_run")
 
@@ -95,11 +96,7 @@ def test_evaluate_reads_the_old_runs_env_and_builds_no_optimizer(old_run, monkey
 def test_the_command_line_resumes_an_old_run_as_it_was_built(old_run, capsys):
     """--resume binds the values the old run's config.gin does not record (its critics took the action once),
     so the command that made it continues it; today's defaults would not fit its checkpoint."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("example_toy", os.path.join(REPO_ROOT, "examples", "toy.py"))
-    toy = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(toy)
+    toy = load_example("toy")
     shapes = ["max_seq_len = 7", "val_timesteps_per_epoch = 8", "parallel_actors = 2", "train_timesteps_per_epoch = 8",
               "train_batches_per_epoch = 2", "batch_size = 4", "env_mode = 'sync'", "val_interval = 1"]  # fmt: skip
     argv = ["--env", "bandit", "--resume", "--buffer_dir", str(old_run.parent), "--run_name", "old_run", "--epochs",
