@@ -193,6 +193,7 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         self.train_rollout = self.make_rollout(
             self.make_envs(make_train, self.dataset.save_new_trajs_to), explores, self.force_reset_train_envs_every
         )
+        self.train_rollout.set_run_length(self.epochs * self.train_timesteps_per_epoch)
         self.val_rollout = self.make_rollout(self.make_envs(self.make_val_env, None))
         train_space, val_space = self.train_envs.single_observation_space, self.val_envs.single_observation_space
         if val_space != train_space:

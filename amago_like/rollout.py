@@ -238,6 +238,12 @@ class Rollout:
     def state_dict(self) -> dict[str, int]:
         return {"explore_steps": self.explore_steps}
 
+    def set_run_length(self, steps_per_actor: int) -> None:
+        """Tell the exploration wrappers how many env steps each actor takes in the run (a schedule with
+        ``steps_anneal = None`` anneals over a share of it)."""
+        if self.explores:
+            self.envs.set_attr("run_steps", [int(steps_per_actor)] * self.num_envs)
+
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Move each actor's exploration schedule to where the checkpointed run left it; episodes restart."""
         self.explore_steps = int(state["explore_steps"])

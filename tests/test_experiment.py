@@ -317,6 +317,21 @@ def test_eval_sample_actions_chooses_how_evaluations_act(tmp_path, tiny_model, e
     assert calls and set(calls) == {expected}
 
 
+def test_exploration_by_default_anneals_over_the_first_half_of_the_run(tmp_path, tiny_model):
+    from amago_like import EpsilonGreedy
+
+    gin.bind_parameter("EpsilonGreedy.steps_anneal", None)
+    gin.bind_parameter("EpsilonGreedy.randomize_eps", False)
+    gin.bind_parameter("EpsilonGreedy.eps_end", 0.0)
+    exp = make_experiment(tmp_path, exploration_wrapper_type=EpsilonGreedy, epochs=4)
+    exp.start()
+    assert exp.train_envs.get_attr("run_steps") == (48, 48)  # 4 epochs x 12 steps per actor
+    assert exp.train_envs.get_attr("current_epsilon") == (1.0, 1.0)
+    exp.learn()
+    assert exp.train_envs.get_attr("current_epsilon") == (0.0, 0.0)  # annealed by step 24 of 48, then held
+    exp.close()
+
+
 def test_resume_continues_the_exploration_schedule(tmp_path, tiny_model):
     from amago_like import EpsilonGreedy
 

@@ -72,6 +72,21 @@ def test_epsilon_anneals_with_total_steps_across_episodes():
     assert env.local_step == 131 % 8
 
 
+def test_steps_anneal_none_anneals_over_half_the_run_it_is_told():
+    env = _fixed(EpsilonGreedy, _dark_room(), eps_start=1.0, eps_end=0.0, steps_anneal=None)
+    env.reset(seed=0)
+    with pytest.raises(RuntimeError, match="bind steps_anneal to a number of env steps"):
+        env.step(0)  # on its own, nothing told the wrapper how long the run is
+    env.run_steps = 200
+    assert env.anneal_steps == 100
+    assert env.epsilon_schedule(50, 0) == pytest.approx(0.5) and env.epsilon_schedule(150, 0) == 0.0
+    bilevel = _fixed(BilevelEpsilonGreedy, _dark_room(), rollout_horizon=10, steps_anneal=None)
+    bilevel.run_steps = 40
+    assert bilevel.epsilon_schedule(20, 0) == pytest.approx(0.8)  # at eps_end_start after half the run
+    with pytest.raises(ValueError, match="or None: half the run"):
+        EpsilonGreedy(_dark_room(), steps_anneal=0)
+
+
 def test_bilevel_schedule_within_rollout_and_over_training():
     env = _fixed(BilevelEpsilonGreedy, _dark_room(), rollout_horizon=10, steps_anneal=100)
     s = env.epsilon_schedule

@@ -22,6 +22,9 @@ _SEED_SALT = 0x5EED_E251  # keeps the wrapper's random stream apart from the env
 _NOISE_ROWS = 1024  # Gaussian action noise is drawn this many steps at a time (one generator call)
 # clip bounds as 0-d float32 arrays: numpy 2 ufuncs take these about twice as fast as Python floats
 _MINUS_ONE, _ONE = np.array(-1.0, np.float32), np.array(1.0, np.float32)
+#: ``steps_anneal=None``: epsilon anneals over this share of the actor's env steps in the run, so that the same
+#: schedule explores early and exploits late whatever the run's budget
+RUN_SHARE_ANNEALED = 0.5
 
 
 def _require_amago_env(env: gym.Env) -> AMAGOEnv:
@@ -61,7 +64,12 @@ class ExplorationWrapper(gym.Wrapper, abc.ABC):
     add nothing to the info, since every key costs a vector env a batching update per step. Read
     :attr:`current_epsilon` for the epsilon of the next step.
     Bind gin parameters on the concrete classes (subclasses pass ``randomize_eps`` themselves).
+
+    A subclass whose ``steps_anneal`` is None anneals over :data:`RUN_SHARE_ANNEALED` of :attr:`run_steps`, the
+    env steps this actor takes in the whole run, which the Experiment sets before the first step.
     """
+
+    steps_anneal: int | None = None
 
     def __init__(self, env: gym.Env, randomize_eps: bool = True):
         super().__init__(env)
@@ -83,6 +91,7 @@ class ExplorationWrapper(gym.Wrapper, abc.ABC):
         # AMAGOEnv right inside clips actions to [-1, 1] itself; other wrappers in between get clipped ones
         self._clip = env is not self.amago_env
         self.total_steps = 0  # env steps of this actor, across episodes
+        self.run_steps: int | None = None  # env steps of this actor over the whole run (set by the Experiment)
         self.local_step = 0  # steps since the last reset
         self._reseed(None)
 
@@ -102,6 +111,19 @@ class ExplorationWrapper(gym.Wrapper, abc.ABC):
         """
         self._noise = self._rng.standard_normal((_NOISE_ROWS, *shape), dtype=np.float32)
         return self._noise
+
+    @property
+    def anneal_steps(self) -> int:
+        """The env steps of this actor over which the schedule anneals: ``steps_anneal``, or with None, a share of
+        the run (:data:`RUN_SHARE_ANNEALED` of :attr:`run_steps`)."""
+        if self.steps_anneal is not None:
+            return self.steps_anneal
+        if self.run_steps is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.steps_anneal = None anneals over the run's length, which only an Experiment "
+                "sets; bind steps_anneal to a number of env steps to use the wrapper on its own"
+            )
+        return max(1, int(RUN_SHARE_ANNEALED * self.run_steps))
 
     @abc.abstractmethod
     def epsilon_schedule(self, total_steps: int, local_step: int) -> float:
@@ -175,24 +197,24 @@ class ExplorationWrapper(gym.Wrapper, abc.ABC):
 @gin.configurable
 class EpsilonGreedy(ExplorationWrapper):
     """Epsilon annealed linearly from ``eps_start`` to ``eps_end`` over this actor's first
-    ``steps_anneal`` env steps (then held)."""
+    ``steps_anneal`` env steps (then held); ``steps_anneal = None``: over the first half of the run."""
 
     def __init__(
         self,
         env: gym.Env,
         eps_start: float = 1.0,
         eps_end: float = 0.05,
-        steps_anneal: int = 1_000_000,
+        steps_anneal: int | None = 1_000_000,
         randomize_eps: bool = True,
     ):
         _check_eps(eps_start=eps_start, eps_end=eps_end)
-        if steps_anneal < 1:
-            raise ValueError(f"steps_anneal must be >= 1, got {steps_anneal}")
+        if steps_anneal is not None and steps_anneal < 1:
+            raise ValueError(f"steps_anneal must be >= 1 (or None: half the run), got {steps_anneal}")
         self.eps_start, self.eps_end, self.steps_anneal = eps_start, eps_end, steps_anneal
         super().__init__(env, randomize_eps)
 
     def epsilon_schedule(self, total_steps: int, local_step: int) -> float:
-        return linear_anneal(self.eps_start, self.eps_end, total_steps, self.steps_anneal)
+        return linear_anneal(self.eps_start, self.eps_end, total_steps, self.anneal_steps)
 
 
 @gin.configurable
@@ -202,7 +224,8 @@ class BilevelEpsilonGreedy(ExplorationWrapper):
     Parameter names read ``eps_<training phase>_<rollout phase>``: at the start of training
     epsilon moves from ``eps_start_start`` (rollout step 0) to ``eps_start_end`` (rollout step
     ``rollout_horizon`` and later); after ``steps_anneal`` env steps of this actor it moves from
-    ``eps_end_start`` to ``eps_end_end``. Both rollout endpoints anneal linearly in between.
+    ``eps_end_start`` to ``eps_end_end`` (``steps_anneal = None``: half the run). Both rollout endpoints anneal
+    linearly in between.
     So early steps of a meta-episode explore a lot, later ones exploit.
     """
 
@@ -214,7 +237,7 @@ class BilevelEpsilonGreedy(ExplorationWrapper):
         eps_start_end: float = 0.05,
         eps_end_start: float = 0.8,
         eps_end_end: float = 0.01,
-        steps_anneal: int = 1_000_000,
+        steps_anneal: int | None = 1_000_000,
         randomize_eps: bool = True,
     ):
         _check_eps(
@@ -223,14 +246,18 @@ class BilevelEpsilonGreedy(ExplorationWrapper):
             eps_end_start=eps_end_start,
             eps_end_end=eps_end_end,
         )
-        if rollout_horizon < 1 or steps_anneal < 1:
-            raise ValueError(f"rollout_horizon and steps_anneal must be >= 1, got {rollout_horizon}, {steps_anneal}")
+        if rollout_horizon < 1 or (steps_anneal is not None and steps_anneal < 1):
+            raise ValueError(
+                f"rollout_horizon and steps_anneal must be >= 1 (steps_anneal may be None: half the run), "
+                f"got {rollout_horizon}, {steps_anneal}"
+            )
         self.rollout_horizon, self.steps_anneal = rollout_horizon, steps_anneal
         self.eps_start_start, self.eps_start_end = eps_start_start, eps_start_end
         self.eps_end_start, self.eps_end_end = eps_end_start, eps_end_end
         super().__init__(env, randomize_eps)
 
     def epsilon_schedule(self, total_steps: int, local_step: int) -> float:
-        at_rollout_start = linear_anneal(self.eps_start_start, self.eps_end_start, total_steps, self.steps_anneal)
-        at_rollout_end = linear_anneal(self.eps_start_end, self.eps_end_end, total_steps, self.steps_anneal)
+        anneal = self.anneal_steps
+        at_rollout_start = linear_anneal(self.eps_start_start, self.eps_end_start, total_steps, anneal)
+        at_rollout_end = linear_anneal(self.eps_start_end, self.eps_end_end, total_steps, anneal)
         return linear_anneal(at_rollout_start, at_rollout_end, local_step, self.rollout_horizon)
