@@ -330,7 +330,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", nargs="+", choices=("k-attempt", "metaworld"), default=[],
                    help="score each run by these evaluation protocols after training (amago_like.evaluate "
                         "--protocol), each aggregated into NAME_sweep/PROTOCOL_SPLIT/")  # fmt: skip
-    p.add_argument("--eval_args", default="", help='more arguments for amago_like.evaluate, e.g. "--actions mode"')
+    p.add_argument("--eval_args", default="", help='more arguments for amago_like.evaluate under every protocol, '
+                                                   'e.g. "--actions mode"')  # fmt: skip
+    p.add_argument("--protocol_args", nargs=2, action="append", default=[], metavar=("PROTOCOL", "ARGS"),
+                   help="more arguments for amago_like.evaluate under PROTOCOL only (repeatable), e.g. "
+                        '--protocol_args metaworld "--adaptation_episodes 2"')  # fmt: skip
     p.add_argument("--aggregate_only", action="store_true", help="no runs: aggregate the run folders already there")
     return p
 
@@ -350,6 +354,11 @@ def main(argv: list[str] | None = None) -> list[Aggregate]:
     except ValueError as e:
         p.error(str(e))
     split = args.split or ("test" if args.protocol else "val")
+    protocol_args = {protocol: [] for protocol in args.protocol}
+    for protocol, more in args.protocol_args:
+        if protocol not in protocol_args:
+            p.error(f"--protocol_args {protocol}: that protocol is not among --protocol {' '.join(args.protocol)}")
+        protocol_args[protocol] += shlex.split(more)
     ok = list(plan.seeds)
     if not args.aggregate_only:
         logs = os.path.join(plan.folder, "logs")
@@ -362,20 +371,21 @@ def main(argv: list[str] | None = None) -> list[Aggregate]:
             commands = [plan.training(seed)]
             for protocol in args.protocol:
                 commands.append([sys.executable, "-m", "amago_like.evaluate", plan.run_dir(seed), "--protocol",
-                                 protocol, "--split", split, *shlex.split(args.eval_args)])  # fmt: skip
+                                 protocol, "--split", split, *shlex.split(args.eval_args),
+                                 *protocol_args[protocol]])  # fmt: skip
             jobs.append(Job(seed, commands, os.path.join(logs, f"seed_{seed}.log"), env))
         run_jobs(jobs, args.parallel)
         ok = [j.seed for j in jobs if j.returncode == 0]
         if not ok:
             sys.exit(f"error: every run failed; their logs are in {logs}")
-    results = []
+    results, command = [], shlex.join(argv[cut + 1 :])
     for protocol in args.protocol or [None]:
         try:
             result, source = aggregate(plan, ok, args.metric, protocol, split)
         except ValueError as e:
             sys.exit(f"error: {e}")
-        paths = result.write(plan.results_folder(protocol, split), source, shlex.join(argv[cut + 1 :]))
-        print(result.table(source, shlex.join(argv[cut + 1 :])))
+        paths = result.write(plan.results_folder(protocol, split), source, command)
+        print(result.table(source, command))
         print(f"written: {', '.join(paths)}")
         results.append(result)
     if len(ok) < len(plan.seeds):

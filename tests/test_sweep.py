@@ -128,3 +128,26 @@ def test_a_run_without_an_evaluation_says_what_to_do(tmp_path):
     with pytest.raises(SystemExit, match="holds no val/ evaluation: train with Experiment.val_interval set"):
         sweep.main(["--seeds", "0", "--aggregate_only", "--", sys.executable, "--run_name", "t", "--buffer_dir",
                     str(tmp_path / "runs")])  # fmt: skip
+
+
+def test_protocol_args_reach_only_their_protocols_evaluation(tmp_path, fake_training, monkeypatch):
+    commands = []
+
+    class Stop(Exception):
+        pass
+
+    def run_jobs(jobs, parallel):
+        commands.extend(c for job in jobs for c in job.commands[1:])  # the evaluations after each training
+        raise Stop
+
+    monkeypatch.setattr(sweep, "run_jobs", run_jobs)
+    with pytest.raises(Stop):
+        sweep.main(["--seeds", "0", "--protocol", "k-attempt", "metaworld", "--eval_args", "--actions mode",
+                    "--protocol_args", "metaworld", "--adaptation_episodes 2 --evaluation_episodes 1",
+                    "--", fake_training, "--buffer_dir", str(tmp_path)])  # fmt: skip
+    k_attempt, metaworld = commands
+    assert k_attempt[-6:] == ["--protocol", "k-attempt", "--split", "test", "--actions", "mode"]
+    assert metaworld[-6:] == ["--actions", "mode", "--adaptation_episodes", "2", "--evaluation_episodes", "1"]
+    with pytest.raises(SystemExit):  # argparse's error: a protocol the sweep does not evaluate
+        sweep.main(["--seeds", "0", "--protocol", "k-attempt", "--protocol_args", "metaworld", "--actions mode",
+                    "--", fake_training])  # fmt: skip
