@@ -231,8 +231,8 @@ class OverlapFeed(DataFeed):
         if frames is not None and frames > self.exp.total_frames:
             self.exp.total_frames = frames
             rollout = self.exp.train_rollout
-            if rollout.explores:  # its actors step in lockstep
-                rollout.explore_steps = frames // rollout.num_envs
+            if rollout.explores:  # the collector's parallel_actors step in lockstep
+                rollout.explore_steps = frames // self.exp.parallel_actors
         return frames
 
     def frames(self, frames: int) -> int:

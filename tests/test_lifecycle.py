@@ -130,6 +130,7 @@ def test_a_learner_counts_the_frames_its_buffer_received(tmp_path):
     learner = small_experiment(tmp_path, role="learn", epochs=1, val_interval=None)
     collector.start()
     learner.start()
+    assert (collector.train_envs.num_envs, learner.train_envs.num_envs) == (2, 1)  # the learner's never steps
     collector.learn()  # 2 actors x 12 steps: four whole 6-step episodes
     learner.learn()
     assert learner.total_frames == 24

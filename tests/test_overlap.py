@@ -71,9 +71,10 @@ def test_learner_and_collector_never_wait_for_each_other_forever(ratio, chunk):
 def test_the_learner_follows_the_collectors_env_steps_and_exploration_schedule(tmp_path):
     """The learner's total_frames are what the collector reported, and its idle rollout carries the collector's
     exploration schedule (env steps per actor), which its checkpoints save and a resumed collector loads."""
-    rollout = SimpleNamespace(explores=True, num_envs=8, explore_steps=0)
+    rollout = SimpleNamespace(explores=True, num_envs=1, explore_steps=0)  # the learner's one idle env
     learner = SimpleNamespace(dataset=DiskTrajDataset(str(tmp_path), "run"), run_dir=str(tmp_path / "run"),
-                              grad_updates=30, bad_updates=2, total_frames=100, train_rollout=rollout)  # fmt: skip
+                              grad_updates=30, bad_updates=2, total_frames=100, train_rollout=rollout,
+                              parallel_actors=8)  # fmt: skip
     feed = OverlapFeed(learner, sequential_pace(), publish_every=5)
     assert feed.updates == 32 and json.load(open(feed.files.learner))["updates"] == 32  # told at once
     assert feed.frames(100) == 100 and rollout.explore_steps == 0  # nothing reported yet
