@@ -169,9 +169,7 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         """Prepare the dataset: only the main process may delete buffer files."""
         self.dataset.restrict_edit_rights(self.has_dset_edit_rights and self.is_main)
 
-    def make_envs(
-        self, make_env: EnvFactory, save_dir: str | None, record_to: str | None = None, num_envs: int | None = None
-    ):
+    def make_envs(self, make_env: EnvFactory, save_dir: str | None, record_to: str | None = None, num_envs=None):
         """``num_envs`` (default ``parallel_actors``) envs of ``make_env`` in this run's env mode."""
         return make_vector_env(
             make_env,
@@ -193,10 +191,8 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         """Training actors (with the exploration wrapper) and validation envs, each a :class:`Rollout`."""
         make_train = with_exploration(self.make_train_env, self.exploration_wrapper_type)
         explores = self.exploration_wrapper_type is not None and self.env_mode != "already_vectorized"
-        num_train = None
-        if self.role == "learn" and self.env_mode != "already_vectorized":
-            # a learner never steps its training envs (they give the spaces and hold the exploration schedule's
-            # count for checkpoints): one instead of parallel_actors idle simulators
+        num_train = None  # a learner never steps its training envs (they give the spaces and the exploration count)
+        if self.role == "learn" and self.env_mode != "already_vectorized":  # one, not parallel_actors idle ones
             num_train, make_train = 1, make_train if callable(make_train) else make_train[:1]
         train_envs = self.make_envs(make_train, self.dataset.save_new_trajs_to, num_envs=num_train)
         self.train_rollout = self.make_rollout(train_envs, explores, self.force_reset_train_envs_every)
