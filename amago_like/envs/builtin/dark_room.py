@@ -11,6 +11,7 @@ import gymnasium as gym
 import numpy as np
 
 from amago_like.checks import check_choice, check_ints
+from amago_like.envs.builtin.attempts import Attempts
 
 SPLITS = ("train", "test", "all")
 Cell = tuple[int, int]
@@ -90,7 +91,8 @@ class DarkRoom(gym.Env):
         self.action_space = gym.spaces.Discrete(len(MOVES))
         self.goal: Cell | None = None
         self.position: Cell = self.centre
-        self._episode, self._t, self._ep_return, self._found, self._done = 0, 0, 0.0, False, True
+        self.attempts = Attempts(k_episodes, episode_length)
+        self._found = False
 
     def _obs(self, first: bool) -> np.ndarray:
         x, y = self.position
@@ -105,32 +107,26 @@ class DarkRoom(gym.Env):
             raise ValueError(f"goal {goal} is outside the {self.size}x{self.size} grid")
         self.goal = (int(goal[0]), int(goal[1]))
         self.position = self.centre
-        self._episode, self._t, self._ep_return, self._found, self._done = 1, 0, 0.0, False, False
+        self.attempts.start()
+        self._found = False
         return self._obs(first=True), {"episode": 1}
 
     def step(self, action):
-        if self._done:
-            raise RuntimeError("DarkRoom.step() called before reset() or after the meta-episode ended")
+        self.attempts.check_running("DarkRoom")
         a = int(np.asarray(action).reshape(-1)[0])
         if not 0 <= a < len(MOVES):
             raise ValueError(f"action {a} outside [0, {len(MOVES)})")
         self.position = move(self.position, a, self.size)
         reward = float(self.position == self.goal)
         self._found = self._found or reward > 0
-        self._ep_return += reward
-        self._t += 1
         info: dict[str, Any] = {}
-        terminated, first = False, False
-        if self._t == self.episode_length:
-            info[f"log/Episode {self._episode} Return"] = self._ep_return
-            if self._episode < self.k:
-                self.position, first = self.centre, True
-                self._episode, self._t, self._ep_return = self._episode + 1, 0, 0.0
-            else:
-                terminated = self._done = True
-                info["log/Success"] = float(self._found)
-        info["episode"] = self._episode
-        return self._obs(first), reward, terminated, False, info
+        first = self.attempts.record(reward, info)
+        if first:
+            self.position = self.centre
+        if self.attempts.over:
+            info["log/Success"] = float(self._found)
+        info["episode"] = self.attempts.number
+        return self._obs(first), reward, self.attempts.over, False, info
 
     def render(self) -> np.ndarray | None:
         """The grid as an (H, W, 3) uint8 image, row 0 at the top (largest y); None without a render_mode."""

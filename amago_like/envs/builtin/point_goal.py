@@ -11,6 +11,7 @@ import gymnasium as gym
 import numpy as np
 
 from amago_like.checks import check_choice, check_ints
+from amago_like.envs.builtin.attempts import Attempts
 
 SPLITS = ("train", "test")
 REWARDS = ("dense", "sparse")
@@ -65,7 +66,7 @@ class PointGoal(gym.Env):
         self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
         self.goal = np.array([1.0, 0.0])
         self.position = START.copy()
-        self._episode, self._t, self._ep_return, self._done = 0, 0, 0.0, True
+        self.attempts = Attempts(k_episodes, episode_length)
 
     def _obs(self, first: bool) -> np.ndarray:
         return np.array([*self.position, float(first)], dtype=np.float32)
@@ -77,7 +78,7 @@ class PointGoal(gym.Env):
             angle = goal_angle(float(self.np_random.random()), self.split)
         self.goal = np.array([math.cos(angle), math.sin(angle)])
         self.position = START.copy()
-        self._episode, self._t, self._ep_return, self._done = 1, 0, 0.0, False
+        self.attempts.start()
         return self._obs(first=True), {}
 
     def reward(self, position: np.ndarray) -> float:
@@ -87,24 +88,17 @@ class PointGoal(gym.Env):
         return float(distance <= self.goal_radius)
 
     def step(self, action):
-        if self._done:
-            raise RuntimeError("PointGoal.step() called before reset() or after the meta-episode ended")
+        self.attempts.check_running("PointGoal")
         move = np.clip(np.asarray(action, dtype=np.float64).reshape(2), -1.0, 1.0) * STEP
         self.position = np.clip(self.position + move, -3.0, 3.0)
         reward = self.reward(self.position)
-        self._ep_return += reward
-        self._t += 1
         info: dict[str, Any] = {}
-        terminated, first = False, False
-        if self._t == self.episode_length:
-            info[f"log/Episode {self._episode} Return"] = self._ep_return
-            if self._episode < self.k:
-                self._episode, self._t, self._ep_return, first = self._episode + 1, 0, 0.0, True
-                self.position = START.copy()
-            else:
-                terminated = self._done = True
-                info["log/Success"] = float(np.linalg.norm(self.position - self.goal) <= self.goal_radius)
-        return self._obs(first), reward, terminated, False, info
+        first = self.attempts.record(reward, info)
+        if first:
+            self.position = START.copy()
+        if self.attempts.over:
+            info["log/Success"] = float(np.linalg.norm(self.position - self.goal) <= self.goal_radius)
+        return self._obs(first), reward, self.attempts.over, False, info
 
     # ------------------------------------------------------------------ reference returns
     def best_return(self) -> float:
