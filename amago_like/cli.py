@@ -1,12 +1,14 @@
-"""Command-line flags shared by the examples, turned into gin bindings (parsed by ``config.apply_gin``), and
-``run``: start, resume, learn, close."""
+"""Command-line flags shared by the examples, turned into gin bindings (parsed by ``config.apply_gin``),
+``run``: start, resume, learn, close, and ``train``: the examples' Experiment on an env's train and test splits."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import gin
 
@@ -194,6 +196,27 @@ def configure_from_args(
 def _usage_error(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     raise UsageExit(f"error: {message}") from None
+
+
+def train(
+    make_env: Callable[..., Any], buffer_dir: str, run_name: str, resume: bool = False
+) -> tuple[Experiment, dict[str, float]]:
+    """An Experiment (everything but its envs, run folder and buffer from gin) that trains on
+    ``make_env(split="train")`` and evaluates on ``make_env(split="test")`` (held-out tasks where the env has them),
+    through :func:`run`; returns it and its last metrics. A start that fails leaves no empty run folder."""
+    from amago_like.checks import removed_if_left_empty
+    from amago_like.data import DiskTrajDataset
+    from amago_like.experiment import Experiment
+
+    with removed_if_left_empty(os.path.join(buffer_dir, run_name), buffer_dir):
+        experiment = Experiment(
+            run_name=run_name,
+            ckpt_base_dir=buffer_dir,
+            dataset=DiskTrajDataset(dset_root=buffer_dir, dset_name=run_name),
+            make_train_env=functools.partial(make_env, split="train"),
+            make_val_env=functools.partial(make_env, split="test"),
+        )
+        return experiment, run(experiment, resume=resume)
 
 
 def run(experiment: Experiment, resume: bool = False) -> dict[str, float]:

@@ -8,7 +8,6 @@ python examples/metaworld.py --benchmark reach-v3 --configs configs/metaworld/ml
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 
@@ -17,8 +16,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != HERE]
 
 # torch, accelerate and Meta-World load inside main(), after the flags parsed: --help stays instant
-from amago_like.checks import removed_if_left_empty  # noqa: E402
-from amago_like.cli import add_common_args, configure_from_args, run  # noqa: E402
+from amago_like.cli import add_common_args, configure_from_args, train  # noqa: E402
 
 ROOT = os.path.dirname(HERE)
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "metaworld", "quick.gin")
@@ -39,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     add_common_args(parser, default_configs="configs/metaworld/quick.gin")
     args = parser.parse_args(argv)
 
-    from amago_like import DiskTrajDataset, Experiment, Metaworld
+    from amago_like import Metaworld
     from amago_like.envs.builtin.metaworld import normalize_benchmark_name
 
     # fail on a bad benchmark name before anything slow happens
@@ -54,17 +52,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     buffer_dir = os.path.abspath(args.buffer_dir)
     configure_from_args(args, [DEFAULT_CONFIG], bindings, run_dir=os.path.join(buffer_dir, run_name))
 
-    with removed_if_left_empty(
-        os.path.join(buffer_dir, run_name), buffer_dir
-    ):  # a failed start leaves no empty run folder
-        experiment = Experiment(
-            run_name=run_name,
-            ckpt_base_dir=buffer_dir,
-            dataset=DiskTrajDataset(dset_root=buffer_dir, dset_name=run_name),
-            make_train_env=functools.partial(Metaworld, split="train"),
-            make_val_env=functools.partial(Metaworld, split="test"),
-        )
-        metrics = run(experiment, resume=args.resume)
+    experiment, metrics = train(Metaworld, buffer_dir, run_name, resume=args.resume)
     if not experiment.is_main:  # under DDP every process has the same results: one prints them
         return metrics
     run_dir = experiment.run_dir

@@ -8,12 +8,10 @@ python examples/toy.py --gin "MetaBandit.n_arms = 4" --epochs 12
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 
 # torch, accelerate and the envs load inside main(), after the flags parsed: --help stays instant
-from amago_like.checks import removed_if_left_empty
-from amago_like.cli import add_common_args, configure_from_args, run
+from amago_like.cli import add_common_args, configure_from_args, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {"bandit": "bandit.gin", "dark_room": "dark_room.gin"}
@@ -27,24 +25,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     add_common_args(parser, default_configs="configs/bandit.gin or configs/dark_room.gin, after --env")
     args = parser.parse_args(argv)
 
-    from amago_like import DarkRoom, DiskTrajDataset, Experiment, MetaBandit
+    from amago_like import DarkRoom, MetaBandit
 
     env_type, config = {"bandit": MetaBandit, "dark_room": DarkRoom}[args.env], CONFIGS[args.env]
     buffer_dir = os.path.abspath(args.buffer_dir)
     run_name = args.run_name or args.env
     configure_from_args(args, [os.path.join(ROOT, "configs", config)], run_dir=os.path.join(buffer_dir, run_name))
 
-    with removed_if_left_empty(
-        os.path.join(buffer_dir, run_name), buffer_dir
-    ):  # a failed start leaves no empty run folder
-        experiment = Experiment(
-            run_name=run_name,
-            ckpt_base_dir=buffer_dir,
-            dataset=DiskTrajDataset(dset_root=buffer_dir, dset_name=run_name),
-            make_train_env=functools.partial(env_type, split="train"),
-            make_val_env=functools.partial(env_type, split="test"),  # held-out tasks where the env has them
-        )
-        metrics = run(experiment, resume=args.resume)
+    experiment, metrics = train(env_type, buffer_dir, run_name, resume=args.resume)
     if not experiment.is_main:  # under DDP every process has the same results: one prints them
         return metrics
     env = env_type(split="test")
