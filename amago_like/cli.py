@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import gin
 
 # gin parsing lives in config.py; these names stay importable from here
-from amago_like.config import REPO_ROOT, GinBindingError, GinTypeError, apply_gin, is_bound, values_not_recorded  # noqa: F401
+from amago_like.config import REPO_ROOT, GinBindingError, GinTypeError, apply_gin, is_bound, values_as_built  # noqa: F401
 from amago_like.io import DiskFullError
 
 if TYPE_CHECKING:
@@ -172,10 +172,10 @@ def configure_from_args(
     (``error: <file or binding>: <what is wrong>; <the fix>``) and exits with status 2, before anything is built.
 
     With ``--resume``, a run (``run_dir``) written before a default of the model changed is rebuilt as it was: the
-    old values its config.gin does not record (config.VALUES_BEFORE_RECORDED) are bound first, under the rest."""
+    values of config.CHANGED_DEFAULTS it was built with are bound first, under the rest."""
     configs = [os.path.abspath(c) for c in args.configs] if args.configs is not None else default_configs
     recorded = os.path.join(run_dir, "config.gin") if run_dir else None
-    old_values = values_not_recorded(recorded) if args.resume and recorded and os.path.exists(recorded) else []
+    old_values = values_as_built(recorded) if args.resume and recorded and os.path.exists(recorded) else []
     if getattr(args, "overlap", None) and args.mode in ("collect", "learn") and OVERLAP_PARENT_ENV not in os.environ:
         _usage_error(f"--overlap with --mode {args.mode}: an overlapped run is one learner that spawns its own "
                      "collector; drop --mode for it, or drop --overlap to start --mode collect / learn processes "

@@ -228,27 +228,29 @@ def apply_gin(configs: list[str], bindings: list[str]) -> None:
     check_bindings()  # a binding its configurable's parent would override fails now, not silently
 
 
-# Architecture defaults that changed after runs were written: a run's config.gin records every parameter its
-# configurables had, but not one added later, so a run written before one of these existed was built with the
-# value here. Loading a run (apply_run_config) and resuming one from the command line bind those its file lacks.
-VALUES_BEFORE_RECORDED = ("CriticEnsemble.action_repeat = 1",)
+# Model defaults that changed after runs were written. A run's config.gin records every parameter its configurables
+# had, so a run is rebuilt as it was made by binding, for each of these, the value its config.gin records, or the
+# value here where the file predates the parameter (None: every run that used the parameter records it). Loading a
+# run (apply_run_config) and resuming one from the command line, whose configs give the rest, bind them first.
+CHANGED_DEFAULTS = {"CriticEnsemble.action_repeat": "1", "TformerTrajEncoder.pos_emb": None}
 
 
-def values_not_recorded(path: str) -> list[str]:
-    """The VALUES_BEFORE_RECORDED bindings whose parameter a run's config.gin (``path``) does not bind: the values
-    that run was built with."""
+def values_as_built(path: str) -> list[str]:
+    """Bindings of the CHANGED_DEFAULTS parameters to the values the run whose config.gin is ``path`` was built with."""
     with open(path) as f:
         text = f.read()
-    return [
-        b
-        for b in VALUES_BEFORE_RECORDED
-        if not re.search(rf"^\s*{re.escape(b.split('=')[0].strip())}\s*=", text, flags=re.MULTILINE)
-    ]
+    bindings = []
+    for name, before in CHANGED_DEFAULTS.items():
+        recorded = re.search(rf"^\s*{re.escape(name)}\s*=\s*(.+?)\s*$", text, flags=re.MULTILINE)
+        value = recorded.group(1) if recorded else before
+        if value is not None:
+            bindings.append(f"{name} = {value}")
+    return bindings
 
 
 def apply_run_config(path: str, bindings: list[str] = ()) -> None:
-    """A saved run's config.gin as the run was built (see VALUES_BEFORE_RECORDED), then ``bindings``."""
-    apply_gin([], values_not_recorded(path))
+    """A saved run's config.gin as the run was built (see CHANGED_DEFAULTS), then ``bindings``."""
+    apply_gin([], values_as_built(path))
     apply_gin([path], list(bindings))
 
 

@@ -10,7 +10,7 @@ import torch
 from helpers import load_example
 
 from amago_like import DiskTrajDataset, EpsilonGreedy, Experiment, MetaBandit
-from amago_like.config import apply_run_config
+from amago_like.config import apply_run_config, values_as_built
 
 OLD_RUN = os.path.join(os.path.dirname(__file__), "fixtures", "old_run")
 
@@ -105,3 +105,11 @@ def test_the_command_line_resumes_an_old_run_as_it_was_built(old_run, capsys):
     assert "resuming from epoch 2" in capsys.readouterr().out
     assert (old_run / "ckpts" / "training_states" / "epoch_3").is_dir()
     assert "CriticEnsemble.action_repeat = 1" in (old_run / "config.gin").read_text()
+
+
+def test_a_run_is_rebuilt_with_the_values_of_changed_defaults_it_recorded_or_predates(tmp_path):
+    old = values_as_built(os.path.join(OLD_RUN, "config.gin"))  # written before action_repeat existed
+    assert old == ["CriticEnsemble.action_repeat = 1", "TformerTrajEncoder.pos_emb = 'learned'"]
+    gru_run = tmp_path / "config.gin"  # a GRU run records no transformer parameter: nothing to bind for it
+    gru_run.write_text("GRUTrajEncoder.d_hidden = 64\nCriticEnsemble.action_repeat = 16\n")
+    assert values_as_built(str(gru_run)) == ["CriticEnsemble.action_repeat = 16"]
