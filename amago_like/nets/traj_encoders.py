@@ -126,8 +126,11 @@ class TformerTrajEncoder(TrajEncoder):
     Rollouts use a ring-buffer KVCache of max_seq_len tokens per actor.
 
     Options:
-      pos_emb:          "learned" / "fixed" (added to the input) or "rope" (rotary, on queries
-                        and keys inside attention; the cache stores rotated keys).
+      pos_emb:          "fixed" (sinusoidal, the default), "learned" (a trained row per time index)
+                        -- both added to the input -- or "rope" (rotary, on queries and keys inside
+                        attention; the cache stores rotated keys). A learned table trains each row only
+                        from the time indices that batches happen to contain, and holds max_time_idx rows
+                        (most of a small model's parameters); the fixed one needs no training.
       normformer_norms: NormFormer's extra LayerNorms (after attention, inside the FF block).
       sigma_reparam:    sigmaReparam linears in every block (W' = gamma / sigma(W) * W).
       attention_window: sliding-window causal attention (each token sees itself and the
@@ -157,7 +160,7 @@ class TformerTrajEncoder(TrajEncoder):
         d_ff: int = 512,
         dropout: float = 0.0,
         attn_dropout: float = 0.0,
-        pos_emb: str = "learned",
+        pos_emb: str = "fixed",
         max_time_idx: int = 5000,
         causal: bool = True,
         overflow: str = "slide",
