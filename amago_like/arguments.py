@@ -11,6 +11,7 @@ from amago_like.checks import check_writable_dir
 from amago_like.config import check_arguments, check_bindings
 from amago_like.data.dataset import PADDED_SAMPLING, RLDataset
 from amago_like.data.trajectory import FORMATS
+from amago_like.envs.exploration import AUTO_EXPLORATION
 from amago_like.envs.vector import ENV_MODES
 from amago_like.overlap import check_overlap
 
@@ -41,5 +42,12 @@ def check_experiment_arguments(arguments: dict[str, Any]) -> None:
     # fail before any env steps or training, not at the first file written an epoch later
     check_writable_dir(os.path.join(ckpt_base_dir, run_name), "the run folder")
     check_overlap(arguments)
+    wrapper = arguments["exploration_wrapper_type"]
+    if isinstance(wrapper, str) and wrapper != AUTO_EXPLORATION:
+        raise ValueError(f"Experiment.exploration_wrapper_type must be {AUTO_EXPLORATION!r}, None or an "
+                         f"ExplorationWrapper class such as @EpsilonGreedy, got {wrapper!r}")  # fmt: skip
+    if arguments["env_mode"] == "already_vectorized" and wrapper not in (None, AUTO_EXPLORATION):
+        raise ValueError(f"Experiment.exploration_wrapper_type = {wrapper.__name__} goes around single envs, not an "
+                         "already vectorized one: use env_mode 'sync' or 'async', or set it to None")  # fmt: skip
     if role != "learn" and dataset.save_new_trajs_to is not None:
         check_writable_dir(dataset.save_new_trajs_to, "the trajectory buffer folder")

@@ -228,11 +228,16 @@ def apply_gin(configs: list[str], bindings: list[str]) -> None:
     check_bindings()  # a binding its configurable's parent would override fails now, not silently
 
 
-# Model defaults that changed after runs were written. A run's config.gin records every parameter its configurables
+# Defaults that changed after runs were written. A run's config.gin records every parameter its configurables
 # had, so a run is rebuilt as it was made by binding, for each of these, the value its config.gin records, or the
 # value here where the file predates the parameter (None: every run that used the parameter records it). Loading a
 # run (apply_run_config) and resuming one from the command line, whose configs give the rest, bind them first.
-CHANGED_DEFAULTS = {"CriticEnsemble.action_repeat": "1", "TformerTrajEncoder.pos_emb": None}
+CHANGED_DEFAULTS = {
+    "CriticEnsemble.action_repeat": "1",
+    "TformerTrajEncoder.pos_emb": None,
+    "Experiment.exploration_wrapper_type": None,
+    "EpsilonGreedy.steps_anneal": None,
+}
 
 
 def values_as_built(path: str) -> list[str]:

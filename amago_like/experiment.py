@@ -44,7 +44,7 @@ from amago_like.logging import (
 from amago_like.nets.traj_encoders import TformerTrajEncoder, TrajEncoder
 from amago_like.nets.tstep_encoders import FFTstepEncoder, TstepEncoder
 from amago_like.overlap import ROLE_SETTINGS, attach, role_settings, run_files  # noqa: F401  (ROLE_SETTINGS: was here)
-from amago_like.rollout import KeptEpisodes, Rollout, RolloutStats, summarize_episodes, with_exploration
+from amago_like.rollout import KeptEpisodes, Rollout, RolloutStats, explores_with, summarize_episodes, with_exploration
 from amago_like.run_dir import CheckpointError, RunDir, RunExistsError
 from amago_like.threads import set_torch_threads
 
@@ -75,7 +75,7 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         parallel_actors: int = 12,
         env_mode: str = "async",
         async_env_mp_context: str | None = None,
-        exploration_wrapper_type: type[ExplorationWrapper] | None = None,
+        exploration_wrapper_type: type[ExplorationWrapper] | str | None = "auto",
         sample_actions: bool = True,
         eval_sample_actions: bool | None = None,
         force_reset_train_envs_every: int | None = None,
@@ -189,12 +189,13 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
 
     def init_envs(self) -> None:
         """Training actors (with the exploration wrapper) and validation envs, each a :class:`Rollout`."""
-        make_train = with_exploration(self.make_train_env, self.exploration_wrapper_type)
-        explores = self.exploration_wrapper_type is not None and self.env_mode != "already_vectorized"
+        wrapper = None if self.env_mode == "already_vectorized" else self.exploration_wrapper_type
+        make_train = with_exploration(self.make_train_env, wrapper)
         num_train = None  # a learner never steps its training envs (they give the spaces and the exploration count)
         if self.role == "learn" and self.env_mode != "already_vectorized":  # one, not parallel_actors idle ones
             num_train, make_train = 1, make_train if callable(make_train) else make_train[:1]
         train_envs = self.make_envs(make_train, self.dataset.save_new_trajs_to, num_envs=num_train)
+        explores = explores_with(train_envs, wrapper)
         self.train_rollout = self.make_rollout(train_envs, explores, self.force_reset_train_envs_every)
         self.train_rollout.set_run_length(self.epochs * self.train_timesteps_per_epoch)
         self.val_rollout = self.make_rollout(self.make_envs(self.make_val_env, None))

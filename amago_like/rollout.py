@@ -21,7 +21,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from amago_like.envs.exploration import ExplorationWrapper
+from amago_like.envs.exploration import AUTO_EXPLORATION, EpsilonGreedy, ExplorationWrapper
 from amago_like.envs.vector import as_amago_env, close_envs, finished_episodes_by_env
 from amago_like.envs.wrapper import RL2_KEY, TIME_KEY, EpisodeStats, split_timestep
 from amago_like.logging import progress
@@ -105,15 +105,26 @@ class KeptEpisodes:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _explore(make_env: EnvFactory, wrapper_type: type[ExplorationWrapper]) -> gym.Env:
+def _explore(make_env: EnvFactory, wrapper_type: type[ExplorationWrapper] | str) -> gym.Env:
     """Module-level (so async workers can unpickle it): an exploration wrapper around the sequence wrapper."""
-    return wrapper_type(as_amago_env(make_env()))
+    env = as_amago_env(make_env())
+    if wrapper_type == AUTO_EXPLORATION:
+        return EpsilonGreedy(env) if isinstance(env.action_space, gym.spaces.Box) else env
+    return wrapper_type(env)
+
+
+def explores_with(envs: gym.vector.VectorEnv, wrapper_type: type[ExplorationWrapper] | str | None) -> bool:
+    """Whether ``envs``, made by :func:`with_exploration` with ``wrapper_type``, carry exploration wrappers."""
+    if wrapper_type == AUTO_EXPLORATION:
+        return isinstance(envs.single_action_space, gym.spaces.Box)
+    return wrapper_type is not None
 
 
 def with_exploration(
-    make_env: EnvFactory | Sequence[EnvFactory], wrapper_type: type[ExplorationWrapper] | None
+    make_env: EnvFactory | Sequence[EnvFactory], wrapper_type: type[ExplorationWrapper] | str | None
 ) -> EnvFactory | list[EnvFactory]:
-    """``make_env`` (one factory or one per actor) with ``wrapper_type`` around each env it makes."""
+    """``make_env`` (one factory or one per actor) with ``wrapper_type`` (or :data:`AUTO_EXPLORATION`) around each
+    env it makes."""
     if wrapper_type is None:
         return make_env
     if callable(make_env):

@@ -88,7 +88,7 @@ class Result:
 
 def make_wrapped(task: str, explore: bool) -> gym.Env:
     env = Metaworld(task, "train", k_episodes=3)
-    return EpsilonGreedy(env) if explore else env
+    return EpsilonGreedy(env, steps_anneal=1_000_000) if explore else env
 
 
 def run_mode(mode: Mode, task: str, steps: int, seed: int) -> Result:

@@ -251,6 +251,7 @@ def test_evaluate_test_stops_after_requested_episodes(trained):
         (dict(mixed_precision="fp8"), "unknown mixed_precision"),
         (dict(max_seq_len=1), "max_seq_len must be >= 2"),
         (dict(batch_size=0), "batch_size must be >= 1"),
+        (dict(exploration_wrapper_type="epsilon"), "exploration_wrapper_type must be 'auto', None or"),
     ],
 )
 def test_bad_arguments_fail_at_construction(tmp_path, override, message):
@@ -317,10 +318,26 @@ def test_eval_sample_actions_chooses_how_evaluations_act(tmp_path, tiny_model, e
     assert calls and set(calls) == {expected}
 
 
+def test_auto_exploration_perturbs_continuous_actions_only(tmp_path, tiny_model):
+    from amago_like import EpsilonGreedy, PointGoal
+
+    bandit = make_experiment(tmp_path, run_name="bandit")  # the default: "auto"; discrete pulls
+    bandit.start()
+    assert not bandit.train_rollout.explores and not any(isinstance(e, EpsilonGreedy) for e in bandit.train_envs.envs)
+    bandit.close()
+    point = make_experiment(tmp_path, run_name="point", make_train_env=PointGoal, make_val_env=PointGoal)
+    point.start()
+    assert point.train_rollout.explores and all(isinstance(e, EpsilonGreedy) for e in point.train_envs.envs)
+    assert point.train_envs.get_attr("run_steps") == (24, 24)  # 2 epochs x 12 steps per actor, annealed over half
+    assert not any(isinstance(e, EpsilonGreedy) for e in point.val_envs.envs)
+    point.close()
+    with pytest.raises(ValueError, match="EpsilonGreedy goes around single envs, not an already vectorized one"):
+        make_experiment(tmp_path, env_mode="already_vectorized", exploration_wrapper_type=EpsilonGreedy)
+
+
 def test_exploration_by_default_anneals_over_the_first_half_of_the_run(tmp_path, tiny_model):
     from amago_like import EpsilonGreedy
 
-    gin.bind_parameter("EpsilonGreedy.steps_anneal", None)
     gin.bind_parameter("EpsilonGreedy.randomize_eps", False)
     gin.bind_parameter("EpsilonGreedy.eps_end", 0.0)
     exp = make_experiment(tmp_path, exploration_wrapper_type=EpsilonGreedy, epochs=4)

@@ -109,7 +109,13 @@ def test_the_command_line_resumes_an_old_run_as_it_was_built(old_run, capsys):
 
 def test_a_run_is_rebuilt_with_the_values_of_changed_defaults_it_recorded_or_predates(tmp_path):
     old = values_as_built(os.path.join(OLD_RUN, "config.gin"))  # written before action_repeat existed
-    assert old == ["CriticEnsemble.action_repeat = 1", "TformerTrajEncoder.pos_emb = 'learned'"]
+    # its exploration wrapper was given in Python (not recorded as a binding), its schedule's length through gin
+    assert old == ["CriticEnsemble.action_repeat = 1", "TformerTrajEncoder.pos_emb = 'learned'",
+                   "EpsilonGreedy.steps_anneal = 1000"]  # fmt: skip
     gru_run = tmp_path / "config.gin"  # a GRU run records no transformer parameter: nothing to bind for it
-    gru_run.write_text("GRUTrajEncoder.d_hidden = 64\nCriticEnsemble.action_repeat = 16\n")
-    assert values_as_built(str(gru_run)) == ["CriticEnsemble.action_repeat = 16"]
+    gru_run.write_text("GRUTrajEncoder.d_hidden = 64\nCriticEnsemble.action_repeat = 16\n"
+                       "Experiment.exploration_wrapper_type = None\n")  # fmt: skip
+    assert values_as_built(str(gru_run)) == [
+        "CriticEnsemble.action_repeat = 16",
+        "Experiment.exploration_wrapper_type = None",
+    ]

@@ -22,6 +22,10 @@ _SEED_SALT = 0x5EED_E251  # keeps the wrapper's random stream apart from the env
 _NOISE_ROWS = 1024  # Gaussian action noise is drawn this many steps at a time (one generator call)
 # clip bounds as 0-d float32 arrays: numpy 2 ufuncs take these about twice as fast as Python floats
 _MINUS_ONE, _ONE = np.array(-1.0, np.float32), np.array(1.0, np.float32)
+#: ``Experiment.exploration_wrapper_type = "auto"``: EpsilonGreedy (Gaussian action noise) where actions are
+#: continuous; none for discrete or multi-binary actions, where epsilon-greedy replaces the policy's action outright
+#: instead of perturbing it, nor around an already vectorized env (wrappers go around single envs)
+AUTO_EXPLORATION = "auto"
 #: ``steps_anneal=None``: epsilon anneals over this share of the actor's env steps in the run, so that the same
 #: schedule explores early and exploits late whatever the run's budget
 RUN_SHARE_ANNEALED = 0.5
@@ -197,14 +201,15 @@ class ExplorationWrapper(gym.Wrapper, abc.ABC):
 @gin.configurable
 class EpsilonGreedy(ExplorationWrapper):
     """Epsilon annealed linearly from ``eps_start`` to ``eps_end`` over this actor's first
-    ``steps_anneal`` env steps (then held); ``steps_anneal = None``: over the first half of the run."""
+    ``steps_anneal`` env steps (then held); ``steps_anneal = None`` (the default): over the first half of the run,
+    so that a short run stops exploring as surely as a long one."""
 
     def __init__(
         self,
         env: gym.Env,
         eps_start: float = 1.0,
         eps_end: float = 0.05,
-        steps_anneal: int | None = 1_000_000,
+        steps_anneal: int | None = None,
         randomize_eps: bool = True,
     ):
         _check_eps(eps_start=eps_start, eps_end=eps_end)
@@ -214,6 +219,8 @@ class EpsilonGreedy(ExplorationWrapper):
         super().__init__(env, randomize_eps)
 
     def epsilon_schedule(self, total_steps: int, local_step: int) -> float:
+        if self.eps_start == self.eps_end:  # a constant epsilon needs no schedule length (nor a run to set one)
+            return self.eps_start
         return linear_anneal(self.eps_start, self.eps_end, total_steps, self.anneal_steps)
 
 
