@@ -1,6 +1,8 @@
 """amago_like.stats: the IQM, bootstrap confidence intervals and performance profiles reported by the learning
 suite and by amago_like.sweep."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -49,3 +51,26 @@ def test_performance_profile_counts_scores_above_each_threshold():
 
 def test_the_suite_uses_these_statistics(suite):
     assert suite.iqm is stats.iqm and suite.stratified_bootstrap_ci is stats.stratified_bootstrap_ci
+
+
+def test_suite_compare_pairs_seeds_and_names_the_tasks_that_fell(suite, tmp_path, capsys):
+    """--compare BASE --to CAND: scores on the (task, seed) pairs both files have, the change of each task's mean
+    and the tasks whose mean fell; a seed only one side has is left out."""
+
+    def write(name, rows):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(dict(task=t, seed=s, env_steps=1, updates=1, wall_s=1.0, ret=r,
+                                                per_episode=[r], score=0.0, bindings=[])) + "\n"
+                                for t, s, r in rows))  # fmt: skip
+        return str(path)
+
+    # bandit: random 2, best 5; tmaze: random 0.5, best 1 (score = (ret - random) / (best - random))
+    base = write("base.jsonl", [("bandit", 0, 5.0), ("bandit", 1, 3.5), ("tmaze", 0, 1.0), ("tmaze", 1, 0.75)])
+    cand = write("cand.jsonl", [("bandit", 0, 5.0), ("bandit", 1, 5.0), ("tmaze", 0, 0.75), ("bandit", 2, 2.0)])
+    suite.main(["--compare", base, "--to", cand])
+    out = capsys.readouterr().out
+    assert "| bandit | 0, 1 | 1.000, 0.500 | 0.750 | 1.000, 1.000 | 1.000 | +0.250 |" in out
+    assert "| tmaze | 0 | 1.000 | 1.000 | 0.500 | 0.500 | -0.500 |" in out
+    assert "tasks whose mean fell: tmaze (-0.500) (of 2 compared)" in out
+    with pytest.raises(SystemExit):
+        suite.main(["--compare", base])

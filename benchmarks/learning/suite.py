@@ -5,6 +5,7 @@ python benchmarks/learning/suite.py --tasks tmaze point_sparse --seeds 0
 python benchmarks/learning/suite.py --quick                 # one seed, short budgets: a CI smoke run
 python benchmarks/learning/suite.py --tasks reach --seeds 0 1   # Meta-World ML1 reach-v3 (long)
 python benchmarks/learning/suite.py --gin "Agent.tau = 0.01"    # the same suite with one binding changed
+python benchmarks/learning/suite.py --compare BASE.jsonl --to NEW.jsonl   # two results files, seed by seed
 
 Each task binds only its env, its context (``max_seq_len``, the meta-episode's length), its budget
 (epochs, env steps and updates per epoch) and ``parallel_actors``; everything else is the library's
@@ -15,7 +16,8 @@ interquartile mean (IQM) with a 95% stratified bootstrap confidence interval.
 
 Results go to ``--out`` (default ``runs/suite``): one run folder per task and seed, ``results.jsonl``
 (one row per finished run, appended as runs finish) and ``table.md``. ``--table_from A.jsonl B.jsonl``
-prints the table of earlier results (rescored against today's references).
+prints the table of earlier results (rescored against today's references); ``--compare`` sets a candidate's
+results beside a baseline's on the seeds both have, with the change of every task's mean.
 """
 
 from __future__ import annotations
@@ -277,7 +279,11 @@ def _evaluate_each_goal(experiment: Experiment, task: Task) -> tuple[float, list
 # ---------------------------------------------------------------------------------------------- statistics
 def score_matrix(results: Sequence[Result], tasks: Sequence[str]) -> np.ndarray:
     """(seeds, tasks) normalised scores; tasks with fewer seeds repeat their mean to fill."""
-    by_task = {t: [r.score for r in results if r.task == t] for t in tasks}
+    return _seeds_by_tasks({t: [r.score for r in results if r.task == t] for t in tasks})
+
+
+def _seeds_by_tasks(by_task: dict[str, list[float]]) -> np.ndarray:
+    """(seeds, tasks) matrix of each task's scores; tasks with fewer seeds repeat their mean to fill."""
     n = max(len(v) for v in by_task.values())
     cols = [v + [float(np.mean(v))] * (n - len(v)) for v in by_task.values()]
     return np.array(cols).T
@@ -308,6 +314,38 @@ def table(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
+def compare(baseline: Sequence[Result], candidate: Sequence[Result]) -> str:
+    """Baseline and candidate side by side on the (task, seed) pairs both have: each task's scores by seed, the
+    change of its mean, the IQM of each, and the tasks whose mean fell (the suite's rule: a default changes only
+    if the IQM rises or holds and no task drops)."""
+    base = {(r.task, r.seed): r.score for r in baseline}
+    cand = {(r.task, r.seed): r.score for r in candidate}
+    lines = ["| task | seeds | baseline | mean | candidate | mean | change |", "|---|---|---|---|---|---|---|"]
+    before: dict[str, list[float]] = {}
+    after: dict[str, list[float]] = {}
+    for t in dict.fromkeys(task for task, _ in base):
+        seeds = sorted(s for task, s in base if task == t and (t, s) in cand)
+        if not seeds:
+            continue
+        before[t], after[t] = [base[t, s] for s in seeds], [cand[t, s] for s in seeds]
+        b, c = np.mean(before[t]), np.mean(after[t])
+        lines.append(
+            f"| {t} | {', '.join(map(str, seeds))} | {', '.join(f'{x:.3f}' for x in before[t])} | {b:.3f} | "
+            f"{', '.join(f'{x:.3f}' for x in after[t])} | {c:.3f} | {c - b:+.3f} |"
+        )
+    if not before:
+        return "no (task, seed) pair is in both the baseline and the candidate"
+    lines.append("")
+    for name, by_task in (("baseline", before), ("candidate", after)):
+        scores = _seeds_by_tasks(by_task)
+        lo, hi = stratified_bootstrap_ci(scores)
+        lines.append(f"IQM, {name}: {iqm(scores):.3f} (95% CI {lo:.3f} to {hi:.3f})")
+    changes = {t: float(np.mean(after[t]) - np.mean(before[t])) for t in before}
+    fell = ", ".join(f"{t} ({d:+.3f})" for t, d in changes.items() if d < 0) or "none"
+    lines.append(f"tasks whose mean fell: {fell} (of {len(changes)} compared)")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> list[Result]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=TOY_TASKS, help="default: every toy task")
@@ -323,7 +361,22 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument(
         "--table_from", nargs="+", default=None, metavar="JSONL", help="only print the table of earlier results files"
     )
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        default=None,
+        metavar="JSONL",
+        help="only compare earlier results: the baseline's files, then --to and the candidate's",
+    )
+    parser.add_argument("--to", nargs="+", default=None, metavar="JSONL", help="the candidate's files for --compare")
     args = parser.parse_args(argv)
+    if (args.compare is None) != (args.to is None):
+        parser.error("--compare BASELINE.jsonl ... needs --to CANDIDATE.jsonl ... (and the other way round)")
+    if args.compare:
+        baseline = [r for path in args.compare for r in load_results(path)]
+        candidate = [r for path in args.to for r in load_results(path)]
+        print(compare(baseline, candidate))
+        return candidate
     if args.table_from:
         results = [r for path in args.table_from for r in load_results(path)]
         print(table(results))
