@@ -20,6 +20,7 @@ each row in a fresh process so no row reuses memory an earlier one left in the a
     python benchmarks/model_throughput.py --dtypes bf16 --agents agent --steps 200
     python benchmarks/model_throughput.py --dtypes bf16 --sdpa auto,flash,math   # which attention kernel
     python benchmarks/model_throughput.py --dtypes bf16 --compile off,on         # eager and torch.compile
+    python benchmarks/model_throughput.py --agents agent --gin "Agent.num_actions_for_value = 4"   # one binding
 
 ``--sdpa flash`` runs the updates inside ``torch.nn.attention.sdpa_kernel(FLASH_ATTENTION)``: it fails
 ("No available kernel") if the model's attention cannot use flash attention at that precision.
@@ -37,12 +38,14 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+import gin
 import gymnasium as gym
 import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from amago_like.agents import Agent, MultiTaskAgent
+from amago_like.config import GinBindingError, apply_gin
 from amago_like.data.dataset import Batch
 from amago_like.nets.traj_encoders import TformerTrajEncoder
 from amago_like.nets.tstep_encoders import FFTstepEncoder
@@ -137,7 +140,10 @@ def bench(
     steps: int,
     sdpa: str = "auto",
     compiled: bool = False,
+    bindings: tuple[str, ...] = (),
 ) -> dict:
+    gin.clear_config()  # parsed here, in the process that builds the agent (CPU rows run in a fresh one)
+    apply_gin([], list(bindings))
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.empty_cache()
@@ -196,7 +202,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=None, help="untimed updates first (default 20 GPU / 3 CPU)")
     for field in Size.__dataclass_fields__:
         parser.add_argument(f"--{field}", type=int, default=None, help="override one size")
+    parser.add_argument("--gin", action="append", default=[], help="a gin binding for the agent (repeatable)")
     args = parser.parse_args(argv)
+    try:  # a bad binding fails here in one line, not inside a row's process
+        apply_gin([], args.gin)
+    except GinBindingError as e:
+        parser.error(str(e))
     if not set(args.compile.split(",")) <= {"off", "on"}:
         parser.error(f"--compile takes off, on or off,on; got {args.compile!r}")
 
@@ -214,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         f"model ({label}): tstep {OBS_DIM + 1 + ACTION_DIM}->{size.tstep_hidden}->{size.tstep_out}, "
         f"d_model {size.d_model} x {size.n_layers} layers, {size.n_heads} heads, d_ff {size.d_ff}, "
         f"{size.critics} critics x {len(GAMMAS)} gammas | batch {size.batch} x context {size.context} | "
-        f"{warmup} warm-up + {steps} timed updates"
+        f"{warmup} warm-up + {steps} timed updates" + "".join(f" | {b}" for b in args.gin)
     )
     print()
     mem_name = "peak CUDA mem" if cuda else "peak RSS delta"
@@ -234,10 +245,11 @@ def main(argv: list[str] | None = None) -> None:
         name += ", compiled" if compiled else ""
         try:
             if cuda:
-                r = bench(kind, dtype, size, device, warmup, steps, sdpa, compiled)
+                r = bench(kind, dtype, size, device, warmup, steps, sdpa, compiled, tuple(args.gin))
             else:  # a fresh process per row: comparable RSS numbers
                 with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                    r = pool.submit(bench, kind, dtype, size, device, warmup, steps, sdpa, compiled).result()
+                    job = pool.submit(bench, kind, dtype, size, device, warmup, steps, sdpa, compiled, tuple(args.gin))
+                    r = job.result()
         except RuntimeError as e:  # a forced kernel that cannot run these shapes / this precision
             print(f"| {name} | {dtype} | {sdpa} | failed: {str(e).splitlines()[0][:120]} | | | |", flush=True)
             continue
