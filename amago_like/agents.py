@@ -89,12 +89,14 @@ class Agent(nn.Module):
         target_entropy: float | str | None = "auto",
         entropy_coeff_lr: float = 3e-3,
         bc_action_limit: float | None = None,
-        num_actions_for_value: int = 4,
+        num_actions_for_value: int = 1,
         popart: bool = True,
     ):
         super().__init__()
         if actor_gamma not in gammas:
             raise ValueError(f"actor_gamma={actor_gamma} must be one of gammas={gammas}")
+        if not (isinstance(num_actions_for_value, int) and num_actions_for_value >= 1):
+            raise ValueError(f"Agent.num_actions_for_value must be an int >= 1, got {num_actions_for_value!r}")
         if num_critics_td is not None and not 1 <= num_critics_td <= num_critics:
             raise ValueError(
                 f"Agent.num_critics_td must be None (all critics) or between 1 and num_critics={num_critics}, "

@@ -237,6 +237,7 @@ CHANGED_DEFAULTS = {
     "TformerTrajEncoder.pos_emb": None,
     "Experiment.exploration_wrapper_type": None,
     "EpsilonGreedy.steps_anneal": None,
+    "Agent.num_actions_for_value": None,
 }
 
 

@@ -269,6 +269,12 @@ def test_learned_entropy_coeff_falls_when_entropy_is_above_target():
     assert metrics["entropy_coeff"].item() < 0.1 * 0.95
 
 
+def test_num_actions_for_value_must_be_a_positive_int():
+    for bad in (0, -1, 2.0):
+        with pytest.raises(ValueError, match="num_actions_for_value"):
+            make_agent(False, num_actions_for_value=bad)
+
+
 def test_target_entropy_needs_a_positive_starting_coeff():
     with pytest.raises(ValueError, match="entropy_coeff"):
         make_agent(False, target_entropy=-2.0, entropy_coeff=0.0)
