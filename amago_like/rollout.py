@@ -21,7 +21,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from amago_like.envs.exploration import AUTO_EXPLORATION, EpsilonGreedy, ExplorationWrapper
+from amago_like.envs.exploration import AUTO_EXPLORATION, EpsilonGreedy, ExplorationWrapper, auto_explores
 from amago_like.envs.vector import as_amago_env, close_envs, finished_episodes_by_env
 from amago_like.envs.wrapper import RL2_KEY, TIME_KEY, EpisodeStats, split_timestep
 from amago_like.logging import progress
@@ -109,14 +109,14 @@ def _explore(make_env: EnvFactory, wrapper_type: type[ExplorationWrapper] | str)
     """Module-level (so async workers can unpickle it): an exploration wrapper around the sequence wrapper."""
     env = as_amago_env(make_env())
     if wrapper_type == AUTO_EXPLORATION:
-        return EpsilonGreedy(env) if isinstance(env.action_space, gym.spaces.Box) else env
+        return EpsilonGreedy(env) if auto_explores(env.action_space) else env
     return wrapper_type(env)
 
 
 def explores_with(envs: gym.vector.VectorEnv, wrapper_type: type[ExplorationWrapper] | str | None) -> bool:
     """Whether ``envs``, made by :func:`with_exploration` with ``wrapper_type``, carry exploration wrappers."""
     if wrapper_type == AUTO_EXPLORATION:
-        return isinstance(envs.single_action_space, gym.spaces.Box)
+        return auto_explores(envs.single_action_space)
     return wrapper_type is not None
 
 

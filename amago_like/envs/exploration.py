@@ -31,6 +31,11 @@ AUTO_EXPLORATION = "auto"
 RUN_SHARE_ANNEALED = 0.5
 
 
+def auto_explores(action_space: gym.Space) -> bool:
+    """Whether :data:`AUTO_EXPLORATION` puts EpsilonGreedy around an env with ``action_space`` (continuous actions)."""
+    return isinstance(action_space, gym.spaces.Box)
+
+
 def _require_amago_env(env: gym.Env) -> AMAGOEnv:
     """The AMAGOEnv in ``env``'s wrapper chain (``env`` itself included); TypeError if none."""
     found = find_amago_env(env)
