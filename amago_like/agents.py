@@ -2,6 +2,8 @@
 
 Loss, per real (unpadded) transition t and discount factor gamma_g:
     critic:  (Q_c(s_t, a_t)[g] - y_t[g])^2,  y_t[g] = r_t + gamma_g (1 - done_t) V_target(s_{t+1})[g]
+             (with ``n_step`` = n: y_t[g] = sum_{k<m} gamma_g^k r_{t+k} + gamma_g^m (1 - done) V_target(s_{t+m})[g],
+             m = n, or fewer where the episode ends or the window's real transitions run out first)
              V_target(s) = E_{a~pi'(s)} min_{c in S} Q'_c(s, a)   (Q' = polyak-averaged target critic heads;
              S = ``num_critics_td`` critics drawn at random per transition, or all of them;
              pi' = the polyak-averaged target actor with ``target_actor``, else the actor)
@@ -58,6 +60,27 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
 
+def n_step_targets(
+    rews: torch.Tensor, dones: torch.Tensor, real: torch.Tensor, v_next: torch.Tensor, gammas: torch.Tensor, n: int
+) -> torch.Tensor:
+    """TD targets (B, T, G) that sum up to n rewards before bootstrapping: rews, dones (B, T, 1) float, real
+    (B, T, 1) bool (a prefix of each row), v_next (B, T, G) = V(s_{t+1}), gammas (G,). A sum stops early at a
+    done (no bootstrap) or before the window's first padded transition (bootstrapping from the last real one)."""
+
+    def ahead(x: torch.Tensor, k: int) -> torch.Tensor:  # x[:, t + k] at t, zeros past the end
+        return torch.cat([x[:, k:], torch.zeros_like(x[:, :k])], 1)
+
+    ret, boot = torch.zeros_like(v_next), torch.zeros_like(v_next)
+    going = torch.ones_like(rews)  # (B, T, 1): steps t .. t+k-1 were real and none ended the episode
+    for k in range(n):
+        take = going * ahead(real.to(rews.dtype), k)  # (B, T, 1): step t+k joins the sum
+        ret = ret + take * gammas**k * ahead(rews, k)
+        not_done = 1.0 - ahead(dones, k)
+        boot = torch.where(take.bool(), gammas ** (k + 1) * not_done * ahead(v_next, k), boot)
+        going = take * not_done
+    return ret + boot
+
+
 @gin.configurable
 class Agent(nn.Module):
     """Actor + critic ensemble on a shared trunk; see the module docstring for the losses.
@@ -90,6 +113,7 @@ class Agent(nn.Module):
         entropy_coeff_lr: float = 3e-3,
         bc_action_limit: float | None = None,
         num_actions_for_value: int = 1,
+        n_step: int = 1,
         popart: bool = True,
     ):
         super().__init__()
@@ -97,6 +121,8 @@ class Agent(nn.Module):
             raise ValueError(f"actor_gamma={actor_gamma} must be one of gammas={gammas}")
         if not (isinstance(num_actions_for_value, int) and num_actions_for_value >= 1):
             raise ValueError(f"Agent.num_actions_for_value must be an int >= 1, got {num_actions_for_value!r}")
+        if not (isinstance(n_step, int) and n_step >= 1):
+            raise ValueError(f"Agent.n_step must be an int >= 1, got {n_step!r}")
         if num_critics_td is not None and not 1 <= num_critics_td <= num_critics:
             raise ValueError(
                 f"Agent.num_critics_td must be None (all critics) or between 1 and num_critics={num_critics}, "
@@ -129,7 +155,7 @@ class Agent(nn.Module):
         self.bc_action_limit = bc_action_limit
         # learned log(entropy_coeff) (None: entropy_coeff stays fixed)
         self.log_entropy_coeff = None if target_entropy is None else nn.Parameter(torch.tensor(math.log(entropy_coeff)))
-        self.num_actions_for_value = num_actions_for_value
+        self.num_actions_for_value, self.n_step = num_actions_for_value, n_step
         self.num_critics_td, self.multigamma_actor = num_critics_td, multigamma_actor
         self.pessimistic_actor = pessimistic_actor
         self.register_buffer("gammas", torch.tensor(gammas, dtype=torch.float32))
@@ -257,7 +283,7 @@ class Agent(nn.Module):
             q_next, probs = self._policy_values(self.target_critics, s_next.detach(), next_dist, self.q_values)
             v_next = self._expectation(self._td_critics(q_next).min(0).values, probs)  # (B, L-1, G)
             rews = batch.rews * self.reward_multiplier  # (B, L-1, 1)
-            target = rews + self.gammas * (1.0 - batch.dones) * v_next  # (B, L-1, G)
+            target = n_step_targets(rews, batch.dones, batch.transition_mask, v_next, self.gammas, self.n_step)
             self.update_value_stats(target, mask)
         raw_taken = self.critics(s, batch.actions)  # (C, B, L-1, G[, bins])
         critic_loss = self.critic_loss(raw_taken, target, mask)

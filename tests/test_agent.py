@@ -9,8 +9,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from amago_like.agents import Agent, MultiTaskAgent, masked_mean
+from amago_like.agents import Agent, MultiTaskAgent, masked_mean, n_step_targets
 from amago_like.data.dataset import Batch
 from amago_like.nets.heads import TanhGaussian
 from amago_like.nets.traj_encoders import GRUTrajEncoder, IdentityTrajEncoder, TformerTrajEncoder
@@ -273,6 +275,64 @@ def test_num_actions_for_value_must_be_a_positive_int():
     for bad in (0, -1, 2.0):
         with pytest.raises(ValueError, match="num_actions_for_value"):
             make_agent(False, num_actions_for_value=bad)
+
+
+def _n_step_by_hand(r, d, length, v, gamma, n):
+    """One row, written as the definition: sum rewards from t until n steps, a done, or the last real one."""
+    out = []
+    for t in range(length):
+        y, k = 0.0, 0
+        while True:
+            y += gamma**k * r[t + k]
+            if d[t + k]:
+                break
+            if k == n - 1 or t + k + 1 == length:
+                y += gamma ** (k + 1) * v[t + k]
+                break
+            k += 1
+        out.append(y)
+    return out
+
+
+@given(
+    st.integers(1, 9),
+    st.integers(1, 5),
+    st.lists(st.floats(-2, 2), min_size=9, max_size=9),
+    st.lists(st.booleans(), min_size=9, max_size=9),
+    st.integers(0, 2**16),
+)
+@settings(max_examples=60, deadline=None)
+def test_n_step_targets_match_their_definition(length, n, rews, dones, seed):
+    v = torch.randn(9, generator=torch.Generator().manual_seed(seed))
+    gammas = torch.tensor([0.9, 0.5])
+    rews_t, dones_t = (torch.tensor(x, dtype=torch.float32).view(1, 9, 1) for x in (rews, dones))
+    real = (torch.arange(9) < length).view(1, 9, 1)
+    got = n_step_targets(rews_t, dones_t, real, v.view(1, 9, 1).expand(1, 9, 2), gammas, n)
+    for g, gamma in enumerate(gammas.tolist()):
+        want = _n_step_by_hand(rews, dones, length, v.tolist(), gamma, n)
+        assert got[0, :length, g].tolist() == pytest.approx(want, rel=1e-5, abs=1e-5)
+
+
+def test_one_step_targets_are_the_td_zero_targets():
+    rews, dones = torch.randn(3, 6, 1), (torch.rand(3, 6, 1) < 0.3).float()
+    v_next, gammas = torch.randn(3, 6, 2), torch.tensor([0.9, 0.99])
+    real = torch.ones(3, 6, 1, dtype=torch.bool)
+    want = rews + gammas * (1.0 - dones) * v_next
+    assert torch.equal(n_step_targets(rews, dones, real, v_next, gammas, 1), want)
+
+
+def test_n_step_must_be_a_positive_int():
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="n_step"):
+            make_agent(False, n_step=bad)
+
+
+def test_n_step_agent_trains():
+    agent = make_agent(True, n_step=3)
+    batch = make_batch(agent, lengths=(8, 5, 8, 3))
+    critic_loss, actor_loss, _ = agent(batch)
+    (critic_loss + actor_loss).backward()
+    assert torch.isfinite(critic_loss) and torch.isfinite(actor_loss)
 
 
 def test_target_entropy_needs_a_positive_starting_coeff():
