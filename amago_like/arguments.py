@@ -47,7 +47,8 @@ def check_experiment_arguments(arguments: dict[str, Any]) -> None:
         raise ValueError(f"Experiment.exploration_wrapper_type must be {AUTO_EXPLORATION!r}, None or an "
                          f"ExplorationWrapper class such as @EpsilonGreedy, got {wrapper!r}")  # fmt: skip
     if arguments["env_mode"] == "already_vectorized" and wrapper not in (None, AUTO_EXPLORATION):
-        raise ValueError(f"Experiment.exploration_wrapper_type = {wrapper.__name__} goes around single envs, not an "
+        name = getattr(wrapper, "__name__", wrapper)  # a functools.partial from Python has none
+        raise ValueError(f"Experiment.exploration_wrapper_type = {name} goes around single envs, not an "
                          "already vectorized one: use env_mode 'sync' or 'async', or set it to None")  # fmt: skip
     if role != "learn" and dataset.save_new_trajs_to is not None:
         check_writable_dir(dataset.save_new_trajs_to, "the trajectory buffer folder")

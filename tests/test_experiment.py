@@ -333,6 +333,11 @@ def test_auto_exploration_perturbs_continuous_actions_only(tmp_path, tiny_model)
     point.close()
     with pytest.raises(ValueError, match="EpsilonGreedy goes around single envs, not an already vectorized one"):
         make_experiment(tmp_path, env_mode="already_vectorized", exploration_wrapper_type=EpsilonGreedy)
+    # a wrapper passed from Python may have no __name__ (a partial): the same one-line error, not an AttributeError
+    with pytest.raises(ValueError, match="goes around single envs, not an already vectorized one"):
+        make_experiment(
+            tmp_path, env_mode="already_vectorized", exploration_wrapper_type=functools.partial(EpsilonGreedy)
+        )
 
 
 def test_exploration_by_default_anneals_over_the_first_half_of_the_run(tmp_path, tiny_model):
