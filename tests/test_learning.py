@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 from helpers import load_example
 
 from amago_like import MetaBandit
@@ -35,3 +36,17 @@ def test_learning_suite_quick_run_learns_the_bandit_with_defaults(tmp_path, suit
     assert scores["bandit"] >= 0.6, scores  # random play scores 0, the best explore-then-exploit 1
     assert (tmp_path / "table.md").read_text().count("IQM of normalized scores") == 1
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == len(suite.TOY_TASKS)
+
+
+def test_suite_updates_x_multiplies_updates_at_the_same_env_steps_and_names_itself(tmp_path, suite):
+    """--updates_x N (a diagnostic off the suite's budget): N times the updates, the same env steps, and a row
+    that says so among its bindings, so it is never read as a suite result."""
+    once, twice = (
+        suite.main(["--quick", "--tasks", "bandit_noisy", "--out", str(tmp_path / f"x{n}"), "--updates_x", str(n)])[0]
+        for n in (1, 2)
+    )
+    assert twice.updates == 2 * once.updates > 0
+    assert twice.env_steps == once.env_steps
+    assert once.bindings == [] and twice.bindings == ["--updates_x 2"]
+    with pytest.raises(SystemExit):
+        suite.main(["--quick", "--out", str(tmp_path / "x0"), "--updates_x", "0"])
