@@ -71,9 +71,10 @@ def n_step_targets(
         return torch.cat([x[:, k:], torch.zeros_like(x[:, :k])], 1)
 
     ret, boot = torch.zeros_like(v_next), torch.zeros_like(v_next)
+    real = real.to(rews.dtype)
     going = torch.ones_like(rews)  # (B, T, 1): steps t .. t+k-1 were real and none ended the episode
     for k in range(n):
-        take = going * ahead(real.to(rews.dtype), k)  # (B, T, 1): step t+k joins the sum
+        take = going * ahead(real, k)  # (B, T, 1): step t+k joins the sum
         ret = ret + take * gammas**k * ahead(rews, k)
         not_done = 1.0 - ahead(dones, k)
         boot = torch.where(take.bool(), gammas ** (k + 1) * not_done * ahead(v_next, k), boot)
