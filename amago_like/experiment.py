@@ -206,7 +206,7 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         self.obs_space, self.rl2_space, self.action_space = r.obs_space, r.rl2_space, r.action_space
 
     def init_model(self) -> None:
-        """The agent, its optimizer (:meth:`init_optimizer`) and the :class:`Learner` that trains them."""
+        """The agent, its optimizer (:meth:`init_optimizer`; none for a collector) and the :class:`Learner`."""
         agent = self.agent_type(
             obs_space=self.obs_space,
             rl2_space=self.rl2_space,
@@ -220,7 +220,7 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         self.learner = Learner(
             self.accelerator,
             agent,
-            self.init_optimizer(agent),
+            None if self.role == "collect" else self.init_optimizer(agent),  # (building one imports torch._dynamo)
             learning_rate=self.learning_rate,
             l2_coeff=self.l2_coeff,
             lr_warmup_steps=self.lr_warmup_steps,

@@ -23,22 +23,24 @@ class DivergenceError(RuntimeError):
 
 
 def adamw(policy: nn.Module, learning_rate: float, l2_coeff: float, device: torch.device) -> torch.optim.Optimizer:
-    """The default optimizer: AdamW over the agent's parameter groups. On a GPU its fused kernel updates every
-    parameter at once instead of launching kernels per tensor."""
-    return torch.optim.AdamW(policy.param_groups(learning_rate), weight_decay=l2_coeff, fused=device.type == "cuda")
+    """The default optimizer: AdamW over the agent's parameter groups. Its fused kernel (GPU and CPU) updates
+    every parameter in one pass instead of a loop of small ops per tensor."""
+    fused = device.type in ("cuda", "cpu")
+    return torch.optim.AdamW(policy.param_groups(learning_rate), weight_decay=l2_coeff, fused=fused)
 
 
 class Learner:
     """Owns the prepared agent, optimizer and LR schedule and the update counters.
 
     ``optimizer`` must already hold the agent's parameters (build it after moving the agent to its device:
-    a fused optimizer needs them there)."""
+    a fused optimizer needs them there). ``optimizer = None``: a process that only acts (a collector); it
+    trains nothing, and its checkpoints hold no optimizer state."""
 
     def __init__(
         self,
         accelerator: Accelerator,
         agent: nn.Module,
-        optimizer: torch.optim.Optimizer,
+        optimizer: torch.optim.Optimizer | None,
         learning_rate: float,
         l2_coeff: float,
         lr_warmup_steps: int,
@@ -50,9 +52,13 @@ class Learner:
         self.accelerator = accelerator
         self.learning_rate, self.l2_coeff, self.grad_clip = learning_rate, l2_coeff, grad_clip
         self.max_bad_updates_in_a_row, self.verbose = max_bad_updates_in_a_row, verbose
-        warmup = max(lr_warmup_steps, 1)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min((step + 1) / warmup, 1.0))
-        self.agent, self.optimizer, self.scheduler = accelerator.prepare(agent, optimizer, scheduler)
+        if optimizer is None:
+            self.agent, self.optimizer, self.scheduler = accelerator.prepare(agent), None, None
+        else:
+            warmup = max(lr_warmup_steps, 1)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min((step + 1) / warmup, 1.0))
+            self.agent, self.optimizer, self.scheduler = accelerator.prepare(agent, optimizer, scheduler)
+        self._policy = accelerator.unwrap_model(self.agent)  # once: unwrapping walks every module
         # torch.compile fuses the loss's hundreds of small kernels; without it a GPU update is launch-bound
         self.train_forward = torch.compile(self.agent) if torch_compile else self.agent
         self.grad_updates = 0
@@ -61,7 +67,7 @@ class Learner:
 
     @property
     def policy(self) -> nn.Module:
-        return self.accelerator.unwrap_model(self.agent)
+        return self._policy
 
     @property
     def is_main(self) -> bool:
@@ -72,6 +78,8 @@ class Learner:
         """One batch: ``compute_loss(batch)``, backward and (every ``batches_per_update`` batches) an optimizer
         step. An update whose loss or gradient norm is not finite is skipped and counted (``bad_updates``);
         ``max_bad_updates_in_a_row`` of them raise DivergenceError."""
+        if self.optimizer is None:
+            raise RuntimeError("this Learner only acts (built without an optimizer, as a collector is): no training")
         acc = self.accelerator
         with acc.accumulate(self.agent):
             loss, metrics = compute_loss(batch)
@@ -106,9 +114,13 @@ class Learner:
 
     # ------------------------------------------------------------------ checkpointed state
     def state_dict(self) -> dict[str, Any]:
+        if self.optimizer is None:
+            return {}
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.optimizer is None:  # an acting process resumes its counters and weights only
+            return
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self._apply_configured_rates()

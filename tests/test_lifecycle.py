@@ -131,6 +131,7 @@ def test_a_learner_counts_the_frames_its_buffer_received(tmp_path):
     collector.start()
     learner.start()
     assert (collector.train_envs.num_envs, learner.train_envs.num_envs) == (2, 1)  # the learner's never steps
+    assert collector.optimizer is None and learner.optimizer is not None  # a collector never trains
     collector.learn()  # 2 actors x 12 steps: four whole 6-step episodes
     learner.learn()
     assert learner.total_frames == 24
@@ -149,6 +150,26 @@ def test_a_learner_counts_the_frames_its_buffer_received(tmp_path):
     assert resumed.total_frames == 72
     resumed.close()
     collector.close()
+
+
+def test_a_collector_has_no_optimizer_and_resumes_from_a_learners_checkpoint(tmp_path):
+    collector = small_experiment(tmp_path, role="collect", epochs=1, val_interval=None)
+    learner = small_experiment(tmp_path, role="learn", epochs=1, val_interval=None)
+    collector.start()
+    learner.start()
+    collector.learn()
+    learner.learn()  # its checkpoint of epoch 1 holds an optimizer state
+    collector.close()
+    with pytest.raises(RuntimeError, match="only acts"):
+        collector.learner.train_step(None, collector.compute_loss)
+    resumed = small_experiment(tmp_path, role="collect", epochs=2, val_interval=None)
+    resumed.start()
+    assert resumed.load_latest_checkpoint() == 1
+    assert (resumed.epoch, resumed.grad_updates, resumed.optimizer) == (1, learner.grad_updates, None)
+    for mine, theirs in zip(resumed.policy.state_dict().values(), learner.policy.state_dict().values()):
+        assert torch.equal(mine, theirs)
+    resumed.close()
+    learner.close()
 
 
 def test_a_learner_that_never_gets_data_stops_saying_where_it_waited(tmp_path):
