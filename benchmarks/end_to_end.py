@@ -1,25 +1,29 @@
 """Wall time of whole training runs, sequential (collect, then train, each epoch) against overlapped (--overlap:
 a collector process steps the envs while the learner trains), at equal env steps and equal updates.
 
-    python benchmarks/end_to_end.py [--epochs 10] [--toy_epochs 6] [--skip_toy] [--val_interval N] [--ckpt_interval N]
+    python benchmarks/end_to_end.py [--epochs 30] [--toy_epochs 6] [--skip_toy] [--val_interval N] [--ckpt_interval N]
 
 Runs, one after another in temporary folders, each as its own process and with torch's thread counts left to
 the roles (a sequential run and a learner take half the CPUs, a collector 1):
 
 - Meta-World ML1 reach-v3 with configs/metaworld/quick.gin (8 sync envs, 450 steps per actor and 100 updates of
-  16 x 64 per epoch, the tiny model), ``--epochs`` epochs, sequential then ``--overlap``. Evaluation is off unless
-  ``--val_interval``, and only the final checkpoint is written unless ``--ckpt_interval``: both run in the learner
-  in either mode (quick.gin's checkpoint every epoch also redraws every plot, seconds of CPU an epoch) and would
-  only dilute the comparison of collecting beside training;
+  16 x 64 per epoch, the tiny model), ``--epochs`` epochs, sequential then ``--overlap``. 30 epochs take about
+  3 minutes sequential on 2 cores; at 10, the one-off start-up of the two processes would be most of what
+  separates the modes, while a real run is hundreds of epochs long. Evaluation is off unless ``--val_interval``,
+  and only the final checkpoint is written unless ``--ckpt_interval``: both run in the learner in either mode
+  (quick.gin's checkpoint every epoch also redraws every plot, seconds of CPU an epoch) and would only dilute
+  the comparison of collecting beside training;
 - the toy meta-bandit (examples/toy.py, configs/bandit.gin), the same two ways.
 
 For each it prints wall seconds (process start to exit), env steps/s and updates/s over that time, the CPU
-seconds of its processes (an overlapped run's learner and collector apart), and the counters of the last epoch
-row of metrics.jsonl, which must match between the two modes (it exits non-zero if they do not). On a shared
-machine the wall times follow the load; the CPU seconds say what 2 idle cores would allow at most. The last line is the Meta-World speedup: ``overlap speedup: X.XXx`` (sequential wall / overlapped
-wall). The machine's load average is printed before and after, with how much work two single-threaded
-processes side by side do against one (2.00 on two idle cores; on a machine other jobs fill, less): the rates
-and the speedup depend on what else runs.
+seconds of its processes (an overlapped run's learner and collector apart), the wall seconds per epoch after
+the first (from metrics.jsonl: the rate a long run goes on at, without the one-off start-up and, overlapped,
+the wait for the first whole meta-episodes), and the counters of the last epoch row of metrics.jsonl, which
+must match between the two modes (it exits non-zero if they do not). On a shared machine the wall times follow
+the load; the CPU seconds say what 2 idle cores would allow at most. The last line is the Meta-World speedup:
+``overlap speedup: X.XXx`` (sequential wall / overlapped wall). The machine's load average is printed before
+and after, with how much work two single-threaded processes side by side do against one (2.00 on two idle
+cores; on a machine other jobs fill, less): the rates and the speedup depend on what else runs.
 """
 
 from __future__ import annotations
@@ -40,8 +44,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def last_epoch_row(run_dir: str) -> dict[str, float]:
-    return [r for r in read_metrics(os.path.join(run_dir, "metrics.jsonl")) if "epoch_seconds" in r][-1]
+def epoch_rows(run_dir: str) -> list[dict[str, float]]:
+    return [r for r in read_metrics(os.path.join(run_dir, "metrics.jsonl")) if "epoch_seconds" in r]
+
+
+def steady_epoch_seconds(rows: list[dict[str, float]]) -> float:
+    """Wall seconds per epoch after the first (NaN with one epoch): what every further epoch of a long run costs.
+    The first holds the one-off waits: an overlapped learner's for its collector's start-up and first
+    meta-episodes, which are trainable only once they end."""
+    if len(rows) < 2:
+        return float("nan")
+    return (rows[-1]["wall_seconds"] - rows[0]["wall_seconds"]) / (len(rows) - 1)
 
 
 def timed_run(name: str, command: list[str], out: str, run_dir: str) -> dict[str, float]:
@@ -56,15 +69,15 @@ def timed_run(name: str, command: list[str], out: str, run_dir: str) -> dict[str
         sys.exit(f"{name} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     with open(os.path.join(out, f"{name}.log"), "w") as f:
         f.write(done.stdout + done.stderr)
-    row = last_epoch_row(run_dir)
-    frames, updates = row["total_frames"], row["grad_updates"]
+    rows = epoch_rows(run_dir)
+    frames, updates, steady = rows[-1]["total_frames"], rows[-1]["grad_updates"], steady_epoch_seconds(rows)
     # an overlapped learner prints its own CPU seconds and its collector's
     split = re.search(r"collector \(and other child processes\) ([\d.]+), learner ([\d.]+)", done.stdout)
     where = f" (learner {split[2]}, collector {split[1]})" if split else ""
     print(f"{name:22s} wall {wall:6.1f} s | env steps {frames:7.0f} ({frames / wall:6.1f}/s) | updates {updates:5.0f} "
-          f"({updates / wall:5.2f}/s) | CPU {cpu:6.1f} s{where}", flush=True)  # fmt: skip
+          f"({updates / wall:5.2f}/s) | CPU {cpu:6.1f} s{where} | {steady:.2f} s per epoch after the first", flush=True)  # fmt: skip
     busiest = max(float(split[1]), float(split[2])) if split else cpu
-    return {"wall": wall, "frames": frames, "updates": updates, "busiest": busiest}
+    return {"wall": wall, "frames": frames, "updates": updates, "busiest": busiest, "steady": steady}
 
 
 def compare(label: str, base: list[str], out: str, run_name: str) -> float:
@@ -82,6 +95,8 @@ def compare(label: str, base: list[str], out: str, run_name: str) -> float:
     # what the CPU time allows on 2 idle cores: each process on a core of its own, never waiting
     print(f"{label}: on 2 idle cores the CPU time would allow at most {seq['busiest'] / ovl['busiest']:.2f}x "
           f"(sequential CPU / the busier overlapped process's CPU)", flush=True)  # fmt: skip
+    print(f"{label}: after the first epoch (what each further epoch of a long run gains) {seq['steady']:.2f} / "
+          f"{ovl['steady']:.2f} s per epoch: {seq['steady'] / ovl['steady']:.2f}x", flush=True)  # fmt: skip
     if not same:
         sys.exit(f"{label}: the two modes did not reach the same env steps and updates")
     return seq["wall"] / ovl["wall"]
@@ -112,7 +127,7 @@ def parallel_capacity() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=10, help="Meta-World epochs (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=30, help="Meta-World epochs (default: %(default)s)")
     parser.add_argument("--toy_epochs", type=int, default=6, help="meta-bandit epochs (default: %(default)s)")
     parser.add_argument("--skip_toy", action="store_true")
     parser.add_argument("--val_interval", default="None", help="Experiment.val_interval of both (default: off)")

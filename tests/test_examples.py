@@ -148,3 +148,10 @@ def test_add_success_bonus_relabels_a_buffer_in_place(tmp_path, fmt):
     assert os.listdir(folder) == [os.path.basename(path)] and tool.file_format(path) == fmt
     with pytest.raises(SystemExit, match="already has rewards above 10.0: was the bonus added before"):
         tool.add_bonus(str(tmp_path / "run"), 5.0, 10.0)
+
+
+def test_end_to_end_rates_each_epoch_after_the_first_from_the_logged_wall_clock():
+    bench = load_script(os.path.join("benchmarks", "end_to_end.py"), "end_to_end")
+    rows = [{"wall_seconds": w} for w in (9.0, 12.0, 16.0, 18.0)]  # a slow first epoch, then 3 s per epoch
+    assert bench.steady_epoch_seconds(rows) == pytest.approx(3.0)
+    assert np.isnan(bench.steady_epoch_seconds(rows[:1]))
