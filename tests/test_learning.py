@@ -50,3 +50,16 @@ def test_suite_updates_x_multiplies_updates_at_the_same_env_steps_and_names_itse
     assert once.bindings == [] and twice.bindings == ["--updates_x 2"]
     with pytest.raises(SystemExit):
         suite.main(["--quick", "--out", str(tmp_path / "x0"), "--updates_x", "0"])
+
+
+def test_suite_epochs_x_multiplies_env_steps_and_updates_and_names_itself(tmp_path, suite):
+    """--epochs_x N: N times the epochs, so N times the env steps and the updates at the same replay ratio."""
+    once, twice = (
+        suite.main(["--quick", "--tasks", "tmaze", "--out", str(tmp_path / f"e{n}"), "--epochs_x", str(n)])[0]
+        for n in (1, 2)
+    )
+    assert (twice.env_steps, twice.updates) == (2 * once.env_steps, 2 * once.updates)
+    assert once.env_steps > 0 and once.updates > 0
+    assert twice.bindings == ["--epochs_x 2"]
+    with pytest.raises(SystemExit):
+        suite.main(["--quick", "--out", str(tmp_path / "e0"), "--epochs_x", "0"])

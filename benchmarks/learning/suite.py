@@ -7,6 +7,7 @@ python benchmarks/learning/suite.py --tasks reach --seeds 0 1   # Meta-World ML1
 python benchmarks/learning/suite.py --gin "Agent.tau = 0.01"    # the same suite with one binding changed
 python benchmarks/learning/suite.py --compare BASE.jsonl --to NEW.jsonl   # two results files, seed by seed
 python benchmarks/learning/suite.py --tasks dark_room --updates_x 2   # off the budget: 2x updates, same env steps
+python benchmarks/learning/suite.py --tasks dark_room --epochs_x 2    # off the budget: 2x epochs (env steps, updates)
 
 Each task binds only its env, its context (``max_seq_len``, the meta-episode's length), its budget
 (epochs, env steps and updates per epoch) and ``parallel_actors``; everything else is the library's
@@ -170,7 +171,12 @@ TASKS: dict[str, Task] = {
     )
 }
 TOY_TASKS = [name for name in TASKS if name != "reach"]
-UPDATES_X = "--updates_x"  # how a row off the suite's update budget names itself among its bindings
+# diagnostics off the suite's budget: each flag multiplies one field of every task's Budget. A row made with one
+# names it among its bindings, so that it is never read as a suite result
+OFF_BUDGET = {  # flag: (the Budget field, what N times of it means)
+    "--updates_x": ("updates_per_epoch", "updates, at the same env steps"),
+    "--epochs_x": ("epochs", "epochs: env steps and updates alike"),
+}
 
 
 @dataclasses.dataclass
@@ -211,18 +217,25 @@ def normalized(task: Task, ret: float) -> float:
 
 
 def run_task(
-    task: Task, seed: int, out: str, quick: bool = False, bindings: Sequence[str] = (), updates_x: int = 1
+    task: Task,
+    seed: int,
+    out: str,
+    quick: bool = False,
+    bindings: Sequence[str] = (),
+    off_budget: dict[str, int] | None = None,
 ) -> Result:
     """Train the default agent on ``task`` (only env, context, budget and actors bound) and evaluate it.
-    ``updates_x``: that many times the budget's updates per epoch, at the same env steps (a diagnostic off the
-    suite's budget; the row's bindings name it)."""
+    ``off_budget``: multipliers of the budget by :data:`OFF_BUDGET` flag (``{"--updates_x": 2}``: twice the
+    updates per epoch, at the same env steps), diagnostics the row's bindings name."""
     gin.clear_config()
     for b in bindings:
         gin.parse_config(b)
     budget = task.quick if quick else task.budget
-    if updates_x != 1:
-        budget = dataclasses.replace(budget, updates_per_epoch=budget.updates_per_epoch * updates_x)
-        bindings = [*bindings, f"{UPDATES_X} {updates_x}"]
+    for flag, times in (off_budget or {}).items():
+        if times != 1:
+            field = OFF_BUDGET[flag][0]
+            budget = dataclasses.replace(budget, **{field: getattr(budget, field) * times})
+            bindings = [*bindings, f"{flag} {times}"]
     run_name = f"{task.name}_s{seed}"
     if os.path.exists(os.path.join(out, run_name)):
         shutil.rmtree(os.path.join(out, run_name))
@@ -367,12 +380,10 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument("--out", default="runs/suite", help="folder for run folders, results.jsonl, table.md")
     parser.add_argument("--gin", action="append", default=[], help="a binding over the defaults (repeatable)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one run per core)")
-    parser.add_argument(
-        UPDATES_X,
-        type=int,
-        default=1,
-        help="a diagnostic off the suite's budget: N times each task's updates, at the same env steps",
-    )
+    for flag, (_, what) in OFF_BUDGET.items():
+        parser.add_argument(
+            flag, type=int, default=1, help=f"a diagnostic off the suite's budget: N times each task's {what}"
+        )
     parser.add_argument(
         "--table_from", nargs="+", default=None, metavar="JSONL", help="only print the table of earlier results files"
     )
@@ -396,15 +407,17 @@ def main(argv: list[str] | None = None) -> list[Result]:
         results = [r for path in args.table_from for r in load_results(path)]
         print(table(results))
         return results
-    if args.updates_x < 1:
-        parser.error(f"--updates_x must be an integer >= 1, got {args.updates_x}")
+    off_budget = {flag: getattr(args, flag[2:]) for flag in OFF_BUDGET}
+    for flag, times in off_budget.items():
+        if times < 1:
+            parser.error(f"{flag} must be an integer >= 1, got {times}")
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     results = []
     for task_name in args.tasks:
         for seed in seeds:
-            result = run_task(TASKS[task_name], seed, args.out, args.quick, args.gin, args.updates_x)
+            result = run_task(TASKS[task_name], seed, args.out, args.quick, args.gin, off_budget)
             results.append(result)
             print(
                 f"{task_name} seed {seed}: return {result.ret:.3f}, normalized {result.score:.3f} "
