@@ -216,7 +216,7 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
             traj_encoder_type=self.traj_encoder_type,
         )
         agent.critic_loss_weight = self._critic_loss_weight
-        agent = agent.to(self.DEVICE)  # before the optimizer: a fused one needs its parameters on the GPU
+        agent = agent.to(self.DEVICE)  # before the optimizer: a fused one needs its parameters on their device
         self.learner = Learner(
             self.accelerator,
             agent,

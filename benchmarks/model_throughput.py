@@ -2,7 +2,7 @@
 
 One update = what ``Experiment.train_step`` does: the agent's forward (critic + actor losses) under
 autocast, backward of ``10 * critic_loss + actor_loss``, grad-norm clipping, reading the metrics (one wait for
-the device), an AdamW step (fused on a GPU) and the target-critic soft sync, on random ``Batch``es already
+the device), an AdamW step (``learner.adamw``, as Experiment builds it: the fused kernel) and the target-critic soft sync, on random ``Batch``es already
 on the device (no data loading).
 
 ML45 size (shared ANCHORS): FF timestep encoder 512 -> 256, transformer d_model 320, d_ff 1280,
@@ -47,6 +47,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from amago_like.agents import Agent, MultiTaskAgent
 from amago_like.config import GinBindingError, apply_gin
 from amago_like.data.dataset import Batch
+from amago_like.learner import adamw
 from amago_like.nets.traj_encoders import TformerTrajEncoder
 from amago_like.nets.tstep_encoders import FFTstepEncoder
 
@@ -153,7 +154,7 @@ def bench(
         mem0 = _rss_bytes()
     torch.manual_seed(0)
     agent = build_agent(kind, size, device).train()
-    opt = torch.optim.AdamW(agent.parameters(), lr=5e-4, weight_decay=1e-3, fused=cuda)  # as Experiment
+    opt = adamw(agent, 5e-4, 1e-3, device)  # as Experiment
     g = torch.Generator().manual_seed(0)
     batches = [random_batch(size, device, g) for _ in range(4)]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
