@@ -327,6 +327,7 @@ def parser() -> argparse.ArgumentParser:
         "--metric", default=None, help="score from the last evaluation (default: Success if logged, else return)"
     )
     p.add_argument("--split", default=None, help="split of the scores (default: val, or test with --protocol)")
+    # protocols.PROTOCOLS, spelled out: importing it would load torch into a process that only starts others
     p.add_argument("--protocol", nargs="+", choices=("k-attempt", "metaworld"), default=[],
                    help="score each run by these evaluation protocols after training (amago_like.evaluate "
                         "--protocol), each aggregated into NAME_sweep/PROTOCOL_SPLIT/")  # fmt: skip

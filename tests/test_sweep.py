@@ -151,3 +151,10 @@ def test_protocol_args_reach_only_their_protocols_evaluation(tmp_path, fake_trai
     with pytest.raises(SystemExit):  # argparse's error: a protocol the sweep does not evaluate
         sweep.main(["--seeds", "0", "--protocol", "k-attempt", "--protocol_args", "metaworld", "--actions mode",
                     "--", fake_training])  # fmt: skip
+
+
+def test_the_protocol_choices_are_the_evaluators():
+    from amago_like.protocols import PROTOCOLS
+
+    choices = next(a.choices for a in sweep.parser()._actions if a.dest == "protocol")
+    assert tuple(choices) == PROTOCOLS
