@@ -56,6 +56,23 @@ def bootstrap_ci(values: np.ndarray, stat: Callable[[np.ndarray], float] = np.me
     return stratified_bootstrap_ci(np.asarray(values, dtype=np.float64).reshape(-1, 1), stat, **kwargs)
 
 
+def difference_ci(
+    before: np.ndarray, after: np.ndarray, reps: int = REPS, seed: int = 0, confidence: float = CONFIDENCE
+) -> tuple[float, float]:
+    """Percentile CI of mean(after) - mean(before), each side's seeds resampled on their own: whether a change
+    of one task's mean is larger than its seeds' spread (a CI that includes 0: it is not)."""
+    rng = np.random.default_rng(seed)
+    means = []
+    for values in (before, after):
+        values = np.asarray(values, dtype=np.float64).ravel()
+        if values.size == 0:
+            raise ValueError("difference_ci needs at least one value on each side")
+        means.append(values[rng.integers(values.size, size=(reps, values.size))].mean(axis=1))
+    tail = 100 * (1 - confidence) / 2
+    change = means[1] - means[0]
+    return float(np.percentile(change, tail)), float(np.percentile(change, 100 - tail))
+
+
 def performance_profile(scores: np.ndarray, taus: np.ndarray) -> np.ndarray:
     """For each threshold tau, the fraction of (run, task) scores above it."""
     flat = np.asarray(scores, dtype=np.float64).ravel()

@@ -19,7 +19,8 @@ interquartile mean (IQM) with a 95% stratified bootstrap confidence interval.
 Results go to ``--out`` (default ``runs/suite``): one run folder per task and seed, ``results.jsonl``
 (one row per finished run, appended as runs finish) and ``table.md``. ``--table_from A.jsonl B.jsonl``
 prints the table of earlier results (rescored against today's references); ``--compare`` sets a candidate's
-results beside a baseline's on the seeds both have, with the change of every task's mean.
+results beside a baseline's on the seeds both have, with the change of every task's mean and its
+bootstrap CI over seeds (a change inside its seeds' spread is not evidence either way).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 
 from amago_like import DarkRoom, DiskTrajDataset, Experiment, MetaBandit, PointGoal, TMaze
-from amago_like.stats import iqm, stratified_bootstrap_ci
+from amago_like.stats import difference_ci, iqm, stratified_bootstrap_ci
 
 
 @dataclasses.dataclass(frozen=True)
@@ -338,22 +339,31 @@ def table(results: Sequence[Result]) -> str:
 
 def compare(baseline: Sequence[Result], candidate: Sequence[Result]) -> str:
     """Baseline and candidate side by side on the (task, seed) pairs both have: each task's scores by seed, the
-    change of its mean, the IQM of each, and the tasks whose mean fell (the suite's rule: a default changes only
-    if the IQM rises or holds and no task drops)."""
+    change of its mean with a bootstrap CI (two or more seeds; with three it is a rough guide, not a test), the IQM
+    of each, the tasks whose mean fell (the suite's rule: a default changes only if the IQM rises or holds and no
+    task drops) and the tasks whose change is larger than its seeds' spread."""
     base = {(r.task, r.seed): r.score for r in baseline}
     cand = {(r.task, r.seed): r.score for r in candidate}
-    lines = ["| task | seeds | baseline | mean | candidate | mean | change |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| task | seeds | baseline | mean | candidate | mean | change | 95% CI of the change |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     before: dict[str, list[float]] = {}
     after: dict[str, list[float]] = {}
+    change_ci: dict[str, tuple[float, float]] = {}  # tasks with two or more seeds: one seed has no spread
     for t in dict.fromkeys(task for task, _ in base):
         seeds = sorted(s for task, s in base if task == t and (t, s) in cand)
         if not seeds:
             continue
         before[t], after[t] = [base[t, s] for s in seeds], [cand[t, s] for s in seeds]
         b, c = np.mean(before[t]), np.mean(after[t])
+        ci = "one seed: no spread to compare with"
+        if len(seeds) > 1:
+            lo, hi = change_ci[t] = difference_ci(before[t], after[t])
+            ci = f"{lo:+.3f} to {hi:+.3f}"
         lines.append(
             f"| {t} | {', '.join(map(str, seeds))} | {', '.join(f'{x:.3f}' for x in before[t])} | {b:.3f} | "
-            f"{', '.join(f'{x:.3f}' for x in after[t])} | {c:.3f} | {c - b:+.3f} |"
+            f"{', '.join(f'{x:.3f}' for x in after[t])} | {c:.3f} | {c - b:+.3f} | {ci} |"
         )
     if not before:
         return "no (task, seed) pair is in both the baseline and the candidate"
@@ -365,6 +375,11 @@ def compare(baseline: Sequence[Result], candidate: Sequence[Result]) -> str:
     changes = {t: float(np.mean(after[t]) - np.mean(before[t])) for t in before}
     fell = ", ".join(f"{t} ({d:+.3f})" for t, d in changes.items() if d < 0) or "none"
     lines.append(f"tasks whose mean fell: {fell} (of {len(changes)} compared)")
+    # a change inside its seeds' spread is not evidence either way
+    clear = [t for t, (lo, hi) in change_ci.items() if not lo <= 0.0 <= hi]
+    lines.append(
+        f"tasks whose change's 95% CI excludes 0: {', '.join(clear) or 'none'} (of {len(change_ci)} with a CI)"
+    )
     return "\n".join(lines)
 
 
