@@ -164,5 +164,26 @@ def test_held_out_reference_searches_the_whole_grid():
     assert test.random_return() < test.best_return("grid") < test.best_return("goals")
     full = DarkRoom(split="all")
     assert full.best_return("grid") == full.best_return("goals")
-    with pytest.raises(ValueError, match="search must be 'goals' or 'grid'"):
+    with pytest.raises(ValueError, match="search must be 'goals', 'grid' or 'train_first'"):
         test.best_return("everything")
+
+
+def test_a_searcher_of_the_training_cells_first_reaches_part_of_the_held_out_reference():
+    """The "train_first" searcher checks the training goal cells before the rest: on training goals it is the "goals" searcher;
+    on held-out ones it finds the goal later than the whole-grid searcher, and still finds every goal."""
+    train, test = DarkRoom(split="train"), DarkRoom(split="test")
+    assert train.best_return("train_first") == train.best_return("goals")
+    assert test.random_return() < test.best_return("train_first") < test.best_return("grid")
+    train_cells = split_goals(5, "train")
+    for goal in test.goals:
+        assert search_policy_return(test, goal, True, sorted(split_goals(5, "all")), train_cells) > 0
+
+
+def test_evaluate_prints_the_held_out_references_of_a_dark_room(capsys):
+    from amago_like import evaluate
+
+    evaluate._print_toy(DarkRoom(split="test"), {"test/Episode 1 Return": 1.0})
+    refs = capsys.readouterr().out
+    assert "best searching the whole grid 23.67, searching the training cells first 18.00" in refs
+    evaluate._print_toy(DarkRoom(split="train"), {"test/Episode 1 Return": 1.0})
+    assert "training cells first" not in capsys.readouterr().out  # on training goals it is "best"

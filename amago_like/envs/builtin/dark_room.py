@@ -152,12 +152,16 @@ class DarkRoom(gym.Env):
 
         ``search`` says which cells "could hold the goal": ``"goals"``, this env's goal set (the
         reference for tasks drawn like the training ones); ``"grid"``, every cell but the start
-        (the reference for held-out goals, whose cells a trained agent has never seen rewarded).
+        (the reference for held-out goals, whose cells a trained agent has never seen rewarded);
+        ``"train_first"``, the training split's goal cells first and the rest of the grid after them
+        (what a policy that is optimal for the training goals does on held-out ones: a gauge of how
+        much of ``"grid"`` such a policy can reach).
         """
-        if search not in ("goals", "grid"):
-            raise ValueError(f"search must be 'goals' or 'grid', got {search!r}")
+        if search not in ("goals", "grid", "train_first"):
+            raise ValueError(f"search must be 'goals', 'grid' or 'train_first', got {search!r}")
         cells = self.goals if search == "goals" else split_goals(self.size, "all")
-        return _best_return(self.size, self.episode_length, self.k, self.goals, cells)
+        first = split_goals(self.size, "train") if search == "train_first" else ()
+        return _best_return(self.size, self.episode_length, self.k, self.goals, cells, first)
 
     def oracle_return(self) -> float:
         """Expected return when the goal is known from the start (upper bound on any policy)."""
@@ -180,34 +184,50 @@ def _step_toward(pos: Cell, target: Cell, x_first: bool) -> int:
     return y_move or x_move
 
 
-def search_policy_return(env: DarkRoom, goal: Cell, x_first: bool, order: Sequence[Cell]) -> float:
-    """Return of the explore-then-exploit search policy in one meta-episode of ``env`` with ``goal``."""
+def search_policy_return(
+    env: DarkRoom, goal: Cell, x_first: bool, order: Sequence[Cell], first: Sequence[Cell] = ()
+) -> float:
+    """Return of the explore-then-exploit search policy in one meta-episode of ``env`` with ``goal``: it checks
+    the nearest unchecked cell of ``order`` (ties: the earlier in ``order``), those in ``first`` before the others,
+    and stays where it is once it has nothing left to check."""
     env.reset(options={"goal": goal})
-    unchecked, known, total, done = list(order), None, 0.0, False
+    unchecked = [[c for c in order if c in first], [c for c in order if c not in first]]  # searched in this order
+    known, total, done = None, 0.0, False
     while not done:
         pos = env.position
-        if known is None:
-            target = min(unchecked, key=lambda c: abs(c[0] - pos[0]) + abs(c[1] - pos[1]))
-        else:
+        pool = unchecked[0] or unchecked[1]
+        if known is not None:
             target = known
+        elif pool:
+            target = min(pool, key=lambda c: abs(c[0] - pos[0]) + abs(c[1] - pos[1]))
+        else:
+            target = pos
         a = _step_toward(pos, target, x_first)
         reached = move(pos, a, env.size)
         _, reward, done, _, _ = env.step(a)
         total += reward
         if reward > 0:
             known = reached
-        if reached in unchecked:
-            unchecked.remove(reached)
+        for cells in unchecked:
+            if reached in cells:
+                cells.remove(reached)
     return total
 
 
 @functools.lru_cache(maxsize=32)
-def _best_return(size: int, episode_length: int, k: int, goals: tuple[Cell, ...], cells: tuple[Cell, ...]) -> float:
+def _best_return(
+    size: int,
+    episode_length: int,
+    k: int,
+    goals: tuple[Cell, ...],
+    cells: tuple[Cell, ...],
+    first: tuple[Cell, ...] = (),
+) -> float:
     env = DarkRoom(size, episode_length, k, goal_set=goals)
     orders = [sorted(cells), sorted(cells, reverse=True), sorted(cells, key=lambda c: (c[1], c[0]))]
     orders.append(sorted(cells, key=lambda c: (-c[1], c[0])))
     values = [
-        float(np.mean([search_policy_return(env, g, x_first, order) for g in goals]))
+        float(np.mean([search_policy_return(env, g, x_first, order, first) for g in goals]))
         for x_first in (True, False)
         for order in orders
     ]
