@@ -50,5 +50,9 @@ def check_experiment_arguments(arguments: dict[str, Any]) -> None:
         name = getattr(wrapper, "__name__", wrapper)  # a functools.partial from Python has none
         raise ValueError(f"Experiment.exploration_wrapper_type = {name} goes around single envs, not an "
                          "already vectorized one: use env_mode 'sync' or 'async', or set it to None")  # fmt: skip
+    decay_to = arguments["lr_decay_to"]
+    if decay_to is not None and not (isinstance(decay_to, (int, float)) and 0.0 <= decay_to <= 1.0):
+        raise ValueError(f"Experiment.lr_decay_to must be None (no decay) or a fraction of learning_rate in [0, 1], "
+                         f"got {decay_to!r}")  # fmt: skip
     if role != "learn" and dataset.save_new_trajs_to is not None:
         check_writable_dir(dataset.save_new_trajs_to, "the trajectory buffer folder")

@@ -105,6 +105,7 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         learning_rate: float = 1e-4,
         critic_loss_weight: float = 10.0,
         lr_warmup_steps: int = 500,
+        lr_decay_to: float | None = None,
         grad_clip: float = 1.0,
         l2_coeff: float = 1e-3,
         mixed_precision: str = "no",
@@ -217,18 +218,16 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         )
         agent.critic_loss_weight = self._critic_loss_weight
         agent = agent.to(self.DEVICE)  # before the optimizer: a fused one needs its parameters on their device
+        updates = (self.epochs - self.start_learning_at_epoch) * self.train_batches_per_epoch // self.batches_per_update
         self.learner = Learner(
             self.accelerator,
             agent,
             None if self.role == "collect" else self.init_optimizer(agent),  # (building one imports torch._dynamo)
-            learning_rate=self.learning_rate,
-            l2_coeff=self.l2_coeff,
-            lr_warmup_steps=self.lr_warmup_steps,
-            grad_clip=self.grad_clip,
-            torch_compile=self.torch_compile,
-            max_bad_updates_in_a_row=self.max_bad_updates_in_a_row,
+            learning_rate=self.learning_rate, l2_coeff=self.l2_coeff, grad_clip=self.grad_clip,
+            lr_warmup_steps=self.lr_warmup_steps, total_updates=updates, lr_decay_to=self.lr_decay_to,
+            torch_compile=self.torch_compile, max_bad_updates_in_a_row=self.max_bad_updates_in_a_row,
             verbose=self.verbose,
-        )
+        )  # fmt: skip
 
     def init_optimizer(self, policy: Agent) -> torch.optim.Optimizer:
         """The optimizer over ``policy`` (already on its device). Override to switch from AdamW; keep

@@ -4,6 +4,8 @@ and ``param_groups``; the objective itself is the agent's (agents.py)."""
 
 from __future__ import annotations
 
+import functools
+import math
 import random
 import secrets
 from collections.abc import Callable
@@ -29,12 +31,26 @@ def adamw(policy: nn.Module, learning_rate: float, l2_coeff: float, device: torc
     return torch.optim.AdamW(policy.param_groups(learning_rate), weight_decay=l2_coeff, fused=fused)
 
 
+def lr_multiplier(step: int, warmup: int, total: int | None = None, decay_to: float | None = None) -> float:
+    """The learning rate's factor at optimizer step ``step``: a linear warm-up over ``warmup`` steps, then 1,
+    or with ``decay_to`` a cosine from 1 down to ``decay_to`` at step ``total`` (held there after), so that
+    the policy a run ends with is not the one its last full-size steps happened to leave."""
+    warmup = max(warmup, 1)
+    if step < warmup:
+        return (step + 1) / warmup
+    if decay_to is None or total is None or total <= warmup:
+        return 1.0
+    progress = min((step - warmup) / (total - warmup), 1.0)
+    return decay_to + (1.0 - decay_to) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 class Learner:
     """Owns the prepared agent, optimizer and LR schedule and the update counters.
 
     ``optimizer`` must already hold the agent's parameters (build it after moving the agent to its device:
     a fused optimizer needs them there). ``optimizer = None``: a process that only acts (a collector); it
-    trains nothing, and its checkpoints hold no optimizer state."""
+    trains nothing, and its checkpoints hold no optimizer state. ``lr_decay_to``: see :func:`lr_multiplier`, over
+    ``total_updates`` optimizer steps (the run's planned count)."""
 
     def __init__(
         self,
@@ -45,6 +61,8 @@ class Learner:
         l2_coeff: float,
         lr_warmup_steps: int,
         grad_clip: float,
+        total_updates: int | None = None,
+        lr_decay_to: float | None = None,
         torch_compile: bool = False,
         max_bad_updates_in_a_row: int = 20,
         verbose: bool = True,
@@ -55,8 +73,8 @@ class Learner:
         if optimizer is None:
             self.agent, self.optimizer, self.scheduler = accelerator.prepare(agent), None, None
         else:
-            warmup = max(lr_warmup_steps, 1)
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min((step + 1) / warmup, 1.0))
+            factor = functools.partial(lr_multiplier, warmup=lr_warmup_steps, total=total_updates, decay_to=lr_decay_to)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
             self.agent, self.optimizer, self.scheduler = accelerator.prepare(agent, optimizer, scheduler)
         self._policy = accelerator.unwrap_model(self.agent)  # once: unwrapping walks every module
         # torch.compile fuses the loss's hundreds of small kernels; without it a GPU update is launch-bound
