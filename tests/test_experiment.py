@@ -470,3 +470,20 @@ def test_torch_compile_traces_the_whole_loss_and_matches_eager(tmp_path, tiny_mo
     metrics = exp.learn()
     assert np.isfinite(metrics["learn/critic_loss"])
     exp.close()
+
+
+def test_lr_decay_to_ends_the_run_at_that_fraction_of_the_learning_rate(tmp_path, tiny_model):
+    # 3 epochs x 3 batches = 9 planned updates, warm-up 1: a cosine from 1e-3 down to 1e-4 at update 9
+    exp = make_experiment(tmp_path, epochs=3, learning_rate=1e-3, lr_warmup_steps=1, lr_decay_to=0.1, log_interval=1)
+    exp.start()
+    exp.learn()
+    exp.close()
+    assert exp.grad_updates == 9 and exp.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    lrs = [r["learn/lr"] for r in rows if "learn/lr" in r]  # per batch and per epoch (their mean)
+    assert lrs[0] > 9e-4 and min(lrs) < 2e-4
+
+
+def test_lr_decay_to_out_of_range_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"Experiment.lr_decay_to must be None \(no decay\) or a fraction .*got 1.5"):
+        make_experiment(tmp_path, lr_decay_to=1.5)
