@@ -172,7 +172,7 @@ class Agent(nn.Module):
             multi_binary=self.multi_binary,
             num_gammas=len(gammas) if multigamma_actor else 1,
         )
-        self.critics = CriticEnsemble(d, self.action_dim, len(gammas), num_critics, num_bins=1)
+        self.critics = CriticEnsemble(d, self.action_dim, len(gammas), num_critics, num_bins=1, discrete=self.discrete)
         self.target_critics = copy.deepcopy(self.critics).requires_grad_(False)
         # TD targets act with a slowly moving copy of the actor, so targets do not chase every actor step
         self.target_actor = copy.deepcopy(self.actor).requires_grad_(False) if target_actor else None
@@ -464,7 +464,9 @@ class MultiTaskAgent(Agent):
         self.value_target = value_target
         self.bins = ValueBins(num_bins, bin_limit, hl_gauss_sigma)
         d, G = self.traj_encoder.emb_dim, len(self.gammas)
-        self.critics = CriticEnsemble(d, self.action_dim, G, self.critics.num_critics, num_bins=num_bins)
+        self.critics = CriticEnsemble(
+            d, self.action_dim, G, self.critics.num_critics, num_bins=num_bins, discrete=self.discrete
+        )
         self.target_critics = copy.deepcopy(self.critics).requires_grad_(False)
 
     def symlog_values(self, raw: torch.Tensor) -> torch.Tensor:  # (C, ..., G, bins) -> (C, ..., G)

@@ -93,7 +93,7 @@ class EnsembleLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
-@gin.configurable
+@gin.configurable(denylist=["discrete"])  # the agent passes it
 class CriticEnsemble(nn.Module):
     """C critics Q(s, a), each with one output per discount factor: -> (C, ..., G).
 
@@ -105,6 +105,11 @@ class CriticEnsemble(nn.Module):
     the policy gradient and the BC filter then follow a Q that is nearly flat, or tilted the wrong way,
     in the action. Each copy gets its own weights, so the action's share of the first layer's output,
     and of each update's change to it, grows with the repeat count.
+
+    ``discrete_head`` (discrete actions only; the agent passes ``discrete``): the state alone enters the critic,
+    which has one output per action (as in DQN), and Q(s, a) is the output of the one-hot action ``a``. Every
+    action's value then has its own last-layer weights on shared features, instead of the action being one more
+    input (``action_repeat`` does not apply).
     """
 
     def __init__(
@@ -116,25 +121,38 @@ class CriticEnsemble(nn.Module):
         hidden: tuple[int, ...] = (256, 256),
         num_bins: int = 1,
         action_repeat: int = 16,
+        discrete: bool = False,
+        discrete_head: bool = False,
     ):
         super().__init__()
         if not (isinstance(action_repeat, int) and action_repeat >= 1):
             raise ValueError(f"CriticEnsemble.action_repeat must be an integer >= 1, got {action_repeat!r}")
         self.num_critics, self.num_gammas, self.num_bins = num_critics, num_gammas, num_bins
         self.action_repeat = action_repeat
-        dims = [state_dim + action_dim * action_repeat, *hidden]
+        self.per_action = discrete and discrete_head
+        dims = [state_dim if self.per_action else state_dim + action_dim * action_repeat, *hidden]
         self.layers = nn.ModuleList(EnsembleLinear(num_critics, i, o) for i, o in zip(dims[:-1], dims[1:]))
-        self.out = EnsembleLinear(num_critics, dims[-1], num_gammas * num_bins)
+        # output units ordered (action, gamma, bin): PopArt rescales them per gamma
+        outputs_per_input = action_dim if self.per_action else 1
+        self.out = EnsembleLinear(num_critics, dims[-1], outputs_per_input * num_gammas * num_bins)
 
-    def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        # state (..., D) and action (..., A) share leading dims
-        lead = torch.broadcast_shapes(state.shape[:-1], action.shape[:-1])
-        action = action.to(state.dtype).expand(*lead, -1)
-        x = torch.cat([state.expand(*lead, -1), *[action] * self.action_repeat], dim=-1)  # (..., D + A * repeat)
-        x = x.reshape(1, -1, x.shape[-1]).expand(self.num_critics, -1, -1)  # (C, N, D + A * repeat)
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., d_in) -> (C, ..., d_out) for every critic."""
+        lead = x.shape[:-1]
+        x = x.reshape(1, -1, x.shape[-1]).expand(self.num_critics, -1, -1)  # (C, N, d_in)
         for layer in self.layers:
             x = F.leaky_relu(layer(x))
-        out = self.out(x).float()  # (C, N, G * bins)
-        if self.num_bins == 1:
-            return out.reshape(self.num_critics, *lead, self.num_gammas)  # (C, ..., G)
-        return out.reshape(self.num_critics, *lead, self.num_gammas, self.num_bins)  # (C, ..., G, bins)
+        out = self.out(x).float()  # (C, N, d_out)
+        return out.reshape(self.num_critics, *lead, out.shape[-1])
+
+    def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        # state (..., D) and action (..., A) share leading dims (or broadcast to them)
+        lead = torch.broadcast_shapes(state.shape[:-1], action.shape[:-1])
+        action = action.to(state.dtype)
+        value_shape = (self.num_gammas,) if self.num_bins == 1 else (self.num_gammas, self.num_bins)
+        if self.per_action:  # every action's outputs from the state alone, then the one-hot action's
+            out = self._mlp(state).unflatten(-1, (action.shape[-1], *value_shape))  # (C, ..., A, G[, bins])
+            onehot = action.reshape(*action.shape, *[1] * len(value_shape))  # (..., A, 1[, 1])
+            return (out * onehot).sum(-1 - len(value_shape)).expand(self.num_critics, *lead, *value_shape)
+        x = torch.cat([state.expand(*lead, -1), *[action.expand(*lead, -1)] * self.action_repeat], dim=-1)
+        return self._mlp(x).reshape(self.num_critics, *lead, *value_shape)  # (C, ..., G[, bins])

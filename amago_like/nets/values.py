@@ -68,10 +68,13 @@ class PopArt(nn.Module):
 
     @torch.no_grad()
     def rescale_(self, layer: EnsembleLinear, old_mean: Tensor, old_std: Tensor) -> None:
-        """Rescale a (C, d, G) output layer so that std * out + mean is what it was before ``update``."""
+        """Rescale an output layer of (C, d, K * G) units, K groups of one per gamma (K actions of a per-action
+        critic, or 1), so that std * out + mean is what it was before ``update``."""
         new_mean, new_std = self.mean, self.std
-        layer.weight.mul_(old_std / new_std)  # (C, d, G) * (G,)
-        layer.bias.copy_((old_std * layer.bias + old_mean - new_mean) / new_std)  # (C, 1, G)
+        G = new_mean.shape[0]
+        weight, bias = layer.weight.unflatten(-1, (-1, G)), layer.bias.unflatten(-1, (-1, G))  # views
+        weight.mul_(old_std / new_std)  # (C, d, K, G) * (G,)
+        bias.copy_((old_std * bias + old_mean - new_mean) / new_std)  # (C, 1, K, G)
 
 
 # ---------------------------------------------------------------- classification values
