@@ -362,6 +362,9 @@ def test_auto_target_entropy_is_minus_action_dim_for_continuous_actions_only():
 def _critic_probe(agent: Agent, seed: int = 5):
     g = torch.Generator().manual_seed(seed)
     d = agent.traj_encoder.emb_dim
+    if agent.discrete:
+        actions = torch.eye(agent.action_dim)[torch.randint(0, agent.action_dim, (6, 5), generator=g)]
+        return torch.randn(6, 5, d, generator=g), actions
     return torch.randn(6, 5, d, generator=g), torch.rand(6, 5, agent.action_dim, generator=g) * 2 - 1
 
 
@@ -370,8 +373,11 @@ def _unnormalised_q(agent: Agent, s, a):
     return agent.q_values(agent.critics(s, a)), agent.q_values(agent.target_critics(s, a))  # 2 x (C, 6, 5, G)
 
 
-def test_popart_updates_preserve_unnormalised_predictions():
-    agent = make_agent(False)
+@pytest.mark.parametrize("discrete", [False, True])
+def test_popart_updates_preserve_unnormalised_predictions(discrete):
+    gin.bind_parameter("CriticEnsemble.discrete_head", True)  # discrete: one output per action and gamma
+    agent = make_agent(discrete)
+    assert agent.critics.per_action == discrete
     assert agent.popart is not None and "popart.mean" in agent.state_dict() and "popart.sq_mean" in agent.state_dict()
     with torch.no_grad():  # targets differ from the critics' outputs so the target heads matter too
         agent.target_critics.out.bias.add_(0.3)

@@ -474,3 +474,26 @@ def test_critic_action_repeat_keeps_shapes_and_refuses_bad_values():
     assert critic(torch.randn(1, 7, 8), torch.randn(4, 1, 7, 2)).shape == (2, 4, 1, 7, 3)  # K action samples
     with pytest.raises(ValueError, match="action_repeat must be an integer >= 1"):
         CriticEnsemble(8, 2, 3, action_repeat=0)
+
+
+@pytest.mark.parametrize("bins", [1, 7])
+def test_discrete_head_reads_the_taken_actions_output_from_the_state_alone(bins):
+    torch.manual_seed(0)
+    critic = CriticEnsemble(8, 5, 3, num_critics=2, hidden=(16,), num_bins=bins, discrete=True, discrete_head=True)
+    assert critic.layers[0].weight.shape == (2, 8, 16) and critic.out.weight.shape == (2, 16, 5 * 3 * bins)
+    state = torch.randn(4, 6, 8)
+    every = critic(state.unsqueeze(0), torch.eye(5).view(5, 1, 1, 5))  # (C, A, B, L, G[, bins]): every action
+    taken = torch.randint(0, 5, (4, 6))
+    q = critic(state, torch.nn.functional.one_hot(taken, 5).float())  # (C, B, L, G[, bins])
+    assert q.shape == (2, 4, 6, 3) + ((bins,) if bins > 1 else ())
+    index = taken.view(1, 1, 4, 6, *[1] * (every.dim() - 4)).expand(2, 1, 4, 6, *every.shape[4:])
+    torch.testing.assert_close(every.gather(1, index).squeeze(1), q)
+    assert not torch.allclose(every[:, 0], every[:, 1])  # each action has its own outputs
+    # continuous actions have no per-action outputs: the option leaves them as they were
+    box = CriticEnsemble(8, 2, 3, num_critics=2, hidden=(16,), action_repeat=4, discrete=False, discrete_head=True)
+    assert box.layers[0].weight.shape == (2, 8 + 2 * 4, 16)
+
+
+def test_discrete_is_the_agents_to_pass_not_a_binding():
+    with pytest.raises(ValueError, match="denylist"):
+        gin.parse_config("CriticEnsemble.discrete = True")
