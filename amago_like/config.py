@@ -238,6 +238,7 @@ CHANGED_DEFAULTS = {
     "Experiment.exploration_wrapper_type": None,
     "EpsilonGreedy.steps_anneal": None,
     "Agent.num_actions_for_value": None,
+    "CriticEnsemble.discrete_head": "False",
 }
 
 

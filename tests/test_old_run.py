@@ -105,17 +105,20 @@ def test_the_command_line_resumes_an_old_run_as_it_was_built(old_run, capsys):
     assert "resuming from epoch 2" in capsys.readouterr().out
     assert (old_run / "ckpts" / "training_states" / "epoch_3").is_dir()
     assert "CriticEnsemble.action_repeat = 1" in (old_run / "config.gin").read_text()
+    assert "CriticEnsemble.discrete_head = False" in (old_run / "config.gin").read_text()
 
 
 def test_a_run_is_rebuilt_with_the_values_of_changed_defaults_it_recorded_or_predates(tmp_path):
     old = values_as_built(os.path.join(OLD_RUN, "config.gin"))  # written before action_repeat existed
     # its exploration wrapper was given in Python (not recorded as a binding), its schedule's length through gin
     assert old == ["CriticEnsemble.action_repeat = 1", "TformerTrajEncoder.pos_emb = 'learned'",
-                   "EpsilonGreedy.steps_anneal = 1000", "Agent.num_actions_for_value = 4"]  # fmt: skip
+                   "EpsilonGreedy.steps_anneal = 1000", "Agent.num_actions_for_value = 4",
+                   "CriticEnsemble.discrete_head = False"]  # fmt: skip
     gru_run = tmp_path / "config.gin"  # a GRU run records no transformer parameter: nothing to bind for it
     gru_run.write_text("GRUTrajEncoder.d_hidden = 64\nCriticEnsemble.action_repeat = 16\n"
                        "Experiment.exploration_wrapper_type = None\n")  # fmt: skip
     assert values_as_built(str(gru_run)) == [
         "CriticEnsemble.action_repeat = 16",
         "Experiment.exploration_wrapper_type = None",
+        "CriticEnsemble.discrete_head = False",
     ]

@@ -109,7 +109,8 @@ class CriticEnsemble(nn.Module):
     ``discrete_head`` (discrete actions only; the agent passes ``discrete``): the state alone enters the critic,
     which has one output per action (as in DQN), and Q(s, a) is the output of the one-hot action ``a``. Every
     action's value then has its own last-layer weights on shared features, instead of the action being one more
-    input (``action_repeat`` does not apply).
+    input, and one pass gives every action's value. ``action_repeat`` then applies to continuous and multi-binary
+    actions only; ``discrete_head = False`` enters a discrete action as an input like theirs.
     """
 
     def __init__(
@@ -122,7 +123,7 @@ class CriticEnsemble(nn.Module):
         num_bins: int = 1,
         action_repeat: int = 16,
         discrete: bool = False,
-        discrete_head: bool = False,
+        discrete_head: bool = True,
     ):
         super().__init__()
         if not (isinstance(action_repeat, int) and action_repeat >= 1):
