@@ -32,7 +32,7 @@ from amago_like.data.dataset import DataFeed, RLDataset, require_data
 from amago_like.envs.exploration import ExplorationWrapper
 from amago_like.envs.vector import close_envs, make_vector_env
 from amago_like.envs.wrapper import EpisodeStats
-from amago_like.learner import DivergenceError, Learner, adamw, seed_rngs
+from amago_like.learner import DivergenceError, Learner, adamw, planned_updates, seed_rngs
 from amago_like.logging import (
     ExperimentLogging,
     RunLogger,
@@ -218,7 +218,9 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         )
         agent.critic_loss_weight = self._critic_loss_weight
         agent = agent.to(self.DEVICE)  # before the optimizer: a fused one needs its parameters on their device
-        updates = (self.epochs - self.start_learning_at_epoch) * self.train_batches_per_epoch // self.batches_per_update
+        updates = planned_updates(
+            self.epochs, self.start_learning_at_epoch, self.train_batches_per_epoch, self.batches_per_update
+        )
         self.learner = Learner(
             self.accelerator,
             agent,

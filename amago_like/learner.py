@@ -44,6 +44,14 @@ def lr_multiplier(step: int, warmup: int, total: int | None = None, decay_to: fl
     return decay_to + (1.0 - decay_to) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def planned_updates(
+    epochs: int, start_learning_at_epoch: int, batches_per_epoch: int, batches_per_update: int = 1
+) -> int:
+    """Optimizer steps a run of ``epochs`` plans: ``batches_per_epoch`` batches in each epoch from
+    ``start_learning_at_epoch`` on, ``batches_per_update`` batches to a step."""
+    return (epochs - min(start_learning_at_epoch, epochs)) * batches_per_epoch // batches_per_update
+
+
 class Learner:
     """Owns the prepared agent, optimizer and LR schedule and the update counters.
 

@@ -40,6 +40,7 @@ from typing import Any
 from amago_like.callbacks import Callback
 from amago_like.data.dataset import DataFeed
 from amago_like.io import atomic_write_text
+from amago_like.learner import planned_updates
 from amago_like.rollout import RolloutStats
 
 NEVER = 2**62  # an epoch that never comes
@@ -147,7 +148,7 @@ class Pace:
         given = arguments["overlap_updates_per_env_step"]
         ratio = Fraction(batches, epoch) if given is None else Fraction(str(given))
         learning_from = min(arguments["start_learning_at_epoch"], epochs)
-        updates = (epochs - learning_from) * batches
+        updates = planned_updates(epochs, learning_from, batches)
         return cls(ratio or Fraction(1, NEVER), learning_from * epoch, epoch, epochs * epoch, updates)
 
 

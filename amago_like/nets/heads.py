@@ -154,6 +154,6 @@ class CriticEnsemble(nn.Module):
         if self.per_action:  # every action's outputs from the state alone, then the one-hot action's
             out = self._mlp(state).unflatten(-1, (action.shape[-1], *value_shape))  # (C, ..., A, G[, bins])
             onehot = action.reshape(*action.shape, *[1] * len(value_shape))  # (..., A, 1[, 1])
-            return (out * onehot).sum(-1 - len(value_shape)).expand(self.num_critics, *lead, *value_shape)
+            return (out * onehot).sum(-1 - len(value_shape))  # (C, ..., G[, bins])
         x = torch.cat([state.expand(*lead, -1), *[action.expand(*lead, -1)] * self.action_repeat], dim=-1)
         return self._mlp(x).reshape(self.num_critics, *lead, *value_shape)  # (C, ..., G[, bins])
