@@ -62,6 +62,7 @@ SET_BY: dict[str, str | None] = {
         for enc in ("TformerTrajEncoder", "GRUTrajEncoder", "FFTrajEncoder", "IdentityTrajEncoder")
     },  # fmt: skip
     "ExplorationWrapper.randomize_eps": "EpsilonGreedy.randomize_eps",
+    "ExplorationWrapper.noise_correlation": "EpsilonGreedy.noise_correlation",
     **{f"{w}.env": None for w in ("ExplorationWrapper", "EpsilonGreedy", "BilevelEpsilonGreedy")},
 }
 

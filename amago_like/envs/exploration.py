@@ -64,7 +64,10 @@ class ExplorationWrapper(gym.Wrapper, abc.ABC):
 
     Discrete actions are replaced by a uniform random action with probability epsilon;
     Box actions (AMAGOEnv's [-1, 1] space) get Gaussian noise of std epsilon and are clipped to
-    [-1, 1]. Subclasses define the schedule :meth:`epsilon_schedule`. With ``randomize_eps``
+    [-1, 1]. With ``noise_correlation`` rho > 0 the noise is an AR(1) process of unit variance
+    (``z_t = rho z_(t-1) + sqrt(1 - rho^2) w_t``), so successive steps push the same way and a point-like
+    agent drifts further than a random walk of the same std; 0 draws each step's noise independently.
+    Subclasses define the schedule :meth:`epsilon_schedule`. With ``randomize_eps``
     the schedule is scaled by a factor drawn once per wrapper from U[0, 1] (redrawn only when
     ``reset`` gets a seed), so parallel actors explore at different rates.
 
@@ -72,7 +75,8 @@ class ExplorationWrapper(gym.Wrapper, abc.ABC):
     ``info["episode_stats"].metrics`` (the AMAGOEnv inside never sees this info key); other steps
     add nothing to the info, since every key costs a vector env a batching update per step. Read
     :attr:`current_epsilon` for the epsilon of the next step.
-    Bind gin parameters on the concrete classes (subclasses pass ``randomize_eps`` themselves).
+    Bind gin parameters on the concrete classes (subclasses pass ``randomize_eps`` and ``noise_correlation``
+    themselves).
 
     A subclass whose ``steps_anneal`` is None anneals over :data:`RUN_SHARE_ANNEALED` of :attr:`run_steps`, the
     env steps this actor takes in the whole run, which the Experiment sets before the first step.
@@ -80,8 +84,10 @@ class ExplorationWrapper(gym.Wrapper, abc.ABC):
 
     steps_anneal: int | None = None
 
-    def __init__(self, env: gym.Env, randomize_eps: bool = True):
+    def __init__(self, env: gym.Env, randomize_eps: bool = True, noise_correlation: float = 0.0):
         super().__init__(env)
+        if not 0.0 <= noise_correlation < 1.0:
+            raise ValueError(f"noise_correlation must lie in [0, 1), got {noise_correlation}")
         self.amago_env = _require_amago_env(env)  # configure trajectory saving here
         space = env.action_space
         if isinstance(space, gym.spaces.Discrete):
@@ -96,7 +102,12 @@ class ExplorationWrapper(gym.Wrapper, abc.ABC):
             self.discrete = False
         else:
             raise TypeError(f"exploration needs a Discrete or Box(-1, 1, (A,)) action space, got {space}")
-        self.randomize_eps = randomize_eps
+        if self.discrete and noise_correlation > 0.0:
+            raise ValueError(
+                f"noise_correlation = {noise_correlation} applies to Gaussian noise on Box actions; this env's actions "
+                "are Discrete, where exploration picks random actions: leave noise_correlation at 0"
+            )
+        self.randomize_eps, self.noise_correlation = randomize_eps, noise_correlation
         # AMAGOEnv right inside clips actions to [-1, 1] itself; other wrappers in between get clipped ones
         self._clip = env is not self.amago_env
         self.total_steps = 0  # env steps of this actor, across episodes
@@ -110,16 +121,28 @@ class ExplorationWrapper(gym.Wrapper, abc.ABC):
         self.eps_multiplier = float(self._rng.uniform(0.0, 1.0)) if self.randomize_eps else 1.0
         self._noise = np.empty((0,), np.float32)  # rows of standard normal noise, each used once
         self._noise_row = 0
+        self._noise_state: np.ndarray | None = None  # the AR(1) noise's last row (unit variance), across blocks
         self._eps = np.zeros((), np.float32)  # the step's epsilon as a 0-d array (fast to multiply by)
 
     def _draw_noise(self, shape: tuple[int, ...]) -> np.ndarray:
         """A new block of ``_NOISE_ROWS`` float32 standard normal draws of ``shape``, one row per step.
 
-        Row by row the values equal ``self._rng.standard_normal(shape, dtype=np.float32)`` called
-        once per step. Every row is handed out once, so it may be modified in place.
+        Without correlation, row by row the values equal ``self._rng.standard_normal(shape, dtype=np.float32)``
+        called once per step; with it, those draws are the AR(1) process's innovations, and the process carries on
+        from the previous block's last row. Every row is handed out once, so it may be modified in place.
         """
-        self._noise = self._rng.standard_normal((_NOISE_ROWS, *shape), dtype=np.float32)
-        return self._noise
+        noise = self._rng.standard_normal((_NOISE_ROWS, *shape), dtype=np.float32)
+        rho = np.float32(self.noise_correlation)
+        if rho > 0.0:
+            innovation_std = np.sqrt(np.float32(1.0) - rho * rho)
+            state = self._noise_state
+            if state is not None and state.shape == shape:  # a fresh stream starts from a unit-variance draw
+                noise[0] = rho * state + innovation_std * noise[0]
+            for t in range(1, _NOISE_ROWS):
+                noise[t] = rho * noise[t - 1] + innovation_std * noise[t]
+            self._noise_state = noise[-1].copy()
+        self._noise = noise
+        return noise
 
     @property
     def anneal_steps(self) -> int:
@@ -216,12 +239,13 @@ class EpsilonGreedy(ExplorationWrapper):
         eps_end: float = 0.05,
         steps_anneal: int | None = None,
         randomize_eps: bool = True,
+        noise_correlation: float = 0.0,
     ):
         _check_eps(eps_start=eps_start, eps_end=eps_end)
         if steps_anneal is not None and steps_anneal < 1:
             raise ValueError(f"steps_anneal must be >= 1 (or None: half the run), got {steps_anneal}")
         self.eps_start, self.eps_end, self.steps_anneal = eps_start, eps_end, steps_anneal
-        super().__init__(env, randomize_eps)
+        super().__init__(env, randomize_eps, noise_correlation)
 
     def epsilon_schedule(self, total_steps: int, local_step: int) -> float:
         if self.eps_start == self.eps_end:  # a constant epsilon needs no schedule length (nor a run to set one)
@@ -251,6 +275,7 @@ class BilevelEpsilonGreedy(ExplorationWrapper):
         eps_end_end: float = 0.01,
         steps_anneal: int | None = 1_000_000,
         randomize_eps: bool = True,
+        noise_correlation: float = 0.0,
     ):
         _check_eps(
             eps_start_start=eps_start_start,
@@ -266,7 +291,7 @@ class BilevelEpsilonGreedy(ExplorationWrapper):
         self.rollout_horizon, self.steps_anneal = rollout_horizon, steps_anneal
         self.eps_start_start, self.eps_start_end = eps_start_start, eps_start_end
         self.eps_end_start, self.eps_end_end = eps_end_start, eps_end_end
-        super().__init__(env, randomize_eps)
+        super().__init__(env, randomize_eps, noise_correlation)
 
     def epsilon_schedule(self, total_steps: int, local_step: int) -> float:
         anneal = self.anneal_steps
