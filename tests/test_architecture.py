@@ -175,6 +175,7 @@ def test_kepisode_metaworld_takes_a_benchmark_object_or_a_name():
         ("Actor.num_gammas = 3", "`Actor.num_gammas` is set by `Agent.multigamma_actor`; bind that"),
         ("Agent.tstep_encoder_type = @CNNTstepEncoder", "`Agent.tstep_encoder_type` is set by `Experiment.tstep_encoder_type`"),
         ("ExplorationWrapper.randomize_eps = False", "is set by `EpsilonGreedy.randomize_eps`"),
+        ("ExplorationWrapper.noise_correlation = 0.5", "is set by `EpsilonGreedy.noise_correlation`"),
         ("Actor.state_dim = 3", "`Actor.state_dim` is passed by the part that builds Actor"),
     ],
 )  # fmt: skip

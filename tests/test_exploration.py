@@ -249,3 +249,54 @@ def test_noise_stream_is_one_standard_normal_draw_per_step():
         env.step(policy)
         expected = np.clip(policy + np.float32(0.7) * reference.standard_normal(2, dtype=np.float32), -1.0, 1.0)
         np.testing.assert_array_equal(box.received[-1], expected)
+
+
+def test_correlated_noise_is_the_ar1_process_of_the_seeded_stream():
+    """With ``noise_correlation`` rho the executed noise is z_t = rho z_(t-1) + sqrt(1 - rho^2) w_t, w_t the seeded
+    stream's standard normal draws, carried across block boundaries; a reseed starts the process afresh."""
+    from amago_like.envs.exploration import _NOISE_ROWS, _SEED_SALT
+
+    rho, eps = np.float32(0.8), np.float32(0.1)  # eps small enough that no action is clipped
+    box = BoxEnv(dim=2, length=10_000)
+    env = _fixed(EpsilonGreedy, AMAGOEnv(box), eps_start=float(eps), eps_end=float(eps), noise_correlation=float(rho))
+    policy = np.array([0.3, -0.2], np.float32)
+    for repeat in range(2):  # the second pass checks that reset(seed=) restarts the process, not only the draws
+        env.reset(seed=4)
+        reference = np.random.default_rng(np.random.SeedSequence([4, _SEED_SALT]))
+        z = reference.standard_normal(2, dtype=np.float32)
+        for t in range(_NOISE_ROWS + 5):
+            if t:
+                z = rho * z + np.sqrt(np.float32(1.0) - rho * rho) * reference.standard_normal(2, dtype=np.float32)
+            env.step(policy)
+            np.testing.assert_allclose(box.received[-1], policy + eps * z, rtol=0, atol=1e-6)
+
+
+def test_correlated_noise_keeps_unit_variance_and_its_lag_one_correlation():
+    box = BoxEnv(dim=2, length=100_000)
+    rho = 0.9
+    env = _fixed(EpsilonGreedy, AMAGOEnv(box), eps_start=0.1, eps_end=0.1, noise_correlation=rho)
+    env.reset(seed=0)
+    for _ in range(20_000):
+        env.step(np.zeros(2, np.float32))
+    z = np.stack(box.received) / 0.1  # (T, 2)
+    np.testing.assert_allclose(z.std(axis=0), 1.0, atol=0.1)
+    lag1 = [np.corrcoef(z[:-1, i], z[1:, i])[0, 1] for i in range(2)]
+    np.testing.assert_allclose(lag1, rho, atol=0.02)
+    # white noise (the default) has none
+    box_white = BoxEnv(dim=2, length=100_000)
+    white = _fixed(EpsilonGreedy, AMAGOEnv(box_white), eps_start=0.1, eps_end=0.1)
+    white.reset(seed=0)
+    for _ in range(5_000):
+        white.step(np.zeros(2, np.float32))
+    w = np.stack(box_white.received)[:, 0]
+    assert abs(np.corrcoef(w[:-1], w[1:])[0, 1]) < 0.05
+
+
+@pytest.mark.parametrize("wrapper_cls", [EpsilonGreedy, BilevelEpsilonGreedy])
+def test_noise_correlation_is_checked(wrapper_cls):
+    kw = {"rollout_horizon": 4} if wrapper_cls is BilevelEpsilonGreedy else {}
+    with pytest.raises(ValueError, match="noise_correlation must lie in"):
+        wrapper_cls(AMAGOEnv(BoxEnv()), noise_correlation=1.0, **kw)
+    with pytest.raises(ValueError, match="actions are Discrete"):
+        wrapper_cls(_dark_room(), noise_correlation=0.5, **kw)
+    assert wrapper_cls(AMAGOEnv(BoxEnv()), noise_correlation=0.5, **kw).noise_correlation == 0.5
