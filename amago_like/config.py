@@ -240,6 +240,7 @@ CHANGED_DEFAULTS = {
     "EpsilonGreedy.steps_anneal": None,
     "Agent.num_actions_for_value": None,
     "CriticEnsemble.discrete_head": "False",
+    "TformerTrajEncoder.dropout": None,
 }
 
 

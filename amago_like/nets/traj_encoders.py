@@ -158,7 +158,7 @@ class TformerTrajEncoder(TrajEncoder):
         n_layers: int = 3,
         n_heads: int = 8,
         d_ff: int = 512,
-        dropout: float = 0.0,
+        dropout: float = 0.05,
         attn_dropout: float = 0.0,
         pos_emb: str = "fixed",
         max_time_idx: int = 5000,
