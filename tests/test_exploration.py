@@ -260,7 +260,7 @@ def test_correlated_noise_is_the_ar1_process_of_the_seeded_stream():
     box = BoxEnv(dim=2, length=10_000)
     env = _fixed(EpsilonGreedy, AMAGOEnv(box), eps_start=float(eps), eps_end=float(eps), noise_correlation=float(rho))
     policy = np.array([0.3, -0.2], np.float32)
-    for repeat in range(2):  # the second pass checks that reset(seed=) restarts the process, not only the draws
+    for _ in range(2):  # the second pass checks that reset(seed=) restarts the process, not only the draws
         env.reset(seed=4)
         reference = np.random.default_rng(np.random.SeedSequence([4, _SEED_SALT]))
         z = reference.standard_normal(2, dtype=np.float32)
