@@ -6,7 +6,7 @@ Loss, per real (unpadded) transition t and discount factor gamma_g:
              m = n, or fewer where the episode ends or the window's real transitions run out first)
              V_target(s) = E_{a~pi'(s)} min_{c in S} Q'_c(s, a)   (Q' = polyak-averaged target critic heads;
              S = ``num_critics_td`` critics drawn at random per transition, or all of them;
-             pi' = the polyak-averaged target actor with ``target_actor``, else the actor)
+             pi' = the polyak-averaged target actor (rate ``target_actor_tau``) with ``target_actor``, else the actor)
     actor:   online_coeff * -E_{a~pi(s_t)} Q(s_t, a)[actor_gamma]            (policy gradient through the critic;
                                                             Q: the critics' mean, or their minimum with
                                                             ``pessimistic_actor``)
@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from amago_like.checks import check_number
 from amago_like.config import refuse_passed
 from amago_like.data.batches import Batch
 from amago_like.nets.heads import Actor, CriticEnsemble
@@ -101,6 +102,7 @@ class Agent(nn.Module):
         num_critics: int = 2,
         num_critics_td: int | None = None,
         target_actor: bool = False,
+        target_actor_tau: float | None = None,
         multigamma_actor: bool = False,
         pessimistic_actor: bool = False,
         gammas: tuple[float, ...] = (0.9, 0.99, 0.999),
@@ -124,6 +126,10 @@ class Agent(nn.Module):
             raise ValueError(f"Agent.num_actions_for_value must be an int >= 1, got {num_actions_for_value!r}")
         if not (isinstance(n_step, int) and n_step >= 1):
             raise ValueError(f"Agent.n_step must be an int >= 1, got {n_step!r}")
+        if target_actor_tau is not None and not 0.0 < check_number("Agent.target_actor_tau", target_actor_tau) <= 1.0:
+            raise ValueError(f"Agent.target_actor_tau must be None (tau) or in (0, 1], got {target_actor_tau}")
+        if target_actor_tau is not None and not target_actor:
+            raise ValueError("Agent.target_actor_tau is set but target_actor is False; bind Agent.target_actor = True")
         if num_critics_td is not None and not 1 <= num_critics_td <= num_critics:
             raise ValueError(
                 f"Agent.num_critics_td must be None (all critics) or between 1 and num_critics={num_critics}, "
@@ -176,6 +182,9 @@ class Agent(nn.Module):
         self.target_critics = copy.deepcopy(self.critics).requires_grad_(False)
         # TD targets act with a slowly moving copy of the actor, so targets do not chase every actor step
         self.target_actor = copy.deepcopy(self.actor).requires_grad_(False) if target_actor else None
+        # its own rate, apart from the critics': the copy trails the actor by ~1/rate updates, and in meta-RL the
+        # next state's value includes what the policy will make of the information gathered now
+        self.target_actor_tau = tau if target_actor_tau is None else target_actor_tau
         self.popart = PopArt(len(gammas)) if popart else None
 
     def _resolve_target_entropy(self, target: float | str | None) -> float | None:
@@ -391,7 +400,7 @@ class Agent(nn.Module):
             tp.lerp_(p, self.tau)
         if self.target_actor is not None:
             for p, tp in zip(self.actor.parameters(), self.target_actor.parameters()):
-                tp.lerp_(p, self.tau)
+                tp.lerp_(p, self.target_actor_tau)
 
     # ------------------------------------------------------------------ rollouts
     def init_hidden_state(self, batch_size: int, device: torch.device) -> Any:

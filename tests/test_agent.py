@@ -624,3 +624,22 @@ def test_target_actor_trails_the_actor_by_tau():
     for b, tp, p in zip(before, agent.target_actor.parameters(), agent.actor.parameters()):
         torch.testing.assert_close(tp, b + 0.1 * (p - b))
     assert all(not p.requires_grad for p in agent.target_actor.parameters())
+
+
+def test_target_actor_tau_sets_the_target_actors_rate_apart_from_the_critics():
+    agent = make_agent(False, target_actor=True, tau=0.1, target_actor_tau=0.5)
+    actor_before = [p.clone() for p in agent.target_actor.parameters()]
+    critic_before = [p.clone() for p in agent.target_critics.parameters()]
+    with torch.no_grad():
+        for p in [*agent.actor.parameters(), *agent.critics.parameters()]:
+            p.add_(1.0)
+    agent.soft_sync_targets()
+    for b, tp, p in zip(actor_before, agent.target_actor.parameters(), agent.actor.parameters()):
+        torch.testing.assert_close(tp, b + 0.5 * (p - b))
+    for b, tp, p in zip(critic_before, agent.target_critics.parameters(), agent.critics.parameters()):
+        torch.testing.assert_close(tp, b + 0.1 * (p - b))
+    with pytest.raises(ValueError, match="target_actor_tau is set but target_actor is False"):
+        make_agent(False, target_actor_tau=0.5)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="target_actor_tau must be"):
+            make_agent(False, target_actor=True, target_actor_tau=bad)
