@@ -182,8 +182,8 @@ class Agent(nn.Module):
         self.target_critics = copy.deepcopy(self.critics).requires_grad_(False)
         # TD targets act with a slowly moving copy of the actor, so targets do not chase every actor step
         self.target_actor = copy.deepcopy(self.actor).requires_grad_(False) if target_actor else None
-        # its own rate, apart from the critics': the copy trails the actor by ~1/rate updates, and in meta-RL the
-        # next state's value includes what the policy will make of the information gathered now
+        # its own rate, apart from the critics': the copy trails the actor by ~1/rate updates, so this sets how old
+        # a policy the TD targets value the next state under
         self.target_actor_tau = tau if target_actor_tau is None else target_actor_tau
         self.popart = PopArt(len(gammas)) if popart else None
 
