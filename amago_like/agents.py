@@ -126,7 +126,7 @@ class Agent(nn.Module):
             raise ValueError(f"Agent.num_actions_for_value must be an int >= 1, got {num_actions_for_value!r}")
         if not (isinstance(n_step, int) and n_step >= 1):
             raise ValueError(f"Agent.n_step must be an int >= 1, got {n_step!r}")
-        if target_actor_tau is not None and not 0.0 < check_number("Agent.target_actor_tau", target_actor_tau) <= 1.0:
+        if target_actor_tau is not None and not (0 < check_number("Agent.target_actor_tau", target_actor_tau) <= 1):
             raise ValueError(f"Agent.target_actor_tau must be None (tau) or in (0, 1], got {target_actor_tau}")
         if target_actor_tau is not None and not target_actor:
             raise ValueError("Agent.target_actor_tau is set but target_actor is False; bind Agent.target_actor = True")
@@ -182,9 +182,7 @@ class Agent(nn.Module):
         self.target_critics = copy.deepcopy(self.critics).requires_grad_(False)
         # TD targets act with a slowly moving copy of the actor, so targets do not chase every actor step
         self.target_actor = copy.deepcopy(self.actor).requires_grad_(False) if target_actor else None
-        # its own rate, apart from the critics': the copy trails the actor by ~1/rate updates, so this sets how old
-        # a policy the TD targets value the next state under
-        self.target_actor_tau = tau if target_actor_tau is None else target_actor_tau
+        self.target_actor_tau = tau if target_actor_tau is None else target_actor_tau  # it trails by ~1/rate updates
         self.popart = PopArt(len(gammas)) if popart else None
 
     def _resolve_target_entropy(self, target: float | str | None) -> float | None:
