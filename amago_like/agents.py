@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from amago_like.checks import check_number
+from amago_like.checks import check_fraction, check_ints
 from amago_like.config import refuse_passed
 from amago_like.data.batches import Batch
 from amago_like.nets.heads import Actor, CriticEnsemble
@@ -122,12 +122,9 @@ class Agent(nn.Module):
         super().__init__()
         if actor_gamma not in gammas:
             raise ValueError(f"actor_gamma={actor_gamma} must be one of gammas={gammas}")
-        if not (isinstance(num_actions_for_value, int) and num_actions_for_value >= 1):
-            raise ValueError(f"Agent.num_actions_for_value must be an int >= 1, got {num_actions_for_value!r}")
-        if not (isinstance(n_step, int) and n_step >= 1):
-            raise ValueError(f"Agent.n_step must be an int >= 1, got {n_step!r}")
-        if target_actor_tau is not None and not (0 < check_number("Agent.target_actor_tau", target_actor_tau) <= 1):
-            raise ValueError(f"Agent.target_actor_tau must be None (tau) or in (0, 1], got {target_actor_tau}")
+        check_ints("Agent", 1, num_critics=num_critics, num_actions_for_value=num_actions_for_value, n_step=n_step)
+        for name, rate in (("tau", tau), ("target_actor_tau", target_actor_tau), ("bc_action_limit", bc_action_limit)):
+            check_fraction(f"Agent.{name}", rate, allow_none=name != "tau")
         if target_actor_tau is not None and not target_actor:
             raise ValueError("Agent.target_actor_tau is set but target_actor is False; bind Agent.target_actor = True")
         if num_critics_td is not None and not 1 <= num_critics_td <= num_critics:
@@ -157,8 +154,6 @@ class Agent(nn.Module):
         self.target_entropy, self.entropy_coeff_lr = target_entropy, entropy_coeff_lr
         # continuous BC targets clamped to [-limit, limit]; exploration noise clipped to exactly +-1 is
         # otherwise a pre-tanh target of +-6 (the distributions' own guard), which widens the policy's std
-        if bc_action_limit is not None and not 0.0 < bc_action_limit <= 1.0:
-            raise ValueError(f"bc_action_limit must be in (0, 1], got {bc_action_limit}")
         self.bc_action_limit = bc_action_limit
         # learned log(entropy_coeff) (None: entropy_coeff stays fixed)
         self.log_entropy_coeff = None if target_entropy is None else nn.Parameter(torch.tensor(math.log(entropy_coeff)))

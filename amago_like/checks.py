@@ -66,6 +66,16 @@ def check_number(param: str, value: Any, minimum: float | None = None) -> float:
     return float(value)
 
 
+def check_fraction(param: str, value: Any, allow_none: bool = False) -> float | None:
+    """``value`` as a float in (0, 1] (a rate or a limit). ConfigTypeError naming ``param`` if it is not a
+    number; ValueError if it is outside the range."""
+    if value is None and allow_none:
+        return None
+    if not 0.0 < check_number(param, value) <= 1.0:
+        raise ValueError(f"{param} must be in (0, 1]{' or None' if allow_none else ''}, got {value}")
+    return float(value)
+
+
 def check_writable_dir(path: str, what: str) -> None:
     """Raise NotWritableError unless a file can be created in ``path`` (or, while it does not exist yet,
     in its nearest existing parent). Probes by creating and deleting a hidden ``.*.tmp`` file, so it

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from amago_like.agents import Agent, MultiTaskAgent, masked_mean, n_step_targets
+from amago_like.checks import ConfigTypeError
 from amago_like.data.dataset import Batch
 from amago_like.nets.heads import TanhGaussian
 from amago_like.nets.traj_encoders import GRUTrajEncoder, IdentityTrajEncoder, TformerTrajEncoder
@@ -273,10 +274,13 @@ def test_learned_entropy_coeff_falls_when_entropy_is_above_target():
     assert metrics["entropy_coeff"].item() < 0.1 * 0.95
 
 
-def test_num_actions_for_value_must_be_a_positive_int():
-    for bad in (0, -1, 2.0):
-        with pytest.raises(ValueError, match="num_actions_for_value"):
-            make_agent(False, num_actions_for_value=bad)
+def test_counts_and_rates_out_of_range_are_refused_with_their_name():
+    for name, bad in [("num_actions_for_value", 0), ("n_step", -1), ("num_critics", 0), ("tau", 0.0), ("tau", 1.5)]:
+        with pytest.raises(ValueError, match=f"Agent.{name} must be"):
+            make_agent(False, **{name: bad})
+    for name, bad in [("num_actions_for_value", 2.0), ("n_step", 1.5), ("tau", "0.01"), ("bc_action_limit", True)]:
+        with pytest.raises(ConfigTypeError, match=f"Agent.{name} must be"):
+            make_agent(False, **{name: bad})
 
 
 def _n_step_by_hand(r, d, length, v, gamma, n):
@@ -321,12 +325,6 @@ def test_one_step_targets_are_the_td_zero_targets():
     real = torch.ones(3, 6, 1, dtype=torch.bool)
     want = rews + gammas * (1.0 - dones) * v_next
     assert torch.equal(n_step_targets(rews, dones, real, v_next, gammas, 1), want)
-
-
-def test_n_step_must_be_a_positive_int():
-    for bad in (0, 1.5):
-        with pytest.raises(ValueError, match="n_step"):
-            make_agent(False, n_step=bad)
 
 
 def test_n_step_agent_trains():
