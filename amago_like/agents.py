@@ -173,7 +173,7 @@ class Agent(nn.Module):
             multi_binary=self.multi_binary,
             num_gammas=len(gammas) if multigamma_actor else 1,
         )
-        self.critics = CriticEnsemble(d, self.action_dim, len(gammas), num_critics, num_bins=1, discrete=self.discrete)
+        self.critics = CriticEnsemble(d, self.action_dim, gammas, num_critics, num_bins=1, discrete=self.discrete)
         self.target_critics = copy.deepcopy(self.critics).requires_grad_(False)
         # TD targets act with a slowly moving copy of the actor, so targets do not chase every actor step
         self.target_actor = copy.deepcopy(self.actor).requires_grad_(False) if target_actor else None
@@ -465,9 +465,9 @@ class MultiTaskAgent(Agent):
         )
         self.value_target = value_target
         self.bins = ValueBins(num_bins, bin_limit, hl_gauss_sigma)
-        d, G = self.traj_encoder.emb_dim, len(self.gammas)
+        d, gammas = self.traj_encoder.emb_dim, tuple(self.gammas.tolist())
         self.critics = CriticEnsemble(
-            d, self.action_dim, G, self.critics.num_critics, num_bins=num_bins, discrete=self.discrete
+            d, self.action_dim, gammas, self.critics.num_critics, num_bins=num_bins, discrete=self.discrete
         )
         self.target_critics = copy.deepcopy(self.critics).requires_grad_(False)
 

@@ -18,6 +18,7 @@ from amago_like.nets import (
 )
 from amago_like.nets.heads import CriticEnsemble
 from amago_like.nets.tstep_encoders import RunningNorm
+from amago_like.nets.values import PopArt
 
 TSTEP_DIM, ATOL = 6, 1e-5
 
@@ -254,6 +255,7 @@ def test_gin_configurable():
 
 
 # ------------------------------------------------------------------ transformer options
+GAMMAS = (0.9, 0.99, 0.999)
 OPTIONS = {
     "rope": dict(pos_emb="rope"),
     "normformer": dict(normformer_norms=True),
@@ -442,7 +444,7 @@ def _critic_action_fit(action_repeat: int, steps: int = 150, state_dim: int = 12
         return s, a, -(a - c).norm(dim=-1, keepdim=True), c
 
     torch.manual_seed(0)
-    critic = CriticEnsemble(state_dim, 2, 1, num_critics=2, hidden=(64, 64), action_repeat=action_repeat)
+    critic = CriticEnsemble(state_dim, 2, (0.99,), num_critics=2, hidden=(64, 64), action_repeat=action_repeat)
     optimizer = torch.optim.Adam(critic.parameters(), lr=3e-4)
     for _ in range(steps):
         s, a, q, _ = draw(256)
@@ -468,18 +470,18 @@ def test_repeating_the_action_makes_the_critic_learn_its_effect_sooner():
 
 
 def test_critic_action_repeat_keeps_shapes_and_refuses_bad_values():
-    critic = CriticEnsemble(8, 2, 3, num_critics=2, hidden=(16,), action_repeat=4)
+    critic = CriticEnsemble(8, 2, GAMMAS, num_critics=2, hidden=(16,), action_repeat=4)
     assert critic.layers[0].weight.shape == (2, 8 + 2 * 4, 16)
     assert critic(torch.randn(5, 7, 8), torch.randn(5, 7, 2)).shape == (2, 5, 7, 3)
     assert critic(torch.randn(1, 7, 8), torch.randn(4, 1, 7, 2)).shape == (2, 4, 1, 7, 3)  # K action samples
     with pytest.raises(ValueError, match="action_repeat must be an integer >= 1"):
-        CriticEnsemble(8, 2, 3, action_repeat=0)
+        CriticEnsemble(8, 2, GAMMAS, action_repeat=0)
 
 
 @pytest.mark.parametrize("bins", [1, 7])
 def test_discrete_head_reads_the_taken_actions_output_from_the_state_alone(bins):
     torch.manual_seed(0)
-    critic = CriticEnsemble(8, 5, 3, num_critics=2, hidden=(16,), num_bins=bins, discrete=True, discrete_head=True)
+    critic = CriticEnsemble(8, 5, GAMMAS, num_critics=2, hidden=(16,), num_bins=bins, discrete=True, discrete_head=True)
     assert critic.layers[0].weight.shape == (2, 8, 16) and critic.out.weight.shape == (2, 16, 5 * 3 * bins)
     state = torch.randn(4, 6, 8)
     every = critic(state.unsqueeze(0), torch.eye(5).view(5, 1, 1, 5))  # (C, A, B, L, G[, bins]): every action
@@ -490,8 +492,40 @@ def test_discrete_head_reads_the_taken_actions_output_from_the_state_alone(bins)
     torch.testing.assert_close(every.gather(1, index).squeeze(1), q)
     assert not torch.allclose(every[:, 0], every[:, 1])  # each action has its own outputs
     # continuous actions have no per-action outputs: the option leaves them as they were
-    box = CriticEnsemble(8, 2, 3, num_critics=2, hidden=(16,), action_repeat=4, discrete=False, discrete_head=True)
+    box = CriticEnsemble(8, 2, GAMMAS, num_critics=2, hidden=(16,), action_repeat=4, discrete=False, discrete_head=True)
     assert box.layers[0].weight.shape == (2, 8 + 2 * 4, 16)
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_gamma_input_gives_each_discount_factor_its_own_pass(discrete):
+    torch.manual_seed(0)
+    A, bins = (5, 7) if discrete else (2, 1)
+    kw = dict(num_critics=2, hidden=(16,), num_bins=bins, action_repeat=4, discrete=discrete)
+    critic, plain = CriticEnsemble(8, A, GAMMAS, gamma_input=True, **kw), CriticEnsemble(8, A, GAMMAS, **kw)
+    assert critic.layers[0].weight.shape[1] == plain.layers[0].weight.shape[1] + 4  # the code, entered 4 times
+    state, taken = torch.randn(4, 6, 8), torch.randint(0, A, (4, 6))
+    action = torch.nn.functional.one_hot(taken, A).float() if discrete else torch.rand(4, 6, A) * 2 - 1
+    q = critic(state, action)  # (C, B, L, G[, bins])
+    assert q.shape == (2, 4, 6, 3) + ((bins,) if bins > 1 else ())
+
+    def by_hand(g: int, code: torch.Tensor) -> torch.Tensor:  # gamma g's outputs from one pass with ``code``
+        s, a = state.reshape(24, 8), action.reshape(24, A)
+        h = torch.cat([s] + ([] if discrete else [a] * 4) + [code.expand(24, 4)], -1).expand(2, -1, -1)
+        for layer in critic.layers:
+            h = torch.nn.functional.leaky_relu(layer(h))
+        out = critic.out(h).unflatten(-1, (-1, 3, bins))[:, :, :, g]  # (C, N, K, bins)
+        out = (out * a.view(1, 24, A, 1)).sum(2) if discrete else out[:, :, 0]  # (C, N, bins)
+        return out.reshape(q[:, :, :, g].shape)
+
+    codes = torch.log1p(1 / (1 - torch.tensor(GAMMAS)))
+    for g in range(3):
+        torch.testing.assert_close(by_hand(g, codes[g]), q[:, :, :, g])
+        assert not torch.allclose(by_hand(g, codes[(g + 1) % 3]), q[:, :, :, g])  # the code changes the pass
+    if bins == 1:  # PopArt still rescales each discount factor's own last-layer weights exactly
+        popart = PopArt(3)
+        before = popart.unnormalize(q)
+        popart.rescale_(critic.out, *popart.update(torch.randn(50, 3) * 5 + 2))
+        torch.testing.assert_close(popart.unnormalize(critic(state, action)), before)
 
 
 def test_discrete_is_the_agents_to_pass_not_a_binding():

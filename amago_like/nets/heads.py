@@ -111,39 +111,56 @@ class CriticEnsemble(nn.Module):
     action's value then has its own last-layer weights on shared features, instead of the action being one more
     input, and one pass gives every action's value. ``action_repeat`` then applies to continuous and multi-binary
     actions only; ``discrete_head = False`` enters a discrete action as an input like theirs.
+
+    ``gamma_input``: each discount factor's outputs come from a pass of their own, with log(1 + 1 / (1 - gamma))
+    entered ``action_repeat`` times beside the input, so the hidden features differ per discount factor instead
+    of being shared by all of them (G passes instead of one). Output g is read from pass g only, so every output
+    keeps its own last-layer weights (which PopArt rescales).
     """
 
     def __init__(
         self,
         state_dim: int,
         action_dim: int,
-        num_gammas: int,
+        gammas: tuple[float, ...],
         num_critics: int = 2,
         hidden: tuple[int, ...] = (256, 256),
         num_bins: int = 1,
         action_repeat: int = 16,
         discrete: bool = False,
         discrete_head: bool = True,
+        gamma_input: bool = False,
     ):
         super().__init__()
         if not (isinstance(action_repeat, int) and action_repeat >= 1):
             raise ValueError(f"CriticEnsemble.action_repeat must be an integer >= 1, got {action_repeat!r}")
-        self.num_critics, self.num_gammas, self.num_bins = num_critics, num_gammas, num_bins
+        self.num_critics, self.num_gammas, self.num_bins = num_critics, len(gammas), num_bins
         self.action_repeat = action_repeat
         self.per_action = discrete and discrete_head
-        dims = [state_dim if self.per_action else state_dim + action_dim * action_repeat, *hidden]
+        gamma_code = torch.log1p(1.0 / (1.0 - torch.tensor(gammas, dtype=torch.float32)))  # (G,) ~ log horizon
+        self.register_buffer("gamma_code", gamma_code if gamma_input else None, persistent=False)
+        d_in = state_dim + (action_repeat if gamma_input else 0)
+        dims = [d_in if self.per_action else d_in + action_dim * action_repeat, *hidden]
         self.layers = nn.ModuleList(EnsembleLinear(num_critics, i, o) for i, o in zip(dims[:-1], dims[1:]))
         # output units ordered (action, gamma, bin): PopArt rescales them per gamma
         outputs_per_input = action_dim if self.per_action else 1
-        self.out = EnsembleLinear(num_critics, dims[-1], outputs_per_input * num_gammas * num_bins)
+        self.out = EnsembleLinear(num_critics, dims[-1], outputs_per_input * self.num_gammas * num_bins)
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         """(..., d_in) -> (C, ..., d_out) for every critic."""
         lead = x.shape[:-1]
-        x = x.reshape(1, -1, x.shape[-1]).expand(self.num_critics, -1, -1)  # (C, N, d_in)
+        x = x.reshape(-1, x.shape[-1])  # (N, d_in)
+        G, N = self.num_gammas, x.shape[0]
+        if self.gamma_code is not None:  # one pass per discount factor: (G * N, d_in + repeat)
+            code = self.gamma_code.to(x.dtype).view(G, 1, 1).expand(G, N, self.action_repeat)
+            x = torch.cat([x.expand(G, N, -1), code], dim=-1).flatten(0, 1)
+        x = x.unsqueeze(0).expand(self.num_critics, -1, -1)  # (C, N or G * N, d_in)
         for layer in self.layers:
             x = F.leaky_relu(layer(x))
-        out = self.out(x).float()  # (C, N, d_out)
+        out = self.out(x).float()  # (C, N or G * N, d_out), d_out ordered (action, gamma, bin)
+        if self.gamma_code is not None:  # gamma g's outputs from pass g: (C, G, N, K, G, bins) -> (C, N, d_out)
+            out = out.view(self.num_critics, G, N, -1, G, self.num_bins).diagonal(dim1=1, dim2=4)
+            out = out.permute(0, 1, 2, 4, 3).flatten(2)  # (C, N, K, bins, G) -> (C, N, K * G * bins)
         return out.reshape(self.num_critics, *lead, out.shape[-1])
 
     def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
