@@ -21,6 +21,7 @@ from amago_like.nets.tstep_encoders import RunningNorm
 from amago_like.nets.values import PopArt
 
 TSTEP_DIM, ATOL = 6, 1e-5
+GAMMAS = (0.9, 0.99, 0.999)  # the discount factors the critic tests pass
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -255,7 +256,6 @@ def test_gin_configurable():
 
 
 # ------------------------------------------------------------------ transformer options
-GAMMAS = (0.9, 0.99, 0.999)
 OPTIONS = {
     "rope": dict(pos_emb="rope"),
     "normformer": dict(normformer_norms=True),
