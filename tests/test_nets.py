@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from amago_like.checks import ConfigTypeError
 from amago_like.nets import (
     CNNTstepEncoder,
     FFTrajEncoder,
@@ -474,8 +475,10 @@ def test_critic_action_repeat_keeps_shapes_and_refuses_bad_values():
     assert critic.layers[0].weight.shape == (2, 8 + 2 * 4, 16)
     assert critic(torch.randn(5, 7, 8), torch.randn(5, 7, 2)).shape == (2, 5, 7, 3)
     assert critic(torch.randn(1, 7, 8), torch.randn(4, 1, 7, 2)).shape == (2, 4, 1, 7, 3)  # K action samples
-    with pytest.raises(ValueError, match="action_repeat must be an integer >= 1"):
+    with pytest.raises(ValueError, match=r"CriticEnsemble.action_repeat must be >= 1, got 0"):
         CriticEnsemble(8, 2, GAMMAS, action_repeat=0)
+    with pytest.raises(ConfigTypeError, match="CriticEnsemble.action_repeat must be an integer"):
+        CriticEnsemble(8, 2, GAMMAS, action_repeat=2.0)
 
 
 @pytest.mark.parametrize("bins", [1, 7])

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from amago_like.checks import check_int
 from amago_like.nets.distributions import Discrete, MultiBinary, PolicyDist, ScaledBeta, TanhGaussian, TanhGMM
 from amago_like.nets.mlp import mlp
 
@@ -132,8 +133,7 @@ class CriticEnsemble(nn.Module):
         gamma_input: bool = False,
     ):
         super().__init__()
-        if not (isinstance(action_repeat, int) and action_repeat >= 1):
-            raise ValueError(f"CriticEnsemble.action_repeat must be an integer >= 1, got {action_repeat!r}")
+        check_int("CriticEnsemble.action_repeat", action_repeat, minimum=1)
         self.num_critics, self.num_gammas, self.num_bins = num_critics, len(gammas), num_bins
         self.action_repeat = action_repeat
         self.per_action = discrete and discrete_head
