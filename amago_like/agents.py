@@ -389,11 +389,12 @@ class Agent(nn.Module):
 
     @torch.no_grad()
     def soft_sync_targets(self) -> None:
-        for p, tp in zip(self.critics.parameters(), self.target_critics.parameters()):
-            tp.lerp_(p, self.tau)
+        """Polyak averaging, one multi-tensor lerp per network (per-tensor lerps are a launch each on a GPU)."""
+        torch._foreach_lerp_(list(self.target_critics.parameters()), list(self.critics.parameters()), self.tau)
         if self.target_actor is not None:
-            for p, tp in zip(self.actor.parameters(), self.target_actor.parameters()):
-                tp.lerp_(p, self.target_actor_tau)
+            torch._foreach_lerp_(
+                list(self.target_actor.parameters()), list(self.actor.parameters()), self.target_actor_tau
+            )
 
     # ------------------------------------------------------------------ rollouts
     def init_hidden_state(self, batch_size: int, device: torch.device) -> Any:

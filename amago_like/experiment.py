@@ -30,8 +30,7 @@ from amago_like.config import describe_arguments
 from amago_like.data.batches import Batch, make_dataloader
 from amago_like.data.dataset import DataFeed, RLDataset, require_data
 from amago_like.envs.exploration import ExplorationWrapper
-from amago_like.envs.vector import close_envs, make_vector_env
-from amago_like.envs.wrapper import EpisodeStats
+from amago_like.envs.vector import check_same_observations, close_envs, make_vector_env
 from amago_like.learner import DivergenceError, Learner, adamw, planned_updates, seed_rngs
 from amago_like.logging import (
     ExperimentLogging,
@@ -109,7 +108,7 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         grad_clip: float = 1.0,
         l2_coeff: float = 1e-3,
         mixed_precision: str = "no",
-        torch_compile: bool = False,
+        torch_compile: bool | str = False,
         seed: int | None = None,
         keep_checkpoints: int | None = None,
         callbacks: tuple[Callback, ...] = (),
@@ -189,7 +188,8 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         return Rollout(envs, self.DEVICE, self.caster, show, explores, force_reset_every)
 
     def init_envs(self) -> None:
-        """Training actors (with the exploration wrapper) and validation envs, each a :class:`Rollout`."""
+        """Training actors (with the exploration wrapper), a :class:`Rollout`; the validation envs' is built on first
+        use (:attr:`val_rollout`)."""
         wrapper = None if self.env_mode == "already_vectorized" else self.exploration_wrapper_type
         make_train = with_exploration(self.make_train_env, wrapper)
         num_train = None  # a learner never steps its training envs (they give the spaces and the exploration count)
@@ -199,12 +199,19 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         explores = explores_with(train_envs, wrapper)
         self.train_rollout = self.make_rollout(train_envs, explores, self.force_reset_train_envs_every)
         self.train_rollout.set_run_length(self.epochs * self.train_timesteps_per_epoch)
-        self.val_rollout = self.make_rollout(self.make_envs(self.make_val_env, None))
-        train_space, val_space = self.train_envs.single_observation_space, self.val_envs.single_observation_space
-        if val_space != train_space:
-            raise ValueError(f"train and val envs disagree on observations: {train_space} vs {val_space}")
+        self._val_rollout = None
         r = self.train_rollout
         self.obs_space, self.rl2_space, self.action_space = r.obs_space, r.rl2_space, r.action_space
+
+    @property
+    def val_rollout(self) -> Rollout:
+        """The validation envs' :class:`Rollout`, built on first use (a collector, or a run that never validates,
+        starts none)."""
+        if self._val_rollout is None:
+            envs = self.make_envs(self.make_val_env, None)
+            check_same_observations(self.train_envs, envs)
+            self._val_rollout = self.make_rollout(envs)
+        return self._val_rollout
 
     def init_model(self) -> None:
         """The agent, its optimizer (:meth:`init_optimizer`; none for a collector) and the :class:`Learner`."""
@@ -297,22 +304,6 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
     # ================================================================== acting
     def _rollout_seed(self) -> int:
         return self.seed + 1000 * self.accelerator.process_index + self.epoch
-
-    def interact(
-        self,
-        envs: gym.vector.VectorEnv,
-        timesteps: int,
-        state: tuple | None = None,
-        desc: str = "interact",
-        sample=None,
-    ) -> tuple[list[EpisodeStats], tuple]:
-        """Step ``envs`` ``timesteps`` times with the current policy from ``state`` (None: reset first); returns
-        the finished episodes and the (obs, hidden_state) to continue from. Prefer :class:`Rollout`."""
-        rollout = self.make_rollout(envs)
-        rollout.state = state
-        sample = self.sample_actions if sample is None else sample
-        stats = rollout.collect(self.policy, timesteps, sample, self._rollout_seed(), desc)
-        return stats.episodes, rollout.state
 
     def _summarize(self, stats: RolloutStats, prefix: str) -> dict[str, float]:
         """Every process's finished episodes, averaged."""
@@ -493,7 +484,7 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
             self.dataset.delete_from_disk()
 
     def close(self) -> None:
-        for rollout in (getattr(self, "train_rollout", None), getattr(self, "val_rollout", None)):
+        for rollout in (getattr(self, "train_rollout", None), getattr(self, "_val_rollout", None)):
             if rollout is not None:
                 close_envs(rollout.envs)
         if getattr(self, "logger", None) is not None:

@@ -31,6 +31,23 @@ def adamw(policy: nn.Module, learning_rate: float, l2_coeff: float, device: torc
     return torch.optim.AdamW(policy.param_groups(learning_rate), weight_decay=l2_coeff, fused=fused)
 
 
+#: Experiment.torch_compile's string values: torch.compile modes (True means "default")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def compile_mode(torch_compile: bool | str) -> str | None:
+    """The torch.compile mode of ``Experiment.torch_compile`` (None: not compiled)."""
+    if torch_compile is False or torch_compile is None:
+        return None
+    if torch_compile is True:
+        return "default"
+    if torch_compile in COMPILE_MODES:
+        return torch_compile
+    raise ValueError(f"Experiment.torch_compile must be True, False or a torch.compile mode from {COMPILE_MODES}, "
+                     f"got {torch_compile!r}")  # fmt: skip
+
+
 def lr_multiplier(step: int, warmup: int, total: int | None = None, decay_to: float | None = None) -> float:
     """The learning rate's factor at optimizer step ``step``: a linear warm-up over ``warmup`` steps, then 1,
     or with ``decay_to`` a cosine from 1 down to ``decay_to`` at step ``total`` (held there after), so that
@@ -71,7 +88,7 @@ class Learner:
         grad_clip: float,
         total_updates: int | None = None,
         lr_decay_to: float | None = None,
-        torch_compile: bool = False,
+        torch_compile: bool | str = False,
         max_bad_updates_in_a_row: int = 20,
         verbose: bool = True,
     ):
@@ -85,8 +102,12 @@ class Learner:
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
             self.agent, self.optimizer, self.scheduler = accelerator.prepare(agent, optimizer, scheduler)
         self._policy = accelerator.unwrap_model(self.agent)  # once: unwrapping walks every module
-        # torch.compile fuses the loss's hundreds of small kernels; without it a GPU update is launch-bound
-        self.train_forward = torch.compile(self.agent) if torch_compile else self.agent
+        # torch.compile fuses the loss's hundreds of small kernels; without it a GPU update is launch-bound.
+        # A mode string (True is "default") picks torch.compile's mode; the CUDA-graph modes also replay the
+        # whole loss and its backward as one launch each
+        mode = compile_mode(torch_compile)
+        self.train_forward = torch.compile(self.agent, mode=mode) if mode else self.agent
+        self._mark_graph_step = mode in CUDA_GRAPH_MODES and accelerator.device.type == "cuda"
         self.grad_updates = 0
         self.bad_updates = 0  # skipped for non-finite loss or gradients, over the whole run
         self._bad_in_a_row = 0
@@ -107,6 +128,8 @@ class Learner:
         if self.optimizer is None:
             raise RuntimeError("this Learner only acts (built without an optimizer, as a collector is): no training")
         acc = self.accelerator
+        if self._mark_graph_step:  # the graphs' outputs of the last step (read below) may be overwritten now
+            torch.compiler.cudagraph_mark_step_begin()
         with acc.accumulate(self.agent):
             loss, metrics = compute_loss(batch)
             acc.backward(loss)

@@ -20,6 +20,7 @@ each row in a fresh process so no row reuses memory an earlier one left in the a
     python benchmarks/model_throughput.py --dtypes bf16 --agents agent --steps 200
     python benchmarks/model_throughput.py --dtypes bf16 --sdpa auto,flash,math   # which attention kernel
     python benchmarks/model_throughput.py --dtypes bf16 --compile off,on         # eager and torch.compile
+    python benchmarks/model_throughput.py --dtypes bf16 --compile on,reduce-overhead   # and with CUDA graphs
     python benchmarks/model_throughput.py --agents agent --gin "Agent.num_actions_for_value = 4"   # one binding
 
 ``--sdpa flash`` runs the updates inside ``torch.nn.attention.sdpa_kernel(FLASH_ATTENTION)``: it fails
@@ -47,7 +48,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from amago_like.agents import Agent, MultiTaskAgent
 from amago_like.config import GinBindingError, apply_gin
 from amago_like.data.dataset import Batch
-from amago_like.learner import adamw
+from amago_like.learner import COMPILE_MODES, CUDA_GRAPH_MODES, adamw, compile_mode
 from amago_like.nets.traj_encoders import TformerTrajEncoder
 from amago_like.nets.tstep_encoders import FFTstepEncoder
 
@@ -140,7 +141,7 @@ def bench(
     warmup: int,
     steps: int,
     sdpa: str = "auto",
-    compiled: bool = False,
+    compiled: bool | str = False,
     bindings: tuple[str, ...] = (),
 ) -> dict:
     gin.clear_config()  # parsed here, in the process that builds the agent (CPU rows run in a fresh one)
@@ -158,9 +159,13 @@ def bench(
     g = torch.Generator().manual_seed(0)
     batches = [random_batch(size, device, g) for _ in range(4)]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
-    forward = torch.compile(agent) if compiled else agent  # as Experiment.torch_compile
+    mode = compile_mode(compiled)  # as Experiment.torch_compile
+    forward = torch.compile(agent, mode=mode) if mode else agent
+    graphs = cuda and mode in CUDA_GRAPH_MODES
 
     def update(batch: Batch) -> None:
+        if graphs:  # as Learner.train_step: the last step's graph outputs were read
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast:
             critic_loss, actor_loss, metrics = forward(batch)
         (10.0 * critic_loss + actor_loss).backward()
@@ -195,7 +200,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--agents", default="agent,multitask", help=f"comma-separated from {sorted(AGENTS)}")
     parser.add_argument("--dtypes", default="fp32,bf16", help="comma-separated from fp32,bf16")
-    parser.add_argument("--compile", default="off", help="torch.compile the loss: off, on or off,on (both rows)")
+    parser.add_argument(
+        "--compile",
+        default="off",
+        help=f"torch.compile the loss, comma-separated rows from off,on,{','.join(COMPILE_MODES)} (on: default mode)",
+    )
     parser.add_argument(
         "--sdpa", default="auto", help=f"attention kernels to force, comma-separated from auto,{','.join(SDPA)}"
     )
@@ -209,8 +218,9 @@ def main(argv: list[str] | None = None) -> None:
         apply_gin([], args.gin)
     except GinBindingError as e:
         parser.error(str(e))
-    if not set(args.compile.split(",")) <= {"off", "on"}:
-        parser.error(f"--compile takes off, on or off,on; got {args.compile!r}")
+    compiles = {"off": False, "on": True, **{m: m for m in COMPILE_MODES}}
+    if not set(args.compile.split(",")) <= set(compiles):
+        parser.error(f"--compile takes comma-separated values from {','.join(compiles)}; got {args.compile!r}")
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
@@ -233,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| agent | precision | attention | params (trunk) | updates/s | ms/update | {mem_name} |")
     print("|---|---|---|---|---|---|---|")
     rows = [
-        (k, d, a, c == "on")
+        (k, d, a, compiles[c])
         for k in args.agents.split(",")
         for d in args.dtypes.split(",")
         for a in args.sdpa.split(",")
@@ -243,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
         if sdpa != "auto" and sdpa not in SDPA:
             parser.error(f"unknown --sdpa {sdpa!r}: choose from auto,{','.join(SDPA)}")
         name = "Agent (PopArt)" if kind == "agent" else "MultiTaskAgent (128 bins)"
-        name += ", compiled" if compiled else ""
+        name += f", compiled ({compile_mode(compiled)})" if compiled else ""
         try:
             if cuda:
                 r = bench(kind, dtype, size, device, warmup, steps, sdpa, compiled, tuple(args.gin))

@@ -472,6 +472,25 @@ def test_torch_compile_traces_the_whole_loss_and_matches_eager(tmp_path, tiny_mo
     exp.close()
 
 
+def test_torch_compile_takes_a_mode_and_names_the_choices_for_any_other_value(tmp_path, monkeypatch):
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda module, mode=None: modes.append(mode) or module)
+    exp = make_experiment(tmp_path, epochs=1, torch_compile="reduce-overhead")
+    exp.start()
+    assert modes == ["reduce-overhead"]
+    with pytest.raises(ValueError, match=r"Experiment.torch_compile must be .*'reduce-overhead'.*got 'fast'"):
+        make_experiment(tmp_path, run_name="bad", torch_compile="fast")
+
+
+def test_validation_envs_are_built_on_first_evaluation_only(tmp_path, tiny_model):
+    exp = make_experiment(tmp_path, epochs=1, val_interval=None)
+    exp.learn()  # a run that never validates starts no validation envs
+    assert exp._val_rollout is None
+    metrics = exp.evaluate_val()
+    assert exp.val_envs.num_envs == 2 and metrics["val/episodes"] > 0
+    exp.close()
+
+
 def test_lr_decay_to_ends_the_run_at_that_fraction_of_the_learning_rate(tmp_path, tiny_model):
     # 3 epochs x 3 batches = 9 planned updates, warm-up 1: a cosine from 1e-3 down to 1e-4 at update 9
     exp = make_experiment(tmp_path, epochs=3, learning_rate=1e-3, lr_warmup_steps=1, lr_decay_to=0.1, log_interval=1)

@@ -142,6 +142,14 @@ def close_envs(envs: gym.vector.VectorEnv) -> None:
         envs.close(terminate=True)
 
 
+def check_same_observations(train_envs: gym.vector.VectorEnv, val_envs: gym.vector.VectorEnv) -> None:
+    """Raise (closing ``val_envs``) if the validation envs observe something else than the training envs."""
+    train_space, val_space = train_envs.single_observation_space, val_envs.single_observation_space
+    if val_space != train_space:
+        close_envs(val_envs)
+        raise ValueError(f"train and val envs disagree on observations: {train_space} vs {val_space}")
+
+
 class LeanSyncVectorEnv(gym.vector.SyncVectorEnv):
     """gymnasium's ``SyncVectorEnv`` (same-step autoreset) with a leaner ``step`` for wrapped envs.
 
