@@ -19,22 +19,9 @@ log="$out/checks.log"
 start=$SECONDS
 export PYTHONUNBUFFERED=1
 
-left() { echo $((budget - (SECONDS - start))); }
+source benchmarks/gpu_steps.sh  # left, step, facts
 
-# step NAME SECONDS CMD...: runs CMD for at most SECONDS (Ctrl-C first, so a run can close its files), logging
-step() {
-  local name=$1 limit=$2
-  shift 2
-  ((limit > 0)) || { echo "== $name: skipped, no time left" | tee -a "$log"; return; }
-  echo "== $name (at most ${limit}s, at $((SECONDS - start))s of $budget)" | tee -a "$log"
-  timeout --signal=INT --kill-after=15 "$limit" "$@" 2>&1 | tee -a "$log"
-  echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start))s" | tee -a "$log"
-}
-
-step facts 30 bash -c 'nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc --all;
-  python -c "import torch, gymnasium, metaworld, gin, accelerate; print(\"torch\", torch.__version__, \"cuda\",
-  torch.version.cuda, torch.cuda.is_available(), \"| gymnasium\", gymnasium.__version__, \"| accelerate\",
-  accelerate.__version__)"'
+facts
 step model_throughput 60 python benchmarks/model_throughput.py
 step compiled 150 python benchmarks/model_throughput.py --dtypes bf16 --compile on
 step attention_kernels 60 python benchmarks/model_throughput.py --agents agent --dtypes bf16 --sdpa flash,efficient,math
