@@ -12,7 +12,7 @@ from amago_like.config import check_arguments, check_bindings
 from amago_like.data.dataset import PADDED_SAMPLING, RLDataset
 from amago_like.data.trajectory import FORMATS
 from amago_like.envs.exploration import AUTO_EXPLORATION
-from amago_like.envs.vector import ENV_MODES
+from amago_like.envs.vector import ENV_MODES, check_envs_per_worker
 from amago_like.learner import compile_mode
 from amago_like.overlap import check_overlap
 
@@ -43,6 +43,10 @@ def check_experiment_arguments(arguments: dict[str, Any]) -> None:
     # fail before any env steps or training, not at the first file written an epoch later
     check_writable_dir(os.path.join(ckpt_base_dir, run_name), "the run folder")
     check_overlap(arguments)
+    try:
+        check_envs_per_worker(arguments["async_envs_per_worker"], arguments["env_mode"])
+    except ValueError as err:
+        raise ValueError(f"Experiment.async_{err}") from None
     compile_mode(arguments["torch_compile"])  # True, False or a torch.compile mode
     wrapper = arguments["exploration_wrapper_type"]
     if isinstance(wrapper, str) and wrapper != AUTO_EXPLORATION:

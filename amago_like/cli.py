@@ -28,6 +28,7 @@ FLAG_BINDINGS = {
     "epochs": "Experiment.epochs",
     "parallel_actors": "Experiment.parallel_actors",
     "env_mode": "Experiment.env_mode",
+    "envs_per_worker": "Experiment.async_envs_per_worker",
     "mixed_precision": "Experiment.mixed_precision",
     "max_seq_len": "Experiment.max_seq_len",
     "batch_size": "Experiment.batch_size",
@@ -37,6 +38,19 @@ FLAG_BINDINGS = {
     "overlap": "Experiment.overlap",
     "demos": "DiskTrajDataset.demo_dirs",
 }
+
+
+def _envs_per_worker(text: str) -> int | str:
+    """``--envs_per_worker``: "auto" or a positive integer."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 1, got {text!r}")
+    return value
 
 
 def add_common_args(parser: argparse.ArgumentParser, default_configs: str = "") -> argparse.ArgumentParser:
@@ -81,8 +95,16 @@ def add_common_args(parser: argparse.ArgumentParser, default_configs: str = "") 
         "--env_mode",
         choices=["sync", "async"],
         default=None,
-        help="step the actors' envs in this process (sync) or in one subprocess each (async) "
+        help="step the actors' envs in this process (sync) or in worker subprocesses (async) "
         f"(Experiment.env_mode; {from_config})",
+    )
+    parser.add_argument(
+        "--envs_per_worker",
+        type=_envs_per_worker,
+        default=None,
+        metavar="N|auto",
+        help="envs each async worker process steps; auto: one worker per CPU "
+        f"(Experiment.async_envs_per_worker; {from_config})",
     )
     parser.add_argument(
         "--mixed_precision",

@@ -57,7 +57,8 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
     """A meta-RL training run. Every argument is bindable from gin (``Experiment.epochs = 10``).
 
     ``make_train_env`` / ``make_val_env``: one env factory for every actor, or a list of ``parallel_actors``
-    factories (a list gives manual assignment across actors). ``torch_threads``: see :mod:`amago_like.threads`."""
+    factories (a list gives manual assignment across actors). ``async_envs_per_worker``: envs stepped by each worker
+    process of ``env_mode="async"`` ("auto": one worker per CPU). ``torch_threads``: see :mod:`amago_like.threads`."""
 
     def __init__(
         self,
@@ -74,6 +75,7 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         parallel_actors: int = 12,
         env_mode: str = "async",
         async_env_mp_context: str | None = None,
+        async_envs_per_worker: int | str = "auto",
         exploration_wrapper_type: type[ExplorationWrapper] | str | None = "auto",
         sample_actions: bool = True,
         eval_sample_actions: bool | None = None,
@@ -181,6 +183,7 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
             save_every=self.traj_save_len,
             stagger=self.stagger_traj_file_lengths,
             record_to=record_to,
+            envs_per_worker=self.async_envs_per_worker,
         )
 
     def make_rollout(self, envs: gym.vector.VectorEnv, explores: bool = False, force_reset_every=None) -> Rollout:

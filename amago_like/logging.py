@@ -78,13 +78,15 @@ class ExperimentLogging:
         import torch  # loaded by the experiment already; this module needs it nowhere else
 
         sizes, p = self.policy_metrics(), self.policy
+        workers = len(getattr(self.train_envs, "processes", ()))  # async envs: their worker processes
+        layout = f" in {workers} worker process(es)" if workers else ""
         return "\n".join(
             [
                 f"== amago_like run '{self.run_name}' -> {self.run_dir}",
                 f"agent: {type(p).__name__} {sizes['params/total'] / 1e6:.2f}M trainable parameters, "
                 f"trunk {sizes['params/traj_encoder'] / 1e6:.2f}M, tstep encoder {sizes['params/tstep_encoder'] / 1e6:.2f}M",
                 f"  {type(p.tstep_encoder).__name__} -> {type(p.traj_encoder).__name__}, max_seq_len {self.max_seq_len}",
-                f"envs: {self.parallel_actors} x {self.env_mode}, obs {dict(self.obs_space.spaces)}, actions {self.action_space}",
+                f"envs: {self.parallel_actors} x {self.env_mode}{layout}, obs {dict(self.obs_space.spaces)}, actions {self.action_space}",
                 f"dataset: {self.dataset.get_description()}",
                 f"devices: {self.accelerator.num_processes} process(es) on {self.DEVICE}, mixed precision {self.mixed_precision}, {torch.get_num_threads()} torch thread(s)",
                 f"schedule: {self.epochs} epochs x ({self.train_timesteps_per_epoch} steps/actor, {self.train_batches_per_epoch} batches of {self.batch_size} x {self.max_seq_len})",

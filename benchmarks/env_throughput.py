@@ -7,6 +7,9 @@ calls, so the overhead our code adds per env-step is measured directly, not as t
 of two noisy throughputs. Each mode runs ``--repeats`` times, interleaved; the best run counts.
 
     python benchmarks/env_throughput.py --steps 6000 --num_envs 2 --task reach-v3 [--profile]
+
+``--per_worker 1,6,12`` adds async rows (exploration and saving on) with that many envs per worker process
+(``Experiment.async_envs_per_worker``; 1 is gymnasium's one process per env), e.g. with ``--num_envs 24``.
 """
 
 from __future__ import annotations
@@ -77,12 +80,14 @@ class Mode:
     explore: bool = False
     save: bool = False
     raw: bool = False
+    per_worker: int | str = "auto"  # async: envs per worker process
 
 
 @dataclass
 class Result:
     seconds: float
     sim_seconds: float | None
+    main_cpu_seconds: float  # CPU time of this (the main) process: what bounds a collector feeding a GPU
     saved: int
 
 
@@ -106,26 +111,32 @@ def run_mode(mode: Mode, task: str, steps: int, seed: int) -> Result:
             env.reset(seed=seed)
         else:
             env = make_vector_env(
-                functools.partial(make_wrapped, task, mode.explore), mode.num_envs, mode.vector, save_dir
+                functools.partial(make_wrapped, task, mode.explore),
+                mode.num_envs,
+                mode.vector,
+                save_dir,
+                envs_per_worker=mode.per_worker if mode.vector == "async" else "auto",
             )
             env.reset(seed=seed)
         single = mode.vector is None  # vector envs reset themselves
         shape = (steps, 4) if single else (steps // mode.num_envs, mode.num_envs, 4)
         actions = rng.uniform(-1, 1, shape).astype(np.float32)
         SECONDS.clear()
+        cpu0 = time.process_time()
         t0 = time.perf_counter()
         for a in actions:
             _, _, term, trunc, _ = env.step(a)
             if single and (term or trunc):
                 env.reset()
         seconds = time.perf_counter() - t0
+        main_cpu = time.process_time() - cpu0
         sim = None if mode.vector == "async" else SECONDS.get("sim", 0.0)
         env.close()
         saved = len([f for f in os.listdir(tmp) if not f.startswith(".")])
-    return Result(seconds, sim, saved)
+    return Result(seconds, sim, main_cpu, saved)
 
 
-def build_modes(num_envs: int) -> list[Mode]:
+def build_modes(num_envs: int, per_worker: list[int]) -> list[Mode]:
     modes = [Mode("raw metaworld", 0, raw=True)]
     for explore in (False, True):
         for save in (False, True):
@@ -134,6 +145,8 @@ def build_modes(num_envs: int) -> list[Mode]:
         for explore in (False, True):
             for save in (False, True):
                 modes.append(Mode(f"{vec} vector", num_envs, vec, explore, save))
+    for k in per_worker:
+        modes.append(Mode(f"async {k}/worker", num_envs, "async", True, True, per_worker=k))
     return modes
 
 
@@ -188,13 +201,22 @@ def main() -> None:
     parser.add_argument("--task", default="reach-v3", help="Meta-World ML1 task name")
     parser.add_argument("--repeats", type=int, default=3, help="runs per mode, interleaved; the fastest counts")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of the sync exploration mode")
+    parser.add_argument(
+        "--per_worker", default="", metavar="K,K,...", help="also async rows with K envs per worker process"
+    )
     args = parser.parse_args()
+    try:
+        per_worker = [int(k) for k in args.per_worker.split(",") if k.strip()]
+    except ValueError:
+        parser.error(f"--per_worker takes integers separated by commas, got {args.per_worker!r}")
+    if any(k < 1 for k in per_worker):
+        parser.error("--per_worker values must be >= 1")
 
     if args.steps < args.num_envs or args.num_envs < 1:
         parser.error("need --num_envs >= 1 and --steps >= --num_envs")
     args.steps -= args.steps % args.num_envs  # whole vector steps, same env-step count in every mode
     instrument(sim_class(args.task), SIM_METHODS, "sim")
-    modes = build_modes(args.num_envs)
+    modes = build_modes(args.num_envs, per_worker)
     best: dict[int, Result] = {}
     outside: dict[int, float] = {}  # least time outside Meta-World per mode (in-process modes)
     for r in range(args.repeats):
@@ -211,14 +233,14 @@ def main() -> None:
     raw_loop_us = 1e6 * outside[0] / args.steps
     print(f"task {args.task}, {args.steps} env-steps per mode, best of {args.repeats}, random actions")
     print(f"raw simulator: {raw_us:.0f} us/step ({raw_sim_us:.0f} us in Meta-World step/reset)\n")
-    header = f"{'mode':<14}{'envs':>5}{'explore':>9}{'save':>6}{'steps/s':>9}{'x raw':>7}"
-    header += f"{'us/step':>9}{'sim us':>8}{'ours us':>9}{'% of raw':>9}{'files':>7}"
+    header = f"{'mode':<17}{'envs':>5}{'explore':>9}{'save':>6}{'steps/s':>9}{'x raw':>7}"
+    header += f"{'us/step':>9}{'sim us':>8}{'ours us':>9}{'% of raw':>9}{'main CPU us':>12}{'files':>7}"
     print(header)
     print("-" * len(header))
     for i, mode in enumerate(modes):
         res = best[i]
         us = 1e6 * res.seconds / args.steps
-        row = f"{mode.name:<14}{max(mode.num_envs, 1):>5}{'eps' if mode.explore else '-':>9}"
+        row = f"{mode.name:<17}{max(mode.num_envs, 1):>5}{'eps' if mode.explore else '-':>9}"
         row += f"{'on' if mode.save else 'off':>6}{args.steps / res.seconds:>9.0f}{raw.seconds / res.seconds:>7.2f}{us:>9.0f}"
         if res.sim_seconds is None:
             row += f"{'-':>8}{'-':>9}{'-':>9}"
@@ -227,12 +249,14 @@ def main() -> None:
             ours = 1e6 * outside[i] / args.steps - (0.0 if mode.raw else raw_loop_us)  # beyond the bare loop
             row += f"{sim_us:>8.0f}{ours:>9.1f}"
             row += f"{'' if mode.raw else f'{100 * ours / raw_sim_us:.1f}%':>9}"
-        print(row + f"{res.saved:>7}")
+        print(row + f"{1e6 * res.main_cpu_seconds / args.steps:>12.1f}{res.saved:>7}")
     print(
         "\n'ours us': least time per env-step outside Meta-World over the repeats (raw row: the bare loop;"
         "\n           other rows: beyond the bare loop). Other columns come from the fastest run."
         "\n'% of raw': that overhead as a share of the raw simulator step time (target < 10% in sync mode)."
         "\nAsync rows cannot split simulator time (it runs in the workers); their 'x raw' uses both cores."
+        "\n'main CPU us': CPU time of the main process per env-step (async: its share of the work, which bounds"
+        "\n           how many env steps one collector process can feed however many cores step the envs)."
     )
     print("\n" + breakdown(args.task, args.steps, args.num_envs, args.repeats))
     if args.profile:

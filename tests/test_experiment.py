@@ -252,6 +252,8 @@ def test_evaluate_test_stops_after_requested_episodes(trained):
         (dict(max_seq_len=1), "max_seq_len must be >= 2"),
         (dict(batch_size=0), "batch_size must be >= 1"),
         (dict(exploration_wrapper_type="epsilon"), "exploration_wrapper_type must be 'auto', None or"),
+        (dict(async_envs_per_worker=0), "Experiment.async_envs_per_worker must be 'auto' or an integer >= 1"),
+        (dict(env_mode="sync", async_envs_per_worker=4), "Experiment.async_envs_per_worker = 4 .* only env_mode"),
     ],
 )
 def test_bad_arguments_fail_at_construction(tmp_path, override, message):

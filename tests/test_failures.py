@@ -2,6 +2,8 @@
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import gymnasium as gym
@@ -23,8 +25,9 @@ class CrashingBandit(MetaBandit):
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # gymnasium also prints the worker error
-def test_async_env_worker_crash_is_reported_with_its_error():
-    envs = make_vector_env(CrashingBandit, 2, mode="async")
+@pytest.mark.parametrize("per_worker", [1, 2])
+def test_async_env_worker_crash_is_reported_with_its_error(per_worker):
+    envs = make_vector_env(CrashingBandit, 2, mode="async", envs_per_worker=per_worker)
     try:
         envs.reset(seed=0)
         envs.step(np.zeros(2, dtype=np.int64))
@@ -35,6 +38,16 @@ def test_async_env_worker_crash_is_reported_with_its_error():
         envs.close(terminate=True)
 
 
+class UnbuildableBandit(MetaBandit):
+    def __init__(self):
+        raise OSError("no licence for the simulator")
+
+
+def test_grouped_async_env_that_cannot_be_built_reports_why():
+    with pytest.raises(OSError, match="no licence for the simulator"):
+        make_vector_env(UnbuildableBandit, 4, mode="async", envs_per_worker=2)
+
+
 class SlowBandit(MetaBandit):
     def step(self, action):
         time.sleep(3)
@@ -43,9 +56,10 @@ class SlowBandit(MetaBandit):
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("during_step", [False, True])
-def test_closing_async_envs_after_ctrl_c_stops_the_workers_without_error(during_step):
+@pytest.mark.parametrize("per_worker", [1, 2])
+def test_closing_async_envs_after_ctrl_c_stops_the_workers_without_error(during_step, per_worker):
     # Ctrl-C goes to the whole process group, so the workers stop before the main process closes them
-    envs = make_vector_env(SlowBandit, 2, mode="async")
+    envs = make_vector_env(SlowBandit, 2, mode="async", envs_per_worker=per_worker)
     envs.reset(seed=0)
     if during_step:
         envs.step_async(np.zeros(2, dtype=np.int64))
@@ -80,3 +94,36 @@ def test_env_with_unsupported_observation_space_fails_clearly():
 
     with pytest.raises(TypeError, match="needs Box observations"):
         make_vector_env(TextEnv, 1, mode="sync")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "\nState:\tZ" in f.read()  # a zombie has stopped; its new parent reaps it when it will
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_grouped_async_workers_stop_when_the_main_process_is_killed():
+    script = (
+        "import sys, time\n"
+        "from amago_like import MetaBandit\n"
+        "from amago_like.envs.vector import make_vector_env\n"
+        "envs = make_vector_env(MetaBandit, 4, 'async', envs_per_worker=2)\n"
+        "envs.reset(seed=0)\n"
+        "print(*[p.pid for p in envs.processes], flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    main = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(p) for p in main.stdout.readline().split()]
+        assert len(workers) == 2 and not any(_gone(p) for p in workers)
+        main.kill()  # SIGKILL: no close(), no atexit
+        main.wait()
+        deadline = time.time() + 20
+        while time.time() < deadline and not all(_gone(p) for p in workers):
+            time.sleep(0.1)
+        assert all(_gone(p) for p in workers), "env workers outlived their killed main process"
+    finally:
+        main.kill()

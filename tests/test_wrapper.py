@@ -16,8 +16,10 @@ from hypothesis import strategies as st
 from amago_like.data.trajectory import FORMATS, Trajectory, load_trajectory
 from amago_like.envs import wrapper as wrapper_module
 from amago_like.envs.builtin.bandit import MetaBandit
-from amago_like.envs.vector import LeanSyncVectorEnv, finished_episodes, make_vector_env
+from amago_like.envs.vector import LeanSyncVectorEnv, finished_episodes, make_vector_env, resolve_envs_per_worker
+from amago_like.envs.worker_groups import GroupedAsyncVectorEnv, group_sizes
 from amago_like.envs.wrapper import RL2_KEY, TIME_KEY, AMAGOEnv, EpisodeStats, split_timestep
+from amago_like.threads import usable_cpus
 
 # --------------------------------------------------------------------------- #
 # toy environments
@@ -437,9 +439,11 @@ def roll_vector(env, seed=11, steps=N_STEPS, action_seed=0):
     return records, finished
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
-def test_vector_env_finished_episodes_and_saving(tmp_path, mode):
-    env = make_vector_env(VarBandit, N_ENVS, mode, save_dir=str(tmp_path), save_format="npz")
+@pytest.mark.parametrize("mode, per_worker", [("sync", "auto"), ("async", 1), ("async", 2)])
+def test_vector_env_finished_episodes_and_saving(tmp_path, mode, per_worker):
+    env = make_vector_env(
+        VarBandit, N_ENVS, mode, save_dir=str(tmp_path), save_format="npz", envs_per_worker=per_worker
+    )
     try:
         _, finished = roll_vector(env)
     finally:
@@ -454,14 +458,15 @@ def test_vector_env_finished_episodes_and_saving(tmp_path, mode):
     pids = {f.split("_")[1] for f in files}
     if mode == "sync":
         assert pids == {f"bandit-pid{os.getpid()}"}
-    else:  # each subprocess wrote its own episodes
-        assert len(pids) == N_ENVS and f"bandit-pid{os.getpid()}" not in pids
+    else:  # each worker process wrote its own envs' episodes
+        assert len(pids) == N_ENVS // per_worker and f"bandit-pid{os.getpid()}" not in pids
 
 
-def test_sync_and_async_agree():
+@pytest.mark.parametrize("per_worker", [1, 3])
+def test_sync_and_async_agree(per_worker):
     results = {}
     for mode in ("sync", "async"):
-        env = make_vector_env(VarBandit, N_ENVS, mode)
+        env = make_vector_env(VarBandit, N_ENVS, mode, envs_per_worker=per_worker if mode == "async" else "auto")
         try:
             results[mode] = roll_vector(env, seed=123)
         finally:
@@ -720,6 +725,58 @@ def test_lean_sync_vector_env_matches_gymnasium_sync(obs_space):
     finally:
         lean.close()
         ref.close()
+
+
+@pytest.mark.parametrize("per_worker", [1, 2, 3])
+def test_grouped_async_vector_env_matches_lean_sync(per_worker):
+    """Workers of several envs return exactly what one LeanSyncVectorEnv of the same envs returns, infos and
+    their masks included (groups of unequal size too), and pass call / get_attr / set_attr to the right env."""
+    grouped = GroupedAsyncVectorEnv(scripted_factories(DICT_SPACE), per_worker)
+    lean = LeanSyncVectorEnv(scripted_factories(DICT_SPACE))
+    try:
+        assert len(grouped.processes) == -(-3 // per_worker) and grouped.num_envs == 3
+        assert grouped.single_observation_space == lean.single_observation_space
+        assert grouped.observation_space == lean.observation_space and grouped.action_space == lean.action_space
+        assert grouped.metadata["autoreset_mode"] == gym.vector.AutoresetMode.SAME_STEP
+        (o1, i1), (o2, i2) = grouped.reset(seed=3), lean.reset(seed=3)
+        assert_same_infos(i1, i2)
+        for k in o2:
+            np.testing.assert_array_equal(o1[k], o2[k])
+        finished = 0
+        for a in np.random.default_rng(0).uniform(0, 10, (12, 3, 1)).astype(np.float32):
+            out, want = grouped.step(a), lean.step(a)
+            for k in want[0]:
+                assert out[0][k].dtype == want[0][k].dtype
+                np.testing.assert_array_equal(out[0][k], want[0][k])
+            for x, y in zip(out[1:4], want[1:4]):
+                assert x.dtype == y.dtype
+                np.testing.assert_array_equal(x, y)
+            assert_same_infos(out[4], want[4])
+            finished += len(finished_episodes(out[4]))
+        assert finished == 12 // 2 + 12 // 3 + 12 // 5
+        assert grouped.get_attr("env_name") == ("s2", "s3", "s5") and grouped.call("spec") == lean.call("spec")
+        grouped.set_attr("tag", ["a", "b", "c"])
+        assert grouped.get_attr("tag") == ("a", "b", "c")
+        with pytest.raises(ValueError, match="3 envs"):
+            grouped.step(np.zeros((2, 1), np.float32))
+    finally:
+        grouped.close()
+        lean.close()
+    assert not any(p.is_alive() for p in grouped.processes)
+
+
+def test_envs_per_worker_is_checked():
+    with pytest.raises(ValueError, match="'auto' or an integer >= 1"):
+        make_vector_env(MetaBandit, 2, "async", envs_per_worker=0)
+    with pytest.raises(ValueError, match="only env_mode 'async'"):
+        make_vector_env(MetaBandit, 2, "sync", envs_per_worker=2)
+    with pytest.raises(ValueError, match="observation space"):  # workers whose envs disagree
+        GroupedAsyncVectorEnv([lambda: AMAGOEnv(MetaBandit(n_arms=2)), lambda: AMAGOEnv(MetaBandit(n_arms=3))], 1)
+    assert resolve_envs_per_worker(5, 100) == 5 and resolve_envs_per_worker("auto", 1) == 1
+    assert resolve_envs_per_worker("auto", 10 * usable_cpus()) == 10
+    with mock.patch.dict(os.environ, {"LOCAL_WORLD_SIZE": str(usable_cpus())}):  # DDP processes share the CPUs
+        assert resolve_envs_per_worker("auto", 10) == 10
+    assert group_sizes(10, 4) == [4, 3, 3] and group_sizes(3, 1) == [1, 1, 1] and group_sizes(2, 5) == [2]
 
 
 def test_make_vector_env_sync_is_lean():

@@ -1,7 +1,8 @@
 """Parallel copies of wrapped envs, auto-resetting in the same step an episode ends.
 
 ``sync`` / ``async`` build ``num_envs`` AMAGOEnv copies of ``make_env()`` (``sync`` in a
-:class:`LeanSyncVectorEnv`, ``async`` in gymnasium's AsyncVectorEnv); ``already_vectorized``
+:class:`LeanSyncVectorEnv`, ``async`` in worker processes of one or more envs each:
+:class:`GroupedAsyncVectorEnv`, or gymnasium's AsyncVectorEnv for one); ``already_vectorized``
 takes a user's own batched env (``make_env()`` returns a gymnasium ``VectorEnv`` of
 ``num_envs`` envs) and gives it the same interface through :class:`SequenceVectorEnv`.
 """
@@ -18,7 +19,9 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
 from amago_like.checks import check_choice
+from amago_like.envs.lean_sync import LeanSyncVectorEnv
 from amago_like.envs.recording import FrameRecorder
+from amago_like.envs.worker_groups import GroupedAsyncVectorEnv
 from amago_like.envs.wrapper import (
     LOG_PREFIX,
     ActionAdapter,
@@ -29,9 +32,35 @@ from amago_like.envs.wrapper import (
     find_amago_env,
     sequence_observation_space,
 )
-from amago_like.threads import single_threaded_env_worker
+from amago_like.threads import single_threaded_env_worker, usable_cpus
 
 ENV_MODES = ("sync", "async", "already_vectorized")
+#: ``envs_per_worker`` that spreads async envs over one worker process per usable CPU
+AUTO_ENVS_PER_WORKER = "auto"
+
+
+def check_envs_per_worker(envs_per_worker: int | str, mode: str) -> None:
+    """Raise if ``envs_per_worker`` is not "auto" or an int >= 1, or is set for a mode without worker processes."""
+    auto = envs_per_worker == AUTO_ENVS_PER_WORKER
+    if not auto and (isinstance(envs_per_worker, bool) or not isinstance(envs_per_worker, int) or envs_per_worker < 1):
+        raise ValueError(
+            f"envs_per_worker must be {AUTO_ENVS_PER_WORKER!r} or an integer >= 1, got {envs_per_worker!r}"
+        )
+    if not auto and envs_per_worker != 1 and mode != "async":
+        raise ValueError(
+            f"envs_per_worker = {envs_per_worker} groups the envs of worker processes, which only env_mode 'async' "
+            f"has (this run's is {mode!r}): use env_mode 'async' or leave envs_per_worker at 'auto'"
+        )
+
+
+def resolve_envs_per_worker(envs_per_worker: int | str, num_envs: int) -> int:
+    """Envs per async worker process: ``envs_per_worker``, or for "auto" as many as spread ``num_envs`` over one
+    worker per usable CPU (1 while there are no more envs than CPUs); the processes of a multi-process (DDP) run
+    on one machine (``LOCAL_WORLD_SIZE``) share its CPUs."""
+    if envs_per_worker == AUTO_ENVS_PER_WORKER:
+        cpus = max(1, usable_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+        return -(-num_envs // cpus)
+    return envs_per_worker
 
 
 def as_amago_env(env: gym.Env) -> gym.Env:
@@ -70,6 +99,7 @@ def make_vector_env(
     save_every: int | None = None,
     stagger: bool = False,
     record_to: str | None = None,
+    envs_per_worker: int | str = AUTO_ENVS_PER_WORKER,
 ) -> gym.vector.VectorEnv:
     """``num_envs`` wrapped envs saving episodes to ``save_dir`` (segments of ``save_every`` transitions).
 
@@ -78,8 +108,11 @@ def make_vector_env(
     return a ``VectorEnv`` of exactly ``num_envs`` envs, wrapped in :class:`SequenceVectorEnv`.
     ``record_to``: the first env's episodes are also written there as GIFs (:class:`FrameRecorder`).
     A list of ``num_envs`` factories (sync / async) gives env ``i`` its own factory ``make_env[i]``.
+    ``envs_per_worker`` (async): envs stepped by each worker process (:class:`GroupedAsyncVectorEnv`), or "auto":
+    one worker per usable CPU; with 1, each env has its own process (gymnasium's AsyncVectorEnv).
     """
     check_choice("env_mode", mode, ENV_MODES)
+    check_envs_per_worker(envs_per_worker, mode)
     if num_envs < 1:
         raise ValueError(f"parallel_actors must be >= 1, got {num_envs}")
     if not callable(make_env):  # one factory per actor: manual assignment of tasks to actors
@@ -127,7 +160,10 @@ def make_vector_env(
     same_step = AutoresetMode.SAME_STEP
     if mode == "sync":
         return LeanSyncVectorEnv(fns)
-    return gym.vector.AsyncVectorEnv(fns, context=mp_context, autoreset_mode=same_step)
+    envs_per_worker = resolve_envs_per_worker(envs_per_worker, num_envs)
+    if envs_per_worker == 1:  # gymnasium's, which shares observations through shared memory, is faster here
+        return gym.vector.AsyncVectorEnv(fns, context=mp_context, autoreset_mode=same_step)
+    return GroupedAsyncVectorEnv(fns, envs_per_worker, mp_context)
 
 
 def close_envs(envs: gym.vector.VectorEnv) -> None:
@@ -148,71 +184,6 @@ def check_same_observations(train_envs: gym.vector.VectorEnv, val_envs: gym.vect
     if val_space != train_space:
         close_envs(val_envs)
         raise ValueError(f"train and val envs disagree on observations: {train_space} vs {val_space}")
-
-
-class LeanSyncVectorEnv(gym.vector.SyncVectorEnv):
-    """gymnasium's ``SyncVectorEnv`` (same-step autoreset) with a leaner ``step`` for wrapped envs.
-
-    ``step`` returns what ``SyncVectorEnv(env_fns, autoreset_mode=SAME_STEP)`` returns:
-    observations batched (N, ...) per key, float64 rewards, bool flags, and infos batched with
-    ``_key`` masks (a finished env's last observation and info in ``final_obs`` / ``final_info``,
-    the info of its reset at the top level). It skips generic machinery that cost about a tenth
-    of a Meta-World step per env: the space-generic ``concatenate`` of the observations and the
-    ``deepcopy`` after it (each step writes them into new (N, ...) arrays, so no buffer is shared
-    with the envs or with earlier results), and ``_add_info`` calls for plain int / float / bool
-    info values. ``reset`` and the rest are gymnasium's; observation spaces other than a Dict of
-    Boxes and action spaces other than Box / Discrete take gymnasium's ``step``.
-    """
-
-    def __init__(self, env_fns: Sequence[Callable[[], gym.Env]]):
-        super().__init__(env_fns, copy=True, autoreset_mode=AutoresetMode.SAME_STEP)
-        space = self.single_observation_space
-        self._obs_layout: list[tuple[str, tuple[int, ...], np.dtype]] | None = None
-        if isinstance(space, gym.spaces.Dict) and all(isinstance(s, gym.spaces.Box) for s in space.spaces.values()):
-            self._obs_layout = [(k, (self.num_envs, *s.shape), s.dtype) for k, s in space.spaces.items()]
-        self._lean = self._obs_layout is not None and isinstance(
-            self.single_action_space, (gym.spaces.Box, gym.spaces.Discrete)
-        )
-
-    def step(self, actions):
-        if not self._lean:
-            return super().step(actions)
-        num = self.num_envs
-        actions = np.asarray(actions)
-        if actions.shape[:1] != (num,):
-            raise ValueError(f"expected actions for {num} envs (leading dimension {num}), got shape {actions.shape}")
-        observations = {k: np.empty(shape, dtype) for k, shape, dtype in self._obs_layout}
-        rewards = np.empty(num, dtype=np.float64)
-        terminations = np.empty(num, dtype=np.bool_)
-        truncations = np.empty(num, dtype=np.bool_)
-        infos: dict[str, Any] = {}
-        for i, env in enumerate(self.envs):
-            obs, rewards[i], terminated, truncated, info = env.step(actions[i])
-            terminations[i], truncations[i] = terminated, truncated
-            if terminated or truncated:
-                infos = self._add_info(infos, {"final_obs": obs, "final_info": info}, i)
-                obs, info = env.reset()
-            for key, value in info.items():  # self._add_info(infos, info, i), short paths inlined
-                batch = infos.get(key)
-                if batch is None:
-                    kind, mask_key = type(value), "_" + key
-                    if (kind is float or kind is int or kind is bool) and mask_key not in infos and key != "final_obs":
-                        batch = infos[key] = np.zeros(num, dtype=kind)
-                        mask = infos[mask_key] = np.zeros(num, dtype=np.bool_)
-                    else:
-                        self._add_info(infos, {key: value}, i)
-                        continue
-                else:
-                    mask = infos.get("_" + key)
-                    if mask is None or isinstance(value, dict):
-                        self._add_info(infos, {key: value}, i)
-                        continue
-                batch[i] = value
-                mask[i] = True
-            self._env_obs[i] = obs  # what gymnasium's reset(options={"reset_mask": ...}) batches from
-            for k, batch in observations.items():
-                batch[i] = obs[k]
-        return observations, rewards, terminations, truncations, infos
 
 
 def finished_episodes(infos: dict) -> list[EpisodeStats]:
