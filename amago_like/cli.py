@@ -36,6 +36,7 @@ FLAG_BINDINGS = {
     "log_to_wandb": "Experiment.log_to_wandb",
     "mode": "Experiment.role",
     "overlap": "Experiment.overlap",
+    "collectors": "Experiment.overlap_collectors",
     "demos": "DiskTrajDataset.demo_dirs",
 }
 
@@ -155,6 +156,14 @@ def add_common_args(parser: argparse.ArgumentParser, default_configs: str = "") 
         "run (Experiment.overlap; default: off, collect then train each epoch)",
     )
     parser.add_argument(
+        "--collectors",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --overlap: spawn N collectors of --parallel_actors envs each (Experiment.overlap_collectors; "
+        f"{from_config}, 1 unless set)",
+    )
+    parser.add_argument(
         "--demos",
         nargs="+",
         type=os.path.abspath,
@@ -242,7 +251,8 @@ def train(
 
 
 def run(experiment: Experiment, resume: bool = False) -> dict[str, float]:
-    """start -> (resume) -> learn (which ends with a checkpoint) -> close; returns the last epoch's metrics.
+    """start -> (resume) -> learn (which ends with a checkpoint) -> close (-> a DDP rank leaves its process group);
+    returns the last epoch's metrics.
 
     A full disk stops the run with DiskFullError instead of dropping trajectories: before it is raised,
     the training state is checkpointed if the disk still takes that (the error says whether it did), so
@@ -271,13 +281,23 @@ def run(experiment: Experiment, resume: bool = False) -> dict[str, float]:
                         else "no checkpoint to resume: starting fresh"
                     )
             try:
-                return experiment.learn()
+                metrics = experiment.learn()
             except DiskFullError as e:
                 stopped = DiskFullError(f"{e}\n{_checkpoint_before_stopping(experiment)}")
                 stopped.errno = e.errno
                 raise stopped from None
     finally:
         experiment.close()
+    _leave_process_group(experiment)
+    return metrics
+
+
+def _leave_process_group(experiment: Experiment) -> None:
+    """The ranks of a multi-process run that ended well leave their process group (not after a failure: a rank
+    must not wait on one that stopped). Left to the interpreter's exit, gloo's threads can abort the process
+    ("terminate called without an active exception") after a run that succeeded."""
+    if experiment.accelerator.num_processes > 1:
+        experiment.accelerator.end_training()
 
 
 def _checkpoint_before_stopping(experiment: Experiment) -> str:

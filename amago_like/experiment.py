@@ -42,7 +42,7 @@ from amago_like.logging import (
 )
 from amago_like.nets.traj_encoders import TformerTrajEncoder, TrajEncoder
 from amago_like.nets.tstep_encoders import FFTstepEncoder, TstepEncoder
-from amago_like.overlap import ROLE_SETTINGS, attach, role_settings, run_files  # noqa: F401  (ROLE_SETTINGS: was here)
+from amago_like.overlap import ROLE_SETTINGS, attach, role_settings, run_files, run_seed  # noqa: F401  (ROLE_SETTINGS)
 from amago_like.rollout import KeptEpisodes, Rollout, RolloutStats, explores_with, summarize_episodes, with_exploration
 from amago_like.run_dir import CheckpointError, RunDir, RunExistsError
 from amago_like.threads import set_torch_threads
@@ -121,6 +121,7 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         overlap: bool = False,
         overlap_updates_per_env_step: float | None = None,
         overlap_publish_every: int | None = None,
+        overlap_collectors: int = 1,
     ):
         arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         check_experiment_arguments(arguments)
@@ -150,6 +151,7 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         )
         set_torch_threads(self.torch_threads, self.role, self.accelerator.num_processes)
         self.settle_seed()
+        self.seed = run_seed(self.seed, self.role, self.overlap)  # each collector of an overlapped run its own
         seed_rngs(self.seed + self.accelerator.process_index)
         self.init_checkpoints()
         self.init_dsets()
@@ -173,6 +175,8 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
 
     def make_envs(self, make_env: EnvFactory, save_dir: str | None, record_to: str | None = None, num_envs=None):
         """``num_envs`` (default ``parallel_actors``) envs of ``make_env`` in this run's env mode."""
+        # the collectors of an overlapped run share the machine's CPUs, as a DDP run's processes do
+        sharing = self.overlap_collectors if self.overlap and self.role == "collect" else None
         return make_vector_env(
             make_env,
             num_envs or self.parallel_actors,
@@ -184,6 +188,7 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
             stagger=self.stagger_traj_file_lengths,
             record_to=record_to,
             envs_per_worker=self.async_envs_per_worker,
+            processes=sharing,
         )
 
     def make_rollout(self, envs: gym.vector.VectorEnv, explores: bool = False, force_reset_every=None) -> Rollout:

@@ -2,29 +2,32 @@
 
 ``--mode collect|learn`` (``Experiment.role``) splits acting from learning across processes the user starts.
 ``--overlap`` (``Experiment.overlap = True``) runs the split from one command: the process becomes the learner
-and spawns one collector, the same command line with ``--mode collect`` (and the run's seed, 1 torch thread),
-which keeps stepping the training envs into the disk buffer while the learner trains. The two talk through
-small files in ``{run_dir}/overlap/`` and the latest policy:
+and spawns ``overlap_collectors`` collectors (default 1), each the same command line with ``--mode collect`` (and
+1 torch thread), which keep stepping ``parallel_actors`` training envs each into the disk buffer while the learner
+trains. They talk through small files in ``{run_dir}/overlap/`` and the latest policy (collector ``i`` >= 1 has
+``collector_i`` where these name ``collector``):
 
 - ``learner.json``: the updates the learner has done and the update count of the policy it last published to
   ``ckpts/latest/policy.pt`` (every ``overlap_publish_every`` updates and after every epoch's last). The
-  collector loads each new policy between chunks of env steps and throttles on the updates done.
-- ``collector.json``: the env steps the collector has taken. The learner paces its updates on them and logs
-  them as its ``total_frames``.
+  collectors load each new policy between chunks of env steps and throttle on the updates done.
+- ``collector.json``: the env steps the collector has taken. The learner paces its updates on the sum over the
+  collectors and logs it as its ``total_frames``.
 - ``collector.log``: the collector's output, named by the learner when the collector fails.
 
-The replay ratio (:class:`Pace`, updates per env step) ties the two together: update ``u`` waits until the
-collector has taken ``u / ratio`` env steps, and the collector waits while it is more than one epoch's env steps
-ahead of the updates done. Its default is the sequential schedule's own, ``train_batches_per_epoch`` updates per
-epoch of env steps, so an overlapped run takes the same env steps and makes the same updates as the sequential
-run of its command. Sequential stays the default: there each epoch's data is collected with the policy of the
+The replay ratio (:class:`Pace`, updates per env step) ties them together: update ``u`` waits until the
+collectors have taken ``u / ratio`` env steps, and a collector waits while they are more than one epoch's env
+steps ahead of the updates done. Its default is the sequential schedule's own, ``train_batches_per_epoch`` updates
+per epoch of env steps (an epoch: ``train_timesteps_per_epoch`` steps of every collector's actors, as of every
+process's in a multi-process run), so an overlapped run with one collector takes the same env steps and makes
+the same updates as the sequential run of its command. Several collectors are for machines whose cores one
+collector cannot keep busy: while one acts (the policy's forward), the others' envs step. Sequential stays the default: there each epoch's data is collected with the policy of the
 epoch before, exactly and reproducibly; overlapped, which policy collects which step depends on timing.
+The pace and the files are in :mod:`amago_like.overlap_protocol`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import resource
@@ -34,16 +37,24 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from fractions import Fraction
 from typing import Any
 
 from amago_like.callbacks import Callback
 from amago_like.data.dataset import DataFeed
-from amago_like.io import atomic_write_text
-from amago_like.learner import planned_updates
+from amago_like.overlap_protocol import (
+    INDEX_ENV,
+    NEVER,
+    SEED_STRIDE,
+    OverlapFiles,
+    Pace,
+    collector_index,
+    collector_name,
+    read_json,
+    reported_frames,
+    write_json,
+)
 from amago_like.rollout import RolloutStats
 
-NEVER = 2**62  # an epoch that never comes
 # actor/learner split: what each role changes. collect: act with the newest policy the learner wrote, never
 # train or prune; learn: train on what collectors write, publish the policy every epoch
 ROLE_SETTINGS = {
@@ -82,19 +93,33 @@ def role_settings(role: str, overlap: bool) -> dict[str, Any]:
 
 def run_files(role: str, overlap: bool) -> tuple[str, str]:
     """The metrics file and the config file a process writes into the run folder: a collector does not
-    overwrite the learner's; a spawned one keeps its config beside its log."""
+    overwrite the learner's (nor a spawned one another's); a spawned one keeps its config beside its log."""
     if role != "collect":
         return "metrics.jsonl", "config.gin"
-    return "metrics_collect.jsonl", os.path.join("overlap", "collector.gin") if overlap else "config.gin"
+    if not overlap:
+        return "metrics_collect.jsonl", "config.gin"
+    i, _ = collector_index()
+    suffix = "" if i == 0 else f"_{i}"
+    return f"metrics_collect{suffix}.jsonl", os.path.join("overlap", f"{collector_name(i)}.gin")
+
+
+def run_seed(seed: int, role: str, overlap: bool) -> int:
+    """The seed a process plays with: a spawned collector i >= 1 its own (the run's + ``i * SEED_STRIDE``)."""
+    return seed + SEED_STRIDE * collector_index()[0] if overlap and role == "collect" else seed
 
 
 def check_overlap(arguments: dict[str, Any]) -> None:
     """ValueError naming the problem and the fix for settings an overlapped run cannot honour, and for the
     overlap settings given to a sequential run (which would do nothing)."""
     ratio, every = arguments["overlap_updates_per_env_step"], arguments["overlap_publish_every"]
+    collectors = arguments["overlap_collectors"]
+    if isinstance(collectors, bool) or not isinstance(collectors, int) or collectors < 1:
+        raise ValueError(f"Experiment.overlap_collectors must be an integer >= 1, got {collectors!r}")
     if not arguments["overlap"]:
-        for name, value in (("overlap_updates_per_env_step", ratio), ("overlap_publish_every", every)):
-            if value is not None:
+        unused = (("overlap_updates_per_env_step", ratio, None), ("overlap_publish_every", every, None),
+                  ("overlap_collectors", collectors, 1))  # fmt: skip
+        for name, value, default in unused:
+            if value != default:
                 raise ValueError(f"Experiment.{name} = {value} applies to overlapped runs only: add --overlap "
                                  f"(Experiment.overlap = True) or leave it unset")  # fmt: skip
         return
@@ -114,70 +139,6 @@ def check_overlap(arguments: dict[str, Any]) -> None:
         raise ValueError(f"Experiment.overlap_publish_every must be None (10 times an epoch) or >= 1, got {every!r}")
 
 
-# ------------------------------------------------------------------ the replay ratio, as arithmetic
-class Pace:
-    """The replay-ratio control of an overlapped run: ``ratio`` updates per env step, after ``offset`` env steps
-    collected before learning starts. Update ``u`` (1, 2, ...) may run once ``offset + u / ratio`` env steps
-    were taken (never more than the ``frames`` the run collects in all); collectors may start a chunk of steps
-    while they are less than ``window`` env steps ahead of what the updates done allow, and stop at ``frames``.
-    Once the learner has made its ``updates``, the throttle is off."""
-
-    def __init__(self, ratio: Fraction, offset: int, window: int, frames: int, updates: int):
-        self.ratio, self.offset, self.window, self.frames, self.updates = ratio, offset, window, frames, updates
-
-    def frames_needed(self, update: int) -> int:
-        """Env steps the collectors must have taken before update number ``update`` runs."""
-        return min(self.offset + math.ceil(update / self.ratio), self.frames)
-
-    def may_step(self, frames: int, updates_done: int) -> bool:
-        """Whether collectors that have taken ``frames`` env steps may step on, ``updates_done`` updates made.
-        The steps the learner's next update needs are always allowed, so the two never wait for each other."""
-        if frames >= self.frames:
-            return False
-        if updates_done >= self.updates or frames < self.frames_needed(updates_done + 1):
-            return True
-        return frames < self.offset + updates_done / self.ratio + self.window
-
-    @classmethod
-    def of(cls, arguments: dict[str, Any], processes: int = 1) -> Pace:
-        """The pace of Experiment's ``arguments`` (as given, before the role's settings): one epoch of env steps
-        is ``train_timesteps_per_epoch x parallel_actors x processes``; the default ratio is the sequential
-        schedule's, ``train_batches_per_epoch`` updates per epoch of env steps."""
-        epoch = arguments["train_timesteps_per_epoch"] * arguments["parallel_actors"] * processes
-        batches, epochs = arguments["train_batches_per_epoch"], arguments["epochs"]
-        given = arguments["overlap_updates_per_env_step"]
-        ratio = Fraction(batches, epoch) if given is None else Fraction(str(given))
-        learning_from = min(arguments["start_learning_at_epoch"], epochs)
-        updates = planned_updates(epochs, learning_from, batches)
-        return cls(ratio or Fraction(1, NEVER), learning_from * epoch, epoch, epochs * epoch, updates)
-
-
-# ------------------------------------------------------------------ the files the two processes share
-def write_json(path: str, data: dict[str, Any]) -> None:
-    """Replace ``path`` with ``data`` by a rename, so a reader sees the old or the new. Not synced: after a crash
-    both processes restart and these files are written afresh."""
-    atomic_write_text(path, json.dumps(data), sync=False)
-
-
-def read_json(path: str) -> dict[str, Any]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
-class OverlapFiles:
-    """Paths in ``{run_dir}/overlap/`` (see the module's description)."""
-
-    def __init__(self, run_dir: str):
-        self.folder = os.path.join(run_dir, "overlap")
-        os.makedirs(self.folder, exist_ok=True)
-        self.learner = os.path.join(self.folder, "learner.json")
-        self.collector = os.path.join(self.folder, "collector.json")
-        self.log = os.path.join(self.folder, "collector.log")
-
-
 def check_one_process(processes: int) -> None:
     if processes > 1:
         raise ValueError(f"--overlap with {processes} processes: an overlapped run is one learner process; under "
@@ -190,9 +151,9 @@ def attach(experiment: Any) -> None:
     if not experiment.overlap:
         return
     check_one_process(experiment.accelerator.num_processes)
-    pace = Pace.of(experiment._arguments)
+    pace = Pace.of(experiment._arguments, experiment.overlap_collectors)
     if experiment.role == "collect":
-        experiment._collector = PacedCollector(experiment, pace, int(os.environ[PARENT_ENV]))
+        experiment._collector = PacedCollector(experiment, pace, int(os.environ[PARENT_ENV]), *collector_index())
     else:
         batches = experiment.train_batches_per_epoch
         every = experiment.overlap_publish_every or max(1, batches // CHUNKS_PER_EPOCH)
@@ -202,15 +163,17 @@ def attach(experiment: Any) -> None:
 # ------------------------------------------------------------------ the learner's side
 class OverlapFeed(DataFeed):
     """The data an overlapped run's learner sees: each update waits for the env steps :class:`Pace` asks of the
-    collector (and for a dataset to train on), the policy is published every ``publish_every`` updates and after
+    collectors (and for a dataset to train on), the policy is published every ``publish_every`` updates and after
     an epoch's last, the buffer is re-listed while training (new files) and kept to its FIFO bound, the learner's
-    ``total_frames`` follow the collector's reports, and a collector that died stops the learner."""
+    ``total_frames`` follow the collectors' reports, and a collector that died stops the learner."""
 
     def __init__(self, experiment: Any, pace: Pace, publish_every: int):
         super().__init__(experiment.dataset)
         self.exp, self.pace, self.publish_every = experiment, pace, publish_every
         self.files = OverlapFiles(experiment.run_dir)
-        self.collector: CollectorProcess | None = getattr(experiment, "_collector_process", None)  # (overlapped())
+        count = experiment.overlap_collectors
+        self.reports = [OverlapFiles(experiment.run_dir, i).collector for i in range(count)]
+        self.collectors: list[CollectorProcess] | None = getattr(experiment, "_collector_processes", None)
         self.restart()
         self._measured = {"wait_seconds": 0.0, "publish_seconds": 0.0, "publishes": 0}
         self._buffer_metrics: dict[str, float] = {}
@@ -226,14 +189,14 @@ class OverlapFeed(DataFeed):
 
     # -- the collector's progress
     def collector_frames(self) -> int | None:
-        """The env steps the collector reported, which become the learner's ``total_frames``; the learner's own
-        (idle) training rollout mirrors the collector's exploration schedule, so that a checkpoint holds it."""
-        frames = read_json(self.files.collector).get("frames")
+        """The env steps the collectors reported, which become the learner's ``total_frames``; the learner's own
+        (idle) training rollout mirrors the collectors' exploration schedule, so that a checkpoint holds it."""
+        frames = reported_frames(self.reports)
         if frames is not None and frames > self.exp.total_frames:
             self.exp.total_frames = frames
             rollout = self.exp.train_rollout
-            if rollout.explores:  # the collector's parallel_actors step in lockstep
-                rollout.explore_steps = frames // self.exp.parallel_actors
+            if rollout.explores:  # every collector's parallel_actors step in lockstep
+                rollout.explore_steps = frames // (self.exp.parallel_actors * len(self.reports))
         return frames
 
     def frames(self, frames: int) -> int:
@@ -255,16 +218,20 @@ class OverlapFeed(DataFeed):
         self._measured["publish_seconds"] += time.time() - start
         self._measured["publishes"] += 1
 
-    def check_collector(self, needed: int, frames: int) -> None:
-        if self.collector is None:
+    def logs(self) -> str:
+        return ", ".join(OverlapFiles(self.exp.run_dir, i).log for i in range(len(self.reports)))
+
+    def check_collectors(self, needed: int, frames: int) -> None:
+        if self.collectors is None:
             raise CollectorFailed("Experiment.overlap = True, but no collector was spawned: an overlapped run starts "
                                   "from the command line (amago_like.cli.run spawns it), e.g. examples/toy.py --overlap")  # fmt: skip
-        status = self.collector.poll()
-        if status not in (None, 0):
-            raise CollectorFailed(self.collector.failure(status))
-        if status == 0 and frames < needed:
-            raise CollectorFailed(f"the collector ended after {frames} env steps, but update {self.updates + 1} needs "
-                                  f"{needed}; its log: {self.files.log}")  # fmt: skip
+        statuses = [c.poll() for c in self.collectors]
+        for collector, status in zip(self.collectors, statuses):
+            if status not in (None, 0):
+                raise CollectorFailed(collector.failure(status))
+        if all(s == 0 for s in statuses) and frames < needed:
+            raise CollectorFailed(f"the collectors ended after {frames} env steps, but update {self.updates + 1} "
+                                  f"needs {needed}; logs: {self.logs()}")  # fmt: skip
 
     # -- waiting and pacing
     def wait(self, seconds: float, say=None) -> bool:
@@ -277,7 +244,7 @@ class OverlapFeed(DataFeed):
             self.publish()
         while True:
             frames = self.frames(self.exp.total_frames)
-            self.check_collector(needed, frames)
+            self.check_collectors(needed, frames)
             if frames >= needed and (
                 time.time() - self._refreshed > REFRESH_SECONDS or not self.dataset.ready_for_training
             ):
@@ -289,7 +256,7 @@ class OverlapFeed(DataFeed):
             if time.time() - start >= seconds:
                 return False
             if say is not None and not self.dataset.ready_for_training:
-                say(f"waiting up to {seconds:g} s for the collector's env steps ({needed} for update {update}) and "
+                say(f"waiting up to {seconds:g} s for the collectors' env steps ({needed} for update {update}) and "
                     f"data: {self.dataset.get_description()}")  # fmt: skip
                 say = None
             self.write_progress(starving=frames >= needed)  # the collector may be throttled on the updates done
@@ -303,7 +270,7 @@ class OverlapFeed(DataFeed):
         for _ in range(len(loader)):
             if not self._wait_for(self.updates + 1, self.exp.wait_for_data_seconds):
                 raise CollectorFailed(f"the learner waited {self.exp.wait_for_data_seconds:g} s (Experiment."
-                                      f"wait_for_data_seconds) for the collector's env steps; its log: {self.files.log}")  # fmt: skip
+                                      f"wait_for_data_seconds) for the collectors' env steps; logs: {self.logs()}")  # fmt: skip
             yield next(batches)
             self.updates += 1
             if self.updates % self.publish_every == 0:
@@ -336,12 +303,14 @@ class _Paced:
 
 
 class CollectorProcess:
-    """The spawned collector: its output goes to ``log``; :meth:`stop` ends it (terminate, then kill)."""
+    """Spawned collector ``index`` of ``count``: its output goes to ``log``; :meth:`stop` ends it (terminate, then
+    kill)."""
 
-    def __init__(self, command: list[str], log: str):
+    def __init__(self, command: list[str], log: str, index: int = 0, count: int = 1):
         self.command, self.log = command, log
         env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
-        env.update({PARENT_ENV: str(os.getpid()), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+        env.update({PARENT_ENV: str(os.getpid()), INDEX_ENV: f"{index}/{count}", "OMP_NUM_THREADS": "1",
+                    "MKL_NUM_THREADS": "1"})  # fmt: skip
         with open(log, "ab") as out:  # the child holds its own copy of the file
             self.proc = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
@@ -356,6 +325,13 @@ class CollectorProcess:
             lines = [line.strip() for line in f.readlines()[-50:] if line.strip()]
             last = f" ({lines[-1][:300]})" if lines else ""
         return f"the collector (pid {self.proc.pid}) exited with status {status}{last}; its log: {self.log}"
+
+    def wait(self, timeout: float) -> int | None:
+        """Its exit status, once it ends within ``timeout`` seconds (None if it does not)."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def stop(self, grace: float = 10.0) -> None:
         if self.proc.poll() is None:
@@ -374,53 +350,60 @@ def collector_command() -> list[str]:
 
 @contextlib.contextmanager
 def overlapped(experiment: Any) -> Iterator[None]:
-    """For ``cli.run``, around an overlapped learner's start-up and ``learn()``: its collector runs, spawned
-    first so that the two start up side by side (the learner publishes the policy it trains from before its
-    first update; until then the collector acts with its own, as seeded). On the way out the learner says it is
-    done and waits for the collector to stop (a failure raises :class:`CollectorFailed` naming its log); if the
-    learner fails, the collector is ended with it. Other runs: nothing."""
+    """For ``cli.run``, around an overlapped learner's start-up and ``learn()``: its collectors run, spawned
+    first so that they start up side by side with it (the learner publishes the policy it trains from before its
+    first update; until then each collector acts with its own, as seeded). On the way out the learner says it is
+    done and waits for the collectors to stop (a failure raises :class:`CollectorFailed` naming the log); if the
+    learner fails, the collectors are ended with it. Other runs: nothing."""
     if not (experiment.overlap and experiment.role == "learn"):
         yield
         return
     check_one_process(int(os.environ.get("WORLD_SIZE", 1)))  # before anything is spawned
-    files = OverlapFiles(experiment.run_dir)
-    for stale in (files.learner, files.collector):  # a killed run's: the collector throttles on a fresh one
+    count = experiment.overlap_collectors
+    files = [OverlapFiles(experiment.run_dir, i) for i in range(count)]
+    for stale in (files[0].learner, *(f.collector for f in files)):  # a killed run's: collectors throttle on fresh
         with contextlib.suppress(FileNotFoundError):
             os.remove(stale)
-    collector = experiment._collector_process = CollectorProcess(collector_command(), files.log)
-    if experiment.verbose:
-        print(f"overlap: collector pid {collector.proc.pid}, its log {files.log}")
+    collectors = experiment._collector_processes = []
     try:
+        for i, f in enumerate(files):
+            collectors.append(CollectorProcess(collector_command(), f.log, i, count))
+            if experiment.verbose:
+                print(f"overlap: collector pid {collectors[-1].proc.pid}, its log {f.log}")
         yield
-        write_json(files.learner, {**read_json(files.learner), "done": True})
-        try:
-            status = collector.proc.wait(max(60.0, experiment.wait_for_data_seconds))
-        except subprocess.TimeoutExpired:
-            status = None
-        if status != 0:
-            raise CollectorFailed(collector.failure(status) if status is not None else
-                                  f"the collector did not stop after the learner ended; its log: {files.log}")  # fmt: skip
-        if experiment.verbose:  # where the time went: the collector's CPU (its env steps and acting), and ours
+        write_json(files[0].learner, {**read_json(files[0].learner), "done": True})
+        deadline = time.time() + max(60.0, experiment.wait_for_data_seconds)
+        for collector in collectors:
+            status = collector.wait(max(0.0, deadline - time.time()))
+            if status != 0:
+                raise CollectorFailed(collector.failure(status) if status is not None else
+                                      f"the collector did not stop after the learner ended; its log: {collector.log}")  # fmt: skip
+        if experiment.verbose:  # where the time went: the collectors' CPU (their env steps and acting), and ours
             used = resource.getrusage(resource.RUSAGE_CHILDREN)
             own = resource.getrusage(resource.RUSAGE_SELF)
-            print(f"overlap: CPU seconds: collector (and other child processes) {used.ru_utime + used.ru_stime:.1f}, learner "
-                  f"{own.ru_utime + own.ru_stime:.1f}")  # fmt: skip
+            print(f"overlap: CPU seconds: collectors (and other child processes) {used.ru_utime + used.ru_stime:.1f}, "
+                  f"learner {own.ru_utime + own.ru_stime:.1f}")  # fmt: skip
     finally:
-        collector.stop()
+        for collector in collectors:
+            collector.stop()
 
 
 # ------------------------------------------------------------------ the collector's side
 class PacedCollector(Callback):
-    """A spawned collector's stepping: in chunks of a tenth of an epoch, each started when :class:`Pace` allows,
-    with the newest policy the learner published, its env steps reported after each; the run's env-step budget
-    or the learner's end stops it (a callback ends the epoch loop). It exits when its learner is gone, also
-    one killed with SIGKILL (a watchdog thread polls the parent pid), and takes SIGTERM as an exit that closes
-    the envs."""
+    """Spawned collector ``index`` of ``count``: its stepping, in chunks of a tenth of an epoch, each started when
+    :class:`Pace` allows (on the env steps of all collectors), with the newest policy the learner published, its
+    env steps reported after each; its share of the run's env-step budget or the learner's end stops it (a
+    callback ends the epoch loop). Its ``total_frames`` are its own env steps. It exits when its learner is gone,
+    also one killed with SIGKILL (a watchdog thread polls the parent pid), and takes SIGTERM as an exit that
+    closes the envs."""
 
-    def __init__(self, experiment: Any, pace: Pace, parent: int):
+    def __init__(self, experiment: Any, pace: Pace, parent: int, index: int = 0, count: int = 1):
         self.exp, self.pace, self.parent = experiment, pace, parent
-        self.files = OverlapFiles(experiment.run_dir)
-        self.loaded, self.learner_done = -1, False
+        self.index, self.count = index, count
+        self.files = OverlapFiles(experiment.run_dir, index)
+        self.others = [OverlapFiles(experiment.run_dir, i).collector for i in range(count) if i != index]
+        self.budget = pace.frames // count  # its share: each collector steps as many envs as the others
+        self.loaded, self.learner_done, self._settled = -1, False, False
         self._measured = {"throttle_seconds": 0.0, "policy_loads": 0}
         experiment.callbacks.append(self)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
@@ -439,10 +422,12 @@ class PacedCollector(Callback):
         return learner
 
     def _throttle(self, frames: int) -> None:
+        """Wait until the pace lets the collectors, at ``frames`` env steps of this one, step on."""
         start = time.time()
         while True:
             learner = self._learner()
-            if self.learner_done or learner.get("starving") or self.pace.may_step(frames, learner.get("updates", 0)):
+            total = frames + (reported_frames(self.others) or 0)
+            if self.learner_done or learner.get("starving") or self.pace.may_step(total, learner.get("updates", 0)):
                 break
             time.sleep(POLL_SECONDS)
         self._measured["throttle_seconds"] += time.time() - start
@@ -453,13 +438,24 @@ class PacedCollector(Callback):
             self.loaded = version
             self._measured["policy_loads"] += 1
 
+    def _own_frames_after_resume(self) -> None:
+        """A resumed collector loaded the learner's ``total_frames``, the env steps of all collectors: its own are
+        its share of them (the collectors step equally, in whole vector steps)."""
+        num_envs = self.exp.train_rollout.num_envs
+        vector_steps = self.exp.total_frames // num_envs
+        share = vector_steps // self.count + (self.index < vector_steps % self.count)
+        self.exp.total_frames = share * num_envs
+        self._settled = True
+
     def collect(
         self, policy: Any, timesteps: int, sample: bool = True, seed: int | None = None, desc: str = ""
     ) -> RolloutStats:
-        """Like ``Rollout.collect`` for the training envs: ``timesteps`` steps per actor, fewer where the budget
+        """Like ``Rollout.collect`` for the training envs: ``timesteps`` steps per actor, fewer where its budget
         ends, none once the learner is done."""
+        if not self._settled:
+            self._own_frames_after_resume()
         rollout, base = self.exp.train_rollout, self.exp.total_frames
-        steps = min(timesteps, max(0, self.pace.frames - base) // rollout.num_envs)
+        steps = min(timesteps, max(0, self.budget - base) // rollout.num_envs)
         chunk = max(1, math.ceil(timesteps / CHUNKS_PER_EPOCH))
         total = RolloutStats(num_envs=rollout.num_envs)
         while total.steps < steps:
@@ -478,4 +474,4 @@ class PacedCollector(Callback):
         return total
 
     def on_epoch_end(self, experiment: Any, metrics: dict[str, float]) -> bool:
-        return self.learner_done or experiment.total_frames >= self.pace.frames
+        return self.learner_done or experiment.total_frames >= self.budget

@@ -72,7 +72,7 @@ def timed_run(name: str, command: list[str], out: str, run_dir: str) -> dict[str
     rows = epoch_rows(run_dir)
     frames, updates, steady = rows[-1]["total_frames"], rows[-1]["grad_updates"], steady_epoch_seconds(rows)
     # an overlapped learner prints its own CPU seconds and its collector's
-    split = re.search(r"collector \(and other child processes\) ([\d.]+), learner ([\d.]+)", done.stdout)
+    split = re.search(r"collectors \(and other child processes\) ([\d.]+), learner ([\d.]+)", done.stdout)
     where = f" (learner {split[2]}, collector {split[1]})" if split else ""
     print(f"{name:22s} wall {wall:6.1f} s | env steps {frames:7.0f} ({frames / wall:6.1f}/s) | updates {updates:5.0f} "
           f"({updates / wall:5.2f}/s) | CPU {cpu:6.1f} s{where} | {steady:.2f} s per epoch after the first", flush=True)  # fmt: skip

@@ -1,7 +1,7 @@
 """Kill a training run with SIGKILL at random moments, resume it each time, and check nothing was lost.
 
     python benchmarks/fault_injection.py --kills 10
-    python benchmarks/fault_injection.py --kills 6 --overlap
+    python benchmarks/fault_injection.py --kills 6 --overlap [--collectors 2]
 
 Runs `examples/toy.py` (meta-bandit) in a temporary folder with a checkpoint every epoch. After each kill
 it records every visible trajectory file and the newest complete checkpoint, then resumes with --resume.
@@ -67,13 +67,17 @@ def main() -> None:
     parser.add_argument("--max_s", type=float, default=12.0, help="latest kill after a (re)start")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overlap", action="store_true", help="an overlapped run (learner + spawned collector)")
+    parser.add_argument("--collectors", type=int, default=1, help="with --overlap: collectors the learner spawns")
     args = parser.parse_args()
+    if args.collectors != 1 and not args.overlap:
+        parser.error("--collectors needs --overlap")
     rng = random.Random(args.seed)
     out = tempfile.mkdtemp(prefix="amago_faults_")
     run_dir, fifo = os.path.join(out, RUN), os.path.join(out, RUN, "buffer", "fifo")
     cmd = [sys.executable, os.path.join(ROOT, "examples", "toy.py"), "--buffer_dir", out, "--run_name", RUN]
     cmd += ["--epochs", str(args.epochs), "--resume", "--gin", "Experiment.ckpt_interval = 1"]
-    cmd += ["--gin", "DiskTrajDataset.dset_max_size = 1000000"] + (["--overlap"] if args.overlap else [])
+    cmd += ["--gin", "DiskTrajDataset.dset_max_size = 1000000"]
+    cmd += ["--overlap", "--collectors", str(args.collectors)] if args.overlap else []
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     seen: set[str] = set()
@@ -132,11 +136,11 @@ def main() -> None:
     for r in rows:
         by_epoch.setdefault(int(r["epoch"]), set()).add(r["total_frames"])
     inconsistent = {e: v for e, v in by_epoch.items() if len(v) > 1}
-    if args.overlap:  # frames depend on timing: they never go back and end at the budget (12 epochs x 30 x 8)
+    if args.overlap:  # frames depend on timing: they never go back and end at the budget (12 epochs x 30 x 8 each)
         updates = [r["grad_updates"] for r in rows]
         backwards = frames != sorted(frames) or updates != sorted(updates)
         inconsistent = {"counters": "go back"} if backwards else {}
-        if frames[-1] != args.epochs * 30 * 8 or updates[-1] != args.epochs * 100:
+        if frames[-1] != args.epochs * 30 * 8 * args.collectors or updates[-1] != args.epochs * 100:
             inconsistent["final"] = (frames[-1], updates[-1])
     print(f"\nkills survived: {kills}{' (the run finished before the last one)' if finished_early else ''}")
     print(f"trajectory files seen after kills: {len(seen)}, lost: {len(lost)}, unreadable: {len(corrupt)}")

@@ -12,12 +12,14 @@
 #   4. the run's env steps/s and updates/s epoch by epoch and in the steady state (benchmarks/run_rates.py).
 # Usage: bash benchmarks/gpu_targets.sh [BUDGET]   (OUT=dir for the logs, default runs/gpu_targets; ACTORS=n actors;
 #   MODE=reduce-overhead skips step 2 and compiles in that mode; THREADS=n torch threads for the learner;
-#   PER_WORKER=n envs per async worker process, default auto: one worker per CPU)
+#   PER_WORKER=n envs per async worker process, default auto: one worker per CPU; COLLECTORS=n collector processes
+#   of ACTORS actors each, default 1)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 budget=${1:-540}
 out=${OUT:-runs/gpu_targets}
 actors=${ACTORS:-128}
+collectors=${COLLECTORS:-1}
 mkdir -p "$out"
 log="$out/targets.log"
 start=$SECONDS
@@ -54,9 +56,9 @@ ml10() {
   step "ml10_overlap_$1" "$(($(left) - 25))" python3 examples/metaworld.py --benchmark ml10 \
     --configs configs/metaworld/ml10.gin --mixed_precision bf16 --overlap --buffer_dir runs/learning \
     --run_name ml10_gpu_overlap --parallel_actors "$actors" --gin "Experiment.val_interval = None" \
-    --gin "Experiment.ckpt_interval = None" --gin "Experiment.train_batches_per_epoch = $((actors * 1500 * 60 / 8000))" \
+    --gin "Experiment.ckpt_interval = None" --gin "Experiment.train_batches_per_epoch = $((actors * collectors * 1500 * 60 / 8000))" \
     --gin "Experiment.torch_compile = '$1'" ${THREADS:+--gin "Experiment.torch_threads = $THREADS"} \
-    ${PER_WORKER:+--envs_per_worker "$PER_WORKER"}
+    ${PER_WORKER:+--envs_per_worker "$PER_WORKER"} --collectors "$collectors"
 }
 ml10 "$mode"
 if ((rc != 0 && rc != 124)) && [[ $mode != default ]] && (($(left) > 150)); then  # failed early: the plain compile

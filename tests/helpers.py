@@ -1,4 +1,5 @@
-"""Loading the repository's scripts (examples/, benchmarks/: folders, not packages) as modules in tests."""
+"""Loading the repository's scripts (examples/, benchmarks/: folders, not packages) as modules in tests, and
+whether a process has stopped."""
 
 import importlib.util
 import os
@@ -20,3 +21,13 @@ def load_script(path: str, name: str):
 def load_example(name: str):
     """``examples/{name}.py`` as a module."""
     return load_script(os.path.join("examples", f"{name}.py"), f"example_{name}")
+
+
+def process_gone(pid: int) -> bool:
+    """Whether process ``pid`` has stopped (Linux: reads /proc). A zombie has stopped, whether or not its parent
+    (or, once that is gone, init) has reaped it yet."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "\nState:\tZ" in f.read()
+    except FileNotFoundError:
+        return True

@@ -9,6 +9,7 @@ import time
 import gymnasium as gym
 import numpy as np
 import pytest
+from helpers import process_gone
 
 from amago_like import MetaBandit
 from amago_like.data import RLDataset, make_dataloader
@@ -96,14 +97,6 @@ def test_env_with_unsupported_observation_space_fails_clearly():
         make_vector_env(TextEnv, 1, mode="sync")
 
 
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return "\nState:\tZ" in f.read()  # a zombie has stopped; its new parent reaps it when it will
-    except FileNotFoundError:
-        return True
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
 def test_grouped_async_workers_stop_when_the_main_process_is_killed():
     script = (
@@ -118,12 +111,12 @@ def test_grouped_async_workers_stop_when_the_main_process_is_killed():
     main = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         workers = [int(p) for p in main.stdout.readline().split()]
-        assert len(workers) == 2 and not any(_gone(p) for p in workers)
+        assert len(workers) == 2 and not any(process_gone(p) for p in workers)
         main.kill()  # SIGKILL: no close(), no atexit
         main.wait()
         deadline = time.time() + 20
-        while time.time() < deadline and not all(_gone(p) for p in workers):
+        while time.time() < deadline and not all(process_gone(p) for p in workers):
             time.sleep(0.1)
-        assert all(_gone(p) for p in workers), "env workers outlived their killed main process"
+        assert all(process_gone(p) for p in workers), "env workers outlived their killed main process"
     finally:
         main.kill()

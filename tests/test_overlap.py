@@ -12,11 +12,22 @@ from fractions import Fraction
 from types import SimpleNamespace
 
 import pytest
+from helpers import process_gone
 
 from amago_like import DiskTrajDataset, Experiment, MetaBandit
 from amago_like.cli import REPO_ROOT
 from amago_like.data.trajectory import count_transitions
-from amago_like.overlap import PARENT_ENV, OverlapFeed, Pace, write_json
+from amago_like.overlap import (
+    INDEX_ENV,
+    PARENT_ENV,
+    OverlapFeed,
+    OverlapFiles,
+    Pace,
+    PacedCollector,
+    run_files,
+    run_seed,
+    write_json,
+)
 
 BANDIT = os.path.join(REPO_ROOT, "examples", "toy.py")
 SMALL = ["--epochs", "3", "--gin", "Experiment.train_batches_per_epoch = 10", "--gin", "Experiment.val_interval = 100",
@@ -74,12 +85,40 @@ def test_the_learner_follows_the_collectors_env_steps_and_exploration_schedule(t
     rollout = SimpleNamespace(explores=True, num_envs=1, explore_steps=0)  # the learner's one idle env
     learner = SimpleNamespace(dataset=DiskTrajDataset(str(tmp_path), "run"), run_dir=str(tmp_path / "run"),
                               grad_updates=30, bad_updates=2, total_frames=100, train_rollout=rollout,
-                              parallel_actors=8)  # fmt: skip
+                              parallel_actors=8, overlap_collectors=2)  # fmt: skip
     feed = OverlapFeed(learner, sequential_pace(), publish_every=5)
     assert feed.updates == 32 and json.load(open(feed.files.learner))["updates"] == 32  # told at once
     assert feed.frames(100) == 100 and rollout.explore_steps == 0  # nothing reported yet
     write_json(feed.files.collector, {"frames": 480})
-    assert feed.frames(100) == 480 and learner.total_frames == 480 and rollout.explore_steps == 60
+    assert feed.frames(100) == 480 and learner.total_frames == 480 and rollout.explore_steps == 30
+    write_json(OverlapFiles(learner.run_dir, 1).collector, {"frames": 400})  # the second collector's, summed
+    assert feed.frames(100) == 880 and learner.total_frames == 880 and rollout.explore_steps == 55
+
+
+def test_several_collectors_have_their_own_files_seeds_and_share_of_the_budget(tmp_path, monkeypatch):
+    monkeypatch.setenv(INDEX_ENV, "2/3")
+    assert run_files("collect", True) == ("metrics_collect_2.jsonl", os.path.join("overlap", "collector_2.gin"))
+    assert run_files("collect", False) == ("metrics_collect.jsonl", "config.gin")
+    assert run_files("learn", True) == ("metrics.jsonl", "config.gin")
+    assert run_seed(5, "collect", True) != 5 and run_seed(5, "learn", True) == 5 and run_seed(5, "collect", False) == 5
+    assert OverlapFiles(str(tmp_path), 2).log.endswith(os.path.join("overlap", "collector_2.log"))
+    monkeypatch.setenv(INDEX_ENV, "0/3")
+    assert run_files("collect", True) == ("metrics_collect.jsonl", os.path.join("overlap", "collector.gin"))
+    assert run_seed(5, "collect", True) == 5
+    args = dict(train_timesteps_per_epoch=30, parallel_actors=8, train_batches_per_epoch=10, epochs=4,
+                overlap_updates_per_env_step=None, start_learning_at_epoch=0)  # fmt: skip
+    pace = Pace.of(args, processes=3)  # an epoch: every collector's actors' steps
+    assert pace.frames == 3 * 4 * 240 and pace.updates == 40 and pace.frames_needed(10) == 3 * 240
+    # a resumed collector's own env steps: its share of the learner's total, in whole vector steps of 8 envs
+    shares = []
+    for i in range(3):
+        exp = SimpleNamespace(run_dir=str(tmp_path), total_frames=8 * 100, train_rollout=SimpleNamespace(num_envs=8),
+                              callbacks=[])  # fmt: skip
+        collector = PacedCollector.__new__(PacedCollector)
+        collector.exp, collector.index, collector.count = exp, i, 3
+        collector._own_frames_after_resume()
+        shares.append(exp.total_frames)
+    assert shares == [8 * 34, 8 * 33, 8 * 33]
 
 
 def _experiment(root, **overrides) -> Experiment:
@@ -92,6 +131,8 @@ def _experiment(root, **overrides) -> Experiment:
 
 @pytest.mark.parametrize("overrides, message", [
     (dict(overlap=True, role="collect"), "--overlap with --mode collect: an overlapped run is one learner"),
+    (dict(overlap_collectors=2), "Experiment.overlap_collectors = 2 applies to overlapped runs only"),
+    (dict(overlap=True, overlap_collectors=0), "Experiment.overlap_collectors must be an integer >= 1, got 0"),
     (dict(overlap=True, role="learn"), "--overlap with --mode learn"),
     (dict(overlap=True, start_collecting_at_epoch=2), "start_collecting_at_epoch > 0"),
     (dict(overlap=True, overlap_updates_per_env_step=0), "must be a number > 0"),
@@ -123,17 +164,13 @@ def test_the_cli_and_the_overlap_module_name_the_same_variable():
 
 
 # ------------------------------------------------------------------ overlapped runs
+def _collector_pids(stdout: str) -> list[int]:
+    lines = [line for line in stdout.splitlines() if line.startswith("overlap: collector pid")]
+    return [int(line.split()[3].rstrip(",")) for line in lines]
+
+
 def _collector_pid(stdout: str) -> int:
-    line = next(line for line in stdout.splitlines() if line.startswith("overlap: collector pid"))
-    return int(line.split()[3].rstrip(","))
-
-
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return "\nState:\tZ" in f.read()  # a zombie nobody reaped yet has stopped all the same
-    except FileNotFoundError:
-        return True
+    return _collector_pids(stdout)[0]
 
 
 def test_an_overlapped_run_takes_the_sequential_runs_env_steps_and_updates(tmp_path):
@@ -160,9 +197,28 @@ def test_an_overlapped_run_takes_the_sequential_runs_env_steps_and_updates(tmp_p
     assert versions == sorted(versions) and versions[-1] > versions[0] >= 0 and versions[-1] > 0
     assert sum(r["overlap/policy_loads"] for r in collected) >= 2
     assert (tmp_path / "ovl" / "ckpts" / "training_states" / "epoch_3" / "state.pt").exists()
-    assert _gone(_collector_pid(overlapped.stdout))
+    assert process_gone(_collector_pid(overlapped.stdout))
     assert "Experiment.role = 'collect'" in (tmp_path / "ovl" / "overlap" / "collector.gin").read_text()
     assert "Experiment.overlap = True" in (tmp_path / "ovl" / "config.gin").read_text()
+
+
+def test_two_collectors_take_an_epoch_each_per_epoch_with_their_own_seeds(tmp_path):
+    cmd = [sys.executable, BANDIT, "--buffer_dir", str(tmp_path), "--run_name", "two", *SMALL, "--overlap",
+           "--collectors", "2"]  # fmt: skip
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = tmp_path / "two"
+    last = [r for r in rows(run / "metrics.jsonl") if "epoch_seconds" in r][-1]
+    assert (last["total_frames"], last["grad_updates"], last["epoch"]) == (2 * 3 * 30 * 8, 3 * 10, 3)
+    fifo = run / "buffer" / "fifo"
+    files = [f for f in os.listdir(fifo) if not f.startswith(".")]
+    assert sum(count_transitions(str(fifo / f)) for f in files) == 2 * 3 * 30 * 8
+    first, second = rows(run / "metrics_collect.jsonl"), rows(run / "metrics_collect_1.jsonl")
+    assert first[-1]["total_frames"] == second[-1]["total_frames"] == 3 * 30 * 8  # each its own share
+    assert [r.get("train/return") for r in first] != [r.get("train/return") for r in second]  # not the same episodes
+    pids = _collector_pids(done.stdout)
+    assert len(pids) == 2 and all(process_gone(p) for p in pids)
+    assert "Experiment.seed = 7919" in (run / "overlap" / "collector_1.gin").read_text()
 
 
 def test_episodes_longer_than_an_epoch_do_not_stall_an_overlapped_run(tmp_path):
@@ -202,13 +258,14 @@ def test_a_failing_collector_stops_the_learner_naming_its_log(tmp_path):
     assert "CollectorFailed: the collector (pid" in last and "exited with status 1" in last, last
     assert "injected collector failure" in last and str(log) in last
     assert "injected collector failure" in log.read_text()
-    assert _gone(_collector_pid(done.stdout))
+    assert process_gone(_collector_pid(done.stdout))
 
 
-def test_a_killed_learners_collector_stops_and_the_run_resumes_overlapped(tmp_path):
+@pytest.mark.parametrize("collectors", [1, 2])
+def test_a_killed_learners_collector_stops_and_the_run_resumes_overlapped(tmp_path, collectors):
     out = open(tmp_path / "learner.out", "w")
     cmd = [sys.executable, BANDIT, "--buffer_dir", str(tmp_path), "--run_name", "k", *SMALL, "--epochs", "4",
-           "--overlap"]  # fmt: skip
+           "--overlap", "--collectors", str(collectors)]  # fmt: skip
     learner = subprocess.Popen(cmd, env=ENV, stdout=out, stderr=subprocess.STDOUT)
     run = tmp_path / "k"
     deadline = time.time() + 120
@@ -216,18 +273,21 @@ def test_a_killed_learners_collector_stops_and_the_run_resumes_overlapped(tmp_pa
         time.sleep(0.05)
     learner.send_signal(signal.SIGKILL)  # the learner alone: its collector must notice by itself
     learner.wait()
-    pid = _collector_pid((tmp_path / "learner.out").read_text())
+    pids = _collector_pids((tmp_path / "learner.out").read_text())
+    assert len(pids) == collectors
     deadline = time.time() + 30
-    while time.time() < deadline and not _gone(pid):
+    while time.time() < deadline and not all(process_gone(p) for p in pids):
         time.sleep(0.1)
-    assert _gone(pid), "the collector outlived its learner"
-    assert "is gone: the collector stops" in (run / "overlap" / "collector.log").read_text()
+    assert all(process_gone(p) for p in pids), "a collector outlived its learner"
+    for i in range(collectors):
+        log = run / "overlap" / ("collector.log" if i == 0 else f"collector_{i}.log")
+        assert "is gone: the collector stops" in log.read_text()
 
     resumed = subprocess.run([*cmd, "--resume"], env=ENV, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from epoch" in resumed.stdout
     epochs = [r for r in rows(run / "metrics.jsonl") if "epoch_seconds" in r]
     assert [r["epoch"] for r in epochs][-1] == 4
-    assert (epochs[-1]["total_frames"], epochs[-1]["grad_updates"]) == (4 * 30 * 8, 4 * 10)
+    assert (epochs[-1]["total_frames"], epochs[-1]["grad_updates"]) == (collectors * 4 * 30 * 8, 4 * 10)
     frames = [r["total_frames"] for r in epochs]
     assert frames == sorted(frames)

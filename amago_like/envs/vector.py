@@ -53,13 +53,13 @@ def check_envs_per_worker(envs_per_worker: int | str, mode: str) -> None:
         )
 
 
-def resolve_envs_per_worker(envs_per_worker: int | str, num_envs: int) -> int:
+def resolve_envs_per_worker(envs_per_worker: int | str, num_envs: int, processes: int | None = None) -> int:
     """Envs per async worker process: ``envs_per_worker``, or for "auto" as many as spread ``num_envs`` over one
-    worker per usable CPU (1 while there are no more envs than CPUs); the processes of a multi-process (DDP) run
-    on one machine (``LOCAL_WORLD_SIZE``) share its CPUs."""
+    worker per usable CPU (1 while there are no more envs than CPUs), the CPUs shared among ``processes`` such
+    processes on the machine (None: the processes of a multi-process run there, ``LOCAL_WORLD_SIZE``, or 1)."""
     if envs_per_worker == AUTO_ENVS_PER_WORKER:
-        cpus = max(1, usable_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-        return -(-num_envs // cpus)
+        processes = processes or int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        return -(-num_envs // max(1, usable_cpus() // processes))
     return envs_per_worker
 
 
@@ -100,6 +100,7 @@ def make_vector_env(
     stagger: bool = False,
     record_to: str | None = None,
     envs_per_worker: int | str = AUTO_ENVS_PER_WORKER,
+    processes: int | None = None,
 ) -> gym.vector.VectorEnv:
     """``num_envs`` wrapped envs saving episodes to ``save_dir`` (segments of ``save_every`` transitions).
 
@@ -109,7 +110,8 @@ def make_vector_env(
     ``record_to``: the first env's episodes are also written there as GIFs (:class:`FrameRecorder`).
     A list of ``num_envs`` factories (sync / async) gives env ``i`` its own factory ``make_env[i]``.
     ``envs_per_worker`` (async): envs stepped by each worker process (:class:`GroupedAsyncVectorEnv`), or "auto":
-    one worker per usable CPU; with 1, each env has its own process (gymnasium's AsyncVectorEnv).
+    one worker per usable CPU (shared among ``processes`` processes that build envs on the machine); with 1, each
+    env has its own process (gymnasium's AsyncVectorEnv).
     """
     check_choice("env_mode", mode, ENV_MODES)
     check_envs_per_worker(envs_per_worker, mode)
@@ -160,7 +162,7 @@ def make_vector_env(
     same_step = AutoresetMode.SAME_STEP
     if mode == "sync":
         return LeanSyncVectorEnv(fns)
-    envs_per_worker = resolve_envs_per_worker(envs_per_worker, num_envs)
+    envs_per_worker = resolve_envs_per_worker(envs_per_worker, num_envs, processes)
     if envs_per_worker == 1:  # gymnasium's, which shares observations through shared memory, is faster here
         return gym.vector.AsyncVectorEnv(fns, context=mp_context, autoreset_mode=same_step)
     return GroupedAsyncVectorEnv(fns, envs_per_worker, mp_context)
