@@ -20,9 +20,10 @@ steps ahead of the updates done. Its default is the sequential schedule's own, `
 per epoch of env steps (an epoch: ``train_timesteps_per_epoch`` steps of every collector's actors, as of every
 process's in a multi-process run), so an overlapped run with one collector takes the same env steps and makes
 the same updates as the sequential run of its command. Several collectors are for machines whose cores one
-collector cannot keep busy: while one acts (the policy's forward), the others' envs step. Sequential stays the default: there each epoch's data is collected with the policy of the
-epoch before, exactly and reproducibly; overlapped, which policy collects which step depends on timing.
-The pace and the files are in :mod:`amago_like.overlap_protocol`.
+collector cannot keep busy: while one acts (the policy's forward), the others' envs step. Sequential stays the
+default: there each epoch's data is collected with the policy of the epoch before, exactly and reproducibly;
+overlapped, which policy collects which step depends on timing. The pace and the files are in
+:mod:`amago_like.overlap_protocol`.
 """
 
 from __future__ import annotations
