@@ -240,7 +240,7 @@ class GroupedAsyncVectorEnv(gym.vector.VectorEnv):
             _place_infos(out, part, start, size, self.num_envs)
         return out
 
-    def close_extras(self, timeout: float | None = None, terminate: bool = False) -> None:
+    def close_extras(self, terminate: bool = False) -> None:
         """Stop the workers: ask each to close its envs, or (``terminate``) end their processes."""
         if not terminate:
             if self._pending is not None:
