@@ -151,9 +151,9 @@ def add_common_args(parser: argparse.ArgumentParser, default_configs: str = "") 
         "--overlap",
         action="store_true",
         default=None,
-        help="collect while learning: this process trains and spawns one collector (the same command with --mode "
-        "collect) that keeps stepping the envs meanwhile, paced to the same env steps and updates as the sequential "
-        "run (Experiment.overlap; default: off, collect then train each epoch)",
+        help="collect while learning: this process trains and spawns a collector (the same command with --mode "
+        "collect; --collectors N for more) that keeps stepping the envs meanwhile, paced to the same env steps and "
+        "updates as the sequential run (Experiment.overlap; default: off, collect then train each epoch)",
     )
     parser.add_argument(
         "--collectors",
