@@ -43,10 +43,7 @@ def check_experiment_arguments(arguments: dict[str, Any]) -> None:
     # fail before any env steps or training, not at the first file written an epoch later
     check_writable_dir(os.path.join(ckpt_base_dir, run_name), "the run folder")
     check_overlap(arguments)
-    try:
-        check_envs_per_worker(arguments["async_envs_per_worker"], arguments["env_mode"])
-    except ValueError as err:
-        raise ValueError(f"Experiment.async_{err}") from None
+    check_envs_per_worker(arguments["async_envs_per_worker"], arguments["env_mode"], "Experiment.async_envs_per_worker")
     compile_mode(arguments["torch_compile"])  # True, False or a torch.compile mode
     wrapper = arguments["exploration_wrapper_type"]
     if isinstance(wrapper, str) and wrapper != AUTO_EXPLORATION:

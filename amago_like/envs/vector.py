@@ -39,17 +39,16 @@ ENV_MODES = ("sync", "async", "already_vectorized")
 AUTO_ENVS_PER_WORKER = "auto"
 
 
-def check_envs_per_worker(envs_per_worker: int | str, mode: str) -> None:
-    """Raise if ``envs_per_worker`` is not "auto" or an int >= 1, or is set for a mode without worker processes."""
+def check_envs_per_worker(envs_per_worker: int | str, mode: str, name: str = "envs_per_worker") -> None:
+    """Raise (naming the setting ``name``) if ``envs_per_worker`` is not "auto" or an int >= 1, or is set for a mode
+    without worker processes."""
     auto = envs_per_worker == AUTO_ENVS_PER_WORKER
     if not auto and (isinstance(envs_per_worker, bool) or not isinstance(envs_per_worker, int) or envs_per_worker < 1):
-        raise ValueError(
-            f"envs_per_worker must be {AUTO_ENVS_PER_WORKER!r} or an integer >= 1, got {envs_per_worker!r}"
-        )
+        raise ValueError(f"{name} must be {AUTO_ENVS_PER_WORKER!r} or an integer >= 1, got {envs_per_worker!r}")
     if not auto and envs_per_worker != 1 and mode != "async":
         raise ValueError(
-            f"envs_per_worker = {envs_per_worker} groups the envs of worker processes, which only env_mode 'async' "
-            f"has (this run's is {mode!r}): use env_mode 'async' or leave envs_per_worker at 'auto'"
+            f"{name} = {envs_per_worker} groups the envs of worker processes, which only env_mode 'async' "
+            f"has (this run's is {mode!r}): use env_mode 'async' or leave {name} at 'auto'"
         )
 
 

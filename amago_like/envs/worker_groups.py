@@ -180,8 +180,9 @@ class GroupedAsyncVectorEnv(gym.vector.VectorEnv):
             raise exc from EnvWorkerError(f"in env worker {w}:\n{trace}")
         return results
 
-    def _per_worker(self, values: Sequence[Any]) -> list[list[Any]]:
-        return [list(values[s : s + n]) for s, n in zip(self.starts, self.sizes)]
+    def _per_worker(self, values: Sequence[Any]) -> list[Sequence[Any]]:
+        """``values``, one per env (a list, tuple or array), cut into each worker's consecutive share."""
+        return [values[s : s + n] for s, n in zip(self.starts, self.sizes)]
 
     # ------------------------------------------------------------------ the VectorEnv interface
     def reset(self, *, seed: int | Sequence[int | None] | None = None, options: dict | None = None):
@@ -202,7 +203,7 @@ class GroupedAsyncVectorEnv(gym.vector.VectorEnv):
                 f"expected actions for {self.num_envs} envs (leading dimension {self.num_envs}), got shape "
                 f"{actions.shape}"
             )
-        self._send("step", [actions[s : s + n] for s, n in zip(self.starts, self.sizes)])
+        self._send("step", self._per_worker(actions))
 
     def step_wait(self):
         if self._pending != "step":
