@@ -12,14 +12,8 @@
 # Each step runs under its own time limit, so one that fails or hangs does not take the later ones with it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-budget=${1:-540}
-out=${OUT:-runs/gpu_checks}
-mkdir -p "$out"
-log="$out/checks.log"
-start=$SECONDS
-export PYTHONUNBUFFERED=1
-
-source benchmarks/gpu_steps.sh  # left, step, facts
+source benchmarks/gpu_steps.sh  # begin, left, step, facts
+begin runs/gpu_checks checks.log "${1:-}"
 
 facts
 step model_throughput 60 python benchmarks/model_throughput.py

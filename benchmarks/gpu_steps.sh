@@ -1,5 +1,16 @@
-# Shared by the GPU scripts (sourced, not run): time-budgeted steps that log to "$log". The sourcing script sets
-# budget (seconds), log (a file) and start (its $SECONDS at the start) first.
+# Shared by the GPU scripts (sourced, not run): time-budgeted steps that log to "$log". The sourcing script calls
+# begin first.
+
+# begin DEFAULT_OUT LOG_NAME [BUDGET]: sets budget (seconds, default 540), out ($OUT or DEFAULT_OUT, created), log
+# ($out/LOG_NAME) and start (the $SECONDS the budget counts from)
+begin() {
+  budget=${3:-540}
+  out=${OUT:-$1}
+  mkdir -p "$out"
+  log="$out/$2"
+  start=$SECONDS
+  export PYTHONUNBUFFERED=1
+}
 
 # seconds of the budget left
 left() { echo $((budget - (SECONDS - start))); }

@@ -16,16 +16,10 @@
 #   of ACTORS actors each, default 1)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-budget=${1:-540}
-out=${OUT:-runs/gpu_targets}
+source benchmarks/gpu_steps.sh  # begin, left, step, facts
+begin runs/gpu_targets targets.log "${1:-}"
 actors=${ACTORS:-128}
 collectors=${COLLECTORS:-1}
-mkdir -p "$out"
-log="$out/targets.log"
-start=$SECONDS
-export PYTHONUNBUFFERED=1
-
-source benchmarks/gpu_steps.sh  # left, step, facts
 
 facts
 
