@@ -11,18 +11,17 @@ compilation and the first meta-episodes excluded) to the last row, both measured
 from __future__ import annotations
 
 import argparse
-import json
 import os
+
+from amago_like.logging import read_metrics
 
 
 def read_rows(run_dir: str) -> list[dict]:
     """The rows of ``metrics.jsonl`` that carry the three counters, one per epoch (the last row of each)."""
     rows: dict[int, dict] = {}
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        for line in f:
-            row = json.loads(line)
-            if all(k in row for k in ("epoch", "total_frames", "grad_updates", "wall_seconds")):
-                rows[int(row["epoch"])] = row
+    for row in read_metrics(os.path.join(run_dir, "metrics.jsonl")):  # (skips a line a kill cut short)
+        if all(k in row for k in ("epoch", "total_frames", "grad_updates", "wall_seconds")):
+            rows[int(row["epoch"])] = row
     return [rows[e] for e in sorted(rows)]
 
 
