@@ -34,7 +34,14 @@ def test_learning_suite_quick_run_learns_the_bandit_with_defaults(tmp_path, suit
     assert set(scores) == set(suite.TOY_TASKS)
     assert all(np.isfinite(s) for s in scores.values()), scores
     assert scores["bandit"] >= 0.6, scores  # random play scores 0, the best explore-then-exploit 1
-    assert (tmp_path / "table.md").read_text().count("IQM of normalized scores") == 1
+    # the same policy evaluated again acting with its mode: a second score of the same scale, in the row and table
+    mode = {r.task: r.score_mode for r in results}
+    assert all(np.isfinite(s) for s in mode.values()), mode
+    assert mode["bandit"] >= 0.6, mode
+    assert all(len(r.per_episode_mode) == len(r.per_episode) for r in results)
+    table_md = (tmp_path / "table.md").read_text()
+    assert table_md.count("IQM of normalized scores:") == 1
+    assert table_md.count("IQM of normalized scores acting with the policy's mode:") == 1
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == len(suite.TOY_TASKS)
 
 

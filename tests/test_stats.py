@@ -86,3 +86,24 @@ def test_suite_compare_pairs_seeds_and_names_the_tasks_that_fell(suite, tmp_path
     assert "tasks whose change's 95% CI excludes 0: none (of 1 with a CI)" in out
     with pytest.raises(SystemExit):
         suite.main(["--compare", base])
+
+
+def test_suite_score_mode_reads_the_mode_evaluation_and_leaves_out_rows_without_one(suite, tmp_path, capsys):
+    """--score mode: --table_from and --compare read each row's evaluation acting with the policy's mode; a row
+    made before it was recorded is left out, and a file with none at all is one clear error."""
+    old = dict(task="bandit", seed=0, env_steps=1, updates=1, wall_s=1.0, ret=3.5, per_episode=[3.5], score=0.0,
+               bindings=[])  # fmt: skip
+    new = {**old, "seed": 1, "ret_mode": 5.0, "per_episode_mode": [5.0], "score_mode": 0.0}
+    both = tmp_path / "both.jsonl"
+    both.write_text(json.dumps(old) + "\n" + json.dumps(new) + "\n")
+    suite.main(["--table_from", str(both), "--score", "mode"])
+    out = capsys.readouterr().out
+    assert "| bandit | 1 | 1 | 1 | 1 | 5.000 | 5.00 | 1.000 |" in out  # rescored: (5 - 2) / (5 - 2)
+    assert "| bandit | 0 |" not in out
+    suite.main(["--table_from", str(both)])
+    assert "| bandit | 0 | 1 | 1 | 1 | 3.500 | 3.50 | 0.500 |" in capsys.readouterr().out
+    only_old = tmp_path / "old.jsonl"
+    only_old.write_text(json.dumps(old) + "\n")
+    with pytest.raises(SystemExit):
+        suite.main(["--table_from", str(only_old), "--score", "mode"])
+    assert "has a mode evaluation" in capsys.readouterr().err

@@ -12,7 +12,9 @@ python benchmarks/learning/suite.py --tasks dark_room --epochs_x 2    # off the 
 Each task binds only its env, its context (``max_seq_len``, the meta-episode's length), its budget
 (epochs, env steps and updates per epoch) and ``parallel_actors``; everything else is the library's
 gin defaults, so the suite measures what a new user gets. After training, the policy is evaluated
-on the task's held-out split (sampled actions, as in training); the score is normalised per task,
+on the task's held-out split twice: as the experiment evaluates (``Experiment.eval_sample_actions``; by
+default sampled actions, as in training), the row's ``score``, and acting with the policy's mode, its
+``score_mode`` (``--score mode`` reads those instead). The score is normalised per task,
 random play = 0 and the task's reference return = 1, and aggregated across tasks and seeds as an
 interquartile mean (IQM) with a 95% stratified bootstrap confidence interval.
 
@@ -191,9 +193,29 @@ class Result:
     per_episode: list[float]
     score: float
     bindings: list[str]
+    # the same policy evaluated acting with its mode (None in rows made before it was recorded)
+    ret_mode: float | None = None
+    per_episode_mode: list[float] | None = None
+    score_mode: float | None = None
 
     def row(self) -> dict:
         return dataclasses.asdict(self)
+
+
+#: --score: which of a row's evaluations the table and --compare read
+SCORES = ("experiment", "mode")
+
+
+def scored_by(results: Sequence[Result], which: str) -> list[Result]:
+    """``results`` with ``score``, ``ret`` and ``per_episode`` taken from the ``which`` evaluation ("mode": acting
+    with the policy's mode; rows without one are left out, so that no table mixes the two)."""
+    if which == "experiment":
+        return list(results)
+    return [
+        dataclasses.replace(r, ret=r.ret_mode, per_episode=r.per_episode_mode, score=r.score_mode)
+        for r in results
+        if r.ret_mode is not None
+    ]
 
 
 def _episode_returns(metrics: dict[str, float], prefix: str = "test") -> list[float]:
@@ -209,6 +231,8 @@ def load_results(path: str) -> list[Result]:
     rows = [Result(**json.loads(line)) for line in open(path) if line.strip()]
     for r in rows:
         r.score = float(normalized(TASKS[r.task], r.ret))
+        if r.ret_mode is not None:
+            r.score_mode = float(normalized(TASKS[r.task], r.ret_mode))
     return rows
 
 
@@ -262,28 +286,40 @@ def run_task(
     try:
         experiment.start()
         experiment.learn()
+        episodes = max(task.eval_episodes // 4, 8) if quick else task.eval_episodes
         if task.name == "reach":
             ret, per_episode = _evaluate_each_goal(experiment, task)
         else:
-            episodes = max(task.eval_episodes // 4, 8) if quick else task.eval_episodes
-            metrics = experiment.evaluate_test(functools.partial(task.env, "test"), timesteps=10**9, episodes=episodes)
-            ret, per_episode = metrics["test/return"], _episode_returns(metrics)
+            ret, per_episode = _evaluate(experiment, task, episodes)
         result = Result(
             task.name,
             seed,
             int(experiment.total_frames),
             int(experiment.grad_updates),
-            round(time.time() - start, 1),
+            round(time.time() - start, 1),  # training and the experiment's own evaluation
             float(ret),
             [round(float(r), 3) for r in per_episode],
             float(normalized(task, ret)),
             list(bindings),
         )
+        if task.name != "reach":  # the same policy again, acting with its mode
+            ret_mode, per_episode_mode = ret, per_episode
+            if experiment.eval_sample_actions:
+                experiment.eval_sample_actions = False
+                ret_mode, per_episode_mode = _evaluate(experiment, task, episodes)
+            result.ret_mode, result.score_mode = float(ret_mode), float(normalized(task, ret_mode))
+            result.per_episode_mode = [round(float(r), 3) for r in per_episode_mode]
     finally:
         experiment.close()
         # the buffer only: the run folder's metrics, plots and config stay for reading the curves
         shutil.rmtree(os.path.join(out, run_name, "buffer"), ignore_errors=True)
     return result
+
+
+def _evaluate(experiment: Experiment, task: Task, episodes: int) -> tuple[float, list[float]]:
+    """(return, return per episode) of ``episodes`` held-out meta-episodes, acting as the experiment evaluates."""
+    metrics = experiment.evaluate_test(functools.partial(task.env, "test"), timesteps=10**9, episodes=episodes)
+    return metrics["test/return"], _episode_returns(metrics)
 
 
 def _evaluate_each_goal(experiment: Experiment, task: Task) -> tuple[float, list[float]]:
@@ -330,11 +366,16 @@ def table(results: Sequence[Result]) -> str:
         task = TASKS[t]
         mean = np.mean([r.score for r in results if r.task == t])
         lines.append(f"| {t} | {task.reference_return():.3f} | {task.random_return():.3f} | {mean:.3f} |")
+    lines.append("")
+    lines.append(iqm_line(results))
+    return "\n".join(lines)
+
+
+def iqm_line(results: Sequence[Result], what: str = "normalized scores") -> str:
+    tasks = list(dict.fromkeys(r.task for r in results))
     scores = score_matrix(results, tasks)
     lo, hi = stratified_bootstrap_ci(scores)
-    lines.append("")
-    lines.append(f"IQM of normalized scores: {iqm(scores):.3f} (95% CI {lo:.3f} to {hi:.3f}) over {len(tasks)} tasks")
-    return "\n".join(lines)
+    return f"IQM of {what}: {iqm(scores):.3f} (95% CI {lo:.3f} to {hi:.3f}) over {len(tasks)} tasks"
 
 
 def compare(baseline: Sequence[Result], candidate: Sequence[Result]) -> str:
@@ -410,16 +451,24 @@ def main(argv: list[str] | None = None) -> list[Result]:
         help="only compare earlier results: the baseline's files, then --to and the candidate's",
     )
     parser.add_argument("--to", nargs="+", default=None, metavar="JSONL", help="the candidate's files for --compare")
+    parser.add_argument(
+        "--score",
+        choices=SCORES,
+        default="experiment",
+        help="which evaluation --table_from and --compare read: the experiment's own (default) or the policy's mode",
+    )
     args = parser.parse_args(argv)
     if (args.compare is None) != (args.to is None):
         parser.error("--compare BASELINE.jsonl ... needs --to CANDIDATE.jsonl ... (and the other way round)")
     if args.compare:
-        baseline = [r for path in args.compare for r in load_results(path)]
-        candidate = [r for path in args.to for r in load_results(path)]
+        baseline = scored_by([r for path in args.compare for r in load_results(path)], args.score)
+        candidate = scored_by([r for path in args.to for r in load_results(path)], args.score)
         print(compare(baseline, candidate))
         return candidate
     if args.table_from:
-        results = [r for path in args.table_from for r in load_results(path)]
+        results = scored_by([r for path in args.table_from for r in load_results(path)], args.score)
+        if not results:
+            parser.error(f"no row of {' '.join(args.table_from)} has a {args.score} evaluation")
         print(table(results))
         return results
     off_budget = {flag: getattr(args, flag[2:]) for flag in OFF_BUDGET}
@@ -434,14 +483,17 @@ def main(argv: list[str] | None = None) -> list[Result]:
         for seed in seeds:
             result = run_task(TASKS[task_name], seed, args.out, args.quick, args.gin, off_budget)
             results.append(result)
+            mode = "" if result.score_mode is None else f" (acting with its mode: {result.score_mode:.3f})"
             print(
-                f"{task_name} seed {seed}: return {result.ret:.3f}, normalized {result.score:.3f} "
+                f"{task_name} seed {seed}: return {result.ret:.3f}, normalized {result.score:.3f}{mode} "
                 f"({result.env_steps} env steps, {result.updates} updates, {result.wall_s:.0f} s)",
                 flush=True,
             )
             with open(os.path.join(args.out, "results.jsonl"), "a") as f:
                 f.write(json.dumps(result.row()) + "\n")
     summary = table(results)
+    if scored_by(results, "mode"):
+        summary += "\n" + iqm_line(scored_by(results, "mode"), "normalized scores acting with the policy's mode")
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(summary + "\n")
     print(summary)
