@@ -534,3 +534,34 @@ def test_gamma_input_gives_each_discount_factor_its_own_pass(discrete):
 def test_discrete_is_the_agents_to_pass_not_a_binding():
     with pytest.raises(ValueError, match="denylist"):
         gin.parse_config("CriticEnsemble.discrete = True")
+
+
+def test_critic_layer_norm_normalises_each_critics_hidden_layers_with_its_own_gain():
+    """layer_norm: every hidden layer is Linear -> LayerNorm -> activation, each critic with its own gain and bias,
+    so a critic's outputs no longer depend on the scale of its input; off, the critic is as before."""
+    torch.manual_seed(0)
+    critic = CriticEnsemble(8, 2, GAMMAS, num_critics=3, hidden=(16, 16), action_repeat=4, layer_norm=True)
+    state, action = torch.randn(4, 6, 8), torch.rand(4, 6, 2) * 2 - 1
+    q = critic(state, action)  # (C, B, L, G)
+    assert q.shape == (3, 4, 6, 3)
+
+    def by_hand(c: int) -> torch.Tensor:  # critic c, one sample at a time
+        h = torch.cat([state, *[action] * 4], -1)  # (B, L, 8 + 2 * 4)
+        for layer, norm in zip(critic.layers, critic.norms):
+            h = h @ layer.weight[c] + layer.bias[c, 0]
+            h = (h - h.mean(-1, keepdim=True)) / (h.var(-1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+            h = torch.nn.functional.leaky_relu(h * norm.weight[c, 0] + norm.bias[c, 0])
+        return h @ critic.out.weight[c] + critic.out.bias[c, 0]
+
+    for c in range(3):
+        torch.testing.assert_close(by_hand(c), q[c])
+    with torch.no_grad():  # one critic's gain is its own
+        critic.norms[0].weight[1].mul_(3.0)
+    q2 = critic(state, action)
+    torch.testing.assert_close(q2[[0, 2]], q[[0, 2]])
+    assert not torch.allclose(q2[1], q[1])
+    # the first layer's output is normalised, so scaling its weights and bias changes nothing
+    with torch.no_grad():
+        critic.layers[0].weight.mul_(10.0), critic.layers[0].bias.mul_(10.0)
+    torch.testing.assert_close(critic(state, action), q2, rtol=1e-4, atol=1e-4)
+    assert CriticEnsemble(8, 2, GAMMAS, hidden=(16,)).norms is None

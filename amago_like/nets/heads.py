@@ -94,6 +94,18 @@ class EnsembleLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)
 
 
+class EnsembleLayerNorm(nn.Module):
+    """C independent LayerNorms over the last dim, each with its own gain and bias: (C, N, d) -> (C, N, d)."""
+
+    def __init__(self, n: int, d: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n, 1, d))
+        self.bias = nn.Parameter(torch.zeros(n, 1, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.bias, F.layer_norm(x, x.shape[-1:]), self.weight)
+
+
 @gin.configurable(denylist=["discrete"])  # the agent passes it
 class CriticEnsemble(nn.Module):
     """C critics Q(s, a), each with one output per discount factor: -> (C, ..., G).
@@ -117,6 +129,10 @@ class CriticEnsemble(nn.Module):
     entered ``action_repeat`` times beside the input, so the hidden features differ per discount factor instead
     of being shared by all of them (G passes instead of one). Output g is read from pass g only, so every output
     keeps its own last-layer weights (which PopArt rescales).
+
+    ``layer_norm``: each hidden layer is Linear -> LayerNorm -> activation (a gain and bias per critic). The
+    hidden features then keep one scale whatever the input's and the weights' drift, which off-policy critics
+    are known to need to stay calibrated when they fit their own moving targets from little data.
     """
 
     def __init__(
@@ -131,6 +147,7 @@ class CriticEnsemble(nn.Module):
         discrete: bool = False,
         discrete_head: bool = True,
         gamma_input: bool = False,
+        layer_norm: bool = False,
     ):
         super().__init__()
         check_int("CriticEnsemble.action_repeat", action_repeat, minimum=1)
@@ -142,6 +159,7 @@ class CriticEnsemble(nn.Module):
         d_in = state_dim + (action_repeat if gamma_input else 0)
         dims = [d_in if self.per_action else d_in + action_dim * action_repeat, *hidden]
         self.layers = nn.ModuleList(EnsembleLinear(num_critics, i, o) for i, o in zip(dims[:-1], dims[1:]))
+        self.norms = nn.ModuleList(EnsembleLayerNorm(num_critics, o) for o in dims[1:]) if layer_norm else None
         # output units ordered (action, gamma, bin): PopArt rescales them per gamma
         outputs_per_input = action_dim if self.per_action else 1
         self.out = EnsembleLinear(num_critics, dims[-1], outputs_per_input * self.num_gammas * num_bins)
@@ -155,8 +173,9 @@ class CriticEnsemble(nn.Module):
             code = self.gamma_code.to(x.dtype).view(G, 1, 1).expand(G, N, self.action_repeat)
             x = torch.cat([x.expand(G, N, -1), code], dim=-1).flatten(0, 1)
         x = x.unsqueeze(0).expand(self.num_critics, -1, -1)  # (C, N or G * N, d_in)
-        for layer in self.layers:
-            x = F.leaky_relu(layer(x))
+        for i, layer in enumerate(self.layers):
+            x = layer(x)  # (C, N, hidden)
+            x = F.leaky_relu(x if self.norms is None else self.norms[i](x))
         out = self.out(x).float()  # (C, N or G * N, d_out), d_out ordered (action, gamma, bin)
         if self.gamma_code is not None:  # gamma g's outputs from pass g: (C, G, N, K, G, bins) -> (C, N, d_out)
             out = out.view(self.num_critics, G, N, -1, G, self.num_bins).diagonal(dim1=1, dim2=4)
