@@ -130,9 +130,9 @@ class CriticEnsemble(nn.Module):
     of being shared by all of them (G passes instead of one). Output g is read from pass g only, so every output
     keeps its own last-layer weights (which PopArt rescales).
 
-    ``layer_norm``: each hidden layer is Linear -> LayerNorm -> activation (a gain and bias per critic). The
-    hidden features then keep one scale whatever the input's and the weights' drift, which off-policy critics
-    are known to need to stay calibrated when they fit their own moving targets from little data.
+    ``layer_norm``: each hidden layer is Linear -> LayerNorm -> activation (a gain and bias per critic), so the
+    hidden features keep one scale while the weights drift (as in RLPD's critics). Off by default: the learning
+    suite did not keep it (docs/RESULTS.md, item 34).
     """
 
     def __init__(
