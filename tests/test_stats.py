@@ -89,8 +89,8 @@ def test_suite_compare_pairs_seeds_and_names_the_tasks_that_fell(suite, tmp_path
 
 
 def test_suite_score_mode_reads_the_mode_evaluation_and_leaves_out_rows_without_one(suite, tmp_path, capsys):
-    """--score mode: --table_from and --compare read each row's evaluation acting with the policy's mode; a row
-    made before it was recorded is left out, and a file with none at all is one clear error."""
+    """--score mode: --table_from and --compare read each row's evaluation acting with the policy's mode (--to_score:
+    the candidate's side only); a row made before it was recorded is left out, and a file with none is an error."""
     old = dict(task="bandit", seed=0, env_steps=1, updates=1, wall_s=1.0, ret=3.5, per_episode=[3.5], score=0.0,
                bindings=[])  # fmt: skip
     new = {**old, "seed": 1, "ret_mode": 5.0, "per_episode_mode": [5.0], "score_mode": 0.0}
@@ -102,6 +102,11 @@ def test_suite_score_mode_reads_the_mode_evaluation_and_leaves_out_rows_without_
     assert "| bandit | 0 |" not in out
     suite.main(["--table_from", str(both)])
     assert "| bandit | 0 | 1 | 1 | 1 | 3.500 | 3.50 | 0.500 |" in capsys.readouterr().out
+    # --to_score mode: the candidate side reads the mode evaluation of the same rows (bandit seed 1: 3.5 -> 5.0)
+    suite.main(["--compare", str(both), "--to", str(both), "--to_score", "mode"])
+    assert "| bandit | 1 | 0.500 | 0.500 | 1.000 | 1.000 | +0.500 | one seed: no spread to compare with |" in (
+        capsys.readouterr().out
+    )
     only_old = tmp_path / "old.jsonl"
     only_old.write_text(json.dumps(old) + "\n")
     with pytest.raises(SystemExit):

@@ -457,12 +457,19 @@ def main(argv: list[str] | None = None) -> list[Result]:
         default="experiment",
         help="which evaluation --table_from and --compare read: the experiment's own (default) or the policy's mode",
     )
+    parser.add_argument(
+        "--to_score",
+        choices=SCORES,
+        default=None,
+        help="the evaluation --compare reads from the candidate's rows (default: --score's); --compare R --to R "
+        "--to_score mode sets one file's two evaluations of the same policies side by side",
+    )
     args = parser.parse_args(argv)
     if (args.compare is None) != (args.to is None):
         parser.error("--compare BASELINE.jsonl ... needs --to CANDIDATE.jsonl ... (and the other way round)")
     if args.compare:
         baseline = scored_by([r for path in args.compare for r in load_results(path)], args.score)
-        candidate = scored_by([r for path in args.to for r in load_results(path)], args.score)
+        candidate = scored_by([r for path in args.to for r in load_results(path)], args.to_score or args.score)
         print(compare(baseline, candidate))
         return candidate
     if args.table_from:
