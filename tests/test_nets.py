@@ -538,14 +538,14 @@ def test_discrete_is_the_agents_to_pass_not_a_binding():
 
 def test_critic_layer_norm_normalises_each_critics_hidden_layers_with_its_own_gain():
     """layer_norm: every hidden layer is Linear -> LayerNorm -> activation, each critic with its own gain and bias,
-    so a critic's outputs no longer depend on the scale of its input; off, the critic is as before."""
+    so a critic's outputs no longer depend on the scale of its first layer; off (the default), there are no norms."""
     torch.manual_seed(0)
     critic = CriticEnsemble(8, 2, GAMMAS, num_critics=3, hidden=(16, 16), action_repeat=4, layer_norm=True)
     state, action = torch.randn(4, 6, 8), torch.rand(4, 6, 2) * 2 - 1
     q = critic(state, action)  # (C, B, L, G)
     assert q.shape == (3, 4, 6, 3)
 
-    def by_hand(c: int) -> torch.Tensor:  # critic c, one sample at a time
+    def by_hand(c: int) -> torch.Tensor:  # critic c alone, its layers written out
         h = torch.cat([state, *[action] * 4], -1)  # (B, L, 8 + 2 * 4)
         for layer, norm in zip(critic.layers, critic.norms):
             h = h @ layer.weight[c] + layer.bias[c, 0]
@@ -562,6 +562,7 @@ def test_critic_layer_norm_normalises_each_critics_hidden_layers_with_its_own_ga
     assert not torch.allclose(q2[1], q[1])
     # the first layer's output is normalised, so scaling its weights and bias changes nothing
     with torch.no_grad():
-        critic.layers[0].weight.mul_(10.0), critic.layers[0].bias.mul_(10.0)
+        critic.layers[0].weight.mul_(10.0)
+        critic.layers[0].bias.mul_(10.0)
     torch.testing.assert_close(critic(state, action), q2, rtol=1e-4, atol=1e-4)
     assert CriticEnsemble(8, 2, GAMMAS, hidden=(16,)).norms is None
