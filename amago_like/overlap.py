@@ -171,9 +171,9 @@ class OverlapFeed(DataFeed):
     def __init__(self, experiment: Any, pace: Pace, publish_every: int):
         super().__init__(experiment.dataset)
         self.exp, self.pace, self.publish_every = experiment, pace, publish_every
-        self.files = OverlapFiles(experiment.run_dir)
-        count = experiment.overlap_collectors
-        self.reports = [OverlapFiles(experiment.run_dir, i).collector for i in range(count)]
+        self.collector_files = [OverlapFiles(experiment.run_dir, i) for i in range(experiment.overlap_collectors)]
+        self.files = self.collector_files[0]  # (its learner file is the one every collector reads)
+        self.reports = [f.collector for f in self.collector_files]
         self.collectors: list[CollectorProcess] | None = getattr(experiment, "_collector_processes", None)
         self.restart()
         self._measured = {"wait_seconds": 0.0, "publish_seconds": 0.0, "publishes": 0}
@@ -220,7 +220,7 @@ class OverlapFeed(DataFeed):
         self._measured["publishes"] += 1
 
     def logs(self) -> str:
-        return ", ".join(OverlapFiles(self.exp.run_dir, i).log for i in range(len(self.reports)))
+        return ", ".join(f.log for f in self.collector_files)
 
     def check_collectors(self, needed: int, frames: int) -> None:
         if self.collectors is None:
