@@ -107,6 +107,27 @@ def test_bilevel_schedule_within_rollout_and_over_training():
     assert env.local_step == 0 and env.current_epsilon == pytest.approx(s(8, 0))
 
 
+def test_bilevel_horizon_none_is_the_length_of_the_rollouts_the_actor_finished():
+    learned = _fixed(BilevelEpsilonGreedy, _dark_room(), steps_anneal=100)
+    stated = _fixed(BilevelEpsilonGreedy, _dark_room(), rollout_horizon=8, steps_anneal=100)
+    assert learned.rollout_horizon is None and learned.longest_rollout == 0
+    learned.reset(seed=0)
+    first = []
+    for _ in range(8):  # the first meta-episode: no horizon known, the rollout-start epsilon throughout
+        first.append(learned.current_epsilon)
+        _, _, done, _, _ = learned.step(0)
+    assert done and learned.longest_rollout == 8
+    np.testing.assert_allclose(first, [linear_anneal(1.0, 0.8, t, 100) for t in range(8)])
+    assert first[-1] > stated.epsilon_schedule(7, 7) + 0.5  # a stated horizon would have annealed by now
+    learned.reset()
+    second = []
+    for _ in range(8):  # from the second on, the same schedule as a horizon of 8 stated outright
+        second.append(learned.current_epsilon)
+        learned.step(0)
+    np.testing.assert_allclose(second, [stated.epsilon_schedule(t, t - 8) for t in range(8, 16)])
+    assert second == sorted(second, reverse=True)
+
+
 def test_randomized_epsilon_per_actor_seed():
     def multiplier(seed):
         env = EpsilonGreedy(_dark_room())
@@ -231,7 +252,7 @@ def test_wrapper_needs_an_amago_env_inside():
     assert isinstance(env.amago_env, AMAGOEnv) and isinstance(env, ExplorationWrapper)
     with pytest.raises(ValueError):
         EpsilonGreedy(_dark_room(), eps_start=1.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="or None: rollout_horizon the env's rollout length"):
         BilevelEpsilonGreedy(_dark_room(), rollout_horizon=0)
 
 

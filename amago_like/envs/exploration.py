@@ -264,12 +264,17 @@ class BilevelEpsilonGreedy(ExplorationWrapper):
     ``eps_end_start`` to ``eps_end_end`` (``steps_anneal = None``: half the run). Both rollout endpoints anneal
     linearly in between.
     So early steps of a meta-episode explore a lot, later ones exploit.
+
+    ``rollout_horizon = None`` (the default) takes the horizon from the env: the length of the longest rollout this
+    actor has finished (a meta-episode of fixed length gives its length after the first one). Until its first
+    rollout ends, an actor has no horizon to anneal over and explores at the rollout-start epsilon throughout; a
+    resumed run learns the horizon again the same way.
     """
 
     def __init__(
         self,
         env: gym.Env,
-        rollout_horizon: int,
+        rollout_horizon: int | None = None,
         eps_start_start: float = 1.0,
         eps_start_end: float = 0.05,
         eps_end_start: float = 0.8,
@@ -284,12 +289,13 @@ class BilevelEpsilonGreedy(ExplorationWrapper):
             eps_end_start=eps_end_start,
             eps_end_end=eps_end_end,
         )
-        if rollout_horizon < 1 or (steps_anneal is not None and steps_anneal < 1):
+        if (rollout_horizon is not None and rollout_horizon < 1) or (steps_anneal is not None and steps_anneal < 1):
             raise ValueError(
-                f"rollout_horizon and steps_anneal must be >= 1 (steps_anneal may be None: half the run), "
-                f"got {rollout_horizon}, {steps_anneal}"
+                "rollout_horizon and steps_anneal must be >= 1 (or None: rollout_horizon the env's rollout length, "
+                f"steps_anneal half the run), got {rollout_horizon}, {steps_anneal}"
             )
         self.rollout_horizon, self.steps_anneal = rollout_horizon, steps_anneal
+        self.longest_rollout = 0  # steps of the longest rollout this actor finished (rollout_horizon = None)
         self.eps_start_start, self.eps_start_end = eps_start_start, eps_start_end
         self.eps_end_start, self.eps_end_end = eps_end_start, eps_end_end
         super().__init__(env, randomize_eps, noise_correlation)
@@ -297,5 +303,14 @@ class BilevelEpsilonGreedy(ExplorationWrapper):
     def epsilon_schedule(self, total_steps: int, local_step: int) -> float:
         anneal = self.anneal_steps
         at_rollout_start = linear_anneal(self.eps_start_start, self.eps_end_start, total_steps, anneal)
+        horizon = self.rollout_horizon if self.rollout_horizon is not None else self.longest_rollout
+        if horizon == 0:  # no rollout finished yet to take the horizon from
+            return at_rollout_start
         at_rollout_end = linear_anneal(self.eps_start_end, self.eps_end_end, total_steps, anneal)
-        return linear_anneal(at_rollout_start, at_rollout_end, local_step, self.rollout_horizon)
+        return linear_anneal(at_rollout_start, at_rollout_end, local_step, horizon)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        if terminated or truncated:
+            self.longest_rollout = max(self.longest_rollout, self.local_step)
+        return obs, reward, terminated, truncated, info
