@@ -39,6 +39,7 @@ from amago_like.logging import (
     plot_metrics,
     plot_metrics_in_background,
     progress,
+    timed,
 )
 from amago_like.nets.traj_encoders import TformerTrajEncoder, TrajEncoder
 from amago_like.nets.tstep_encoders import FFTstepEncoder, TstepEncoder
@@ -461,9 +462,9 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         if self.val_interval and self.epoch % self.val_interval == 0:
             metrics.update(self.evaluate_val())
         if self.epoch >= self.start_collecting_at_epoch:
-            metrics.update(self.collect_new_training_data())
+            metrics.update(timed(self.collect_new_training_data, "collect_seconds"))
         if self.epoch >= self.start_learning_at_epoch:
-            metrics.update(self.learn_epoch())
+            metrics.update(timed(self.learn_epoch, "learn_seconds"))
         self.epoch += 1
         checkpoint = bool(self.ckpt_interval) and self.epoch % self.ckpt_interval == 0
         if checkpoint:

@@ -249,6 +249,14 @@ def progress(
     return (reporter or _REPORTER).track(iterable, desc, total, unit)
 
 
+def timed(phase: Callable[[], dict[str, float]], key: str) -> dict[str, float]:
+    """The metrics ``phase()`` returns, with the wall seconds it took under ``key`` (an epoch row's
+    ``collect_seconds`` and ``learn_seconds``: which of the two sets an epoch's length)."""
+    start = time.perf_counter()
+    metrics = phase()
+    return metrics | {key: time.perf_counter() - start}
+
+
 def read_metrics(path: str) -> list[dict[str, float]]:
     rows = []
     with open(path) as f:

@@ -15,15 +15,16 @@ the roles (a sequential run and a learner take half the CPUs, a collector 1):
   the comparison of collecting beside training;
 - the toy meta-bandit (examples/toy.py, configs/bandit.gin), the same two ways.
 
-For each it prints wall seconds (process start to exit), env steps/s and updates/s over that time, the CPU
-seconds of its processes (an overlapped run's learner and collector apart), the wall seconds per epoch after
-the first (from metrics.jsonl: the rate a long run goes on at, without the one-off start-up and, overlapped,
-the wait for the first whole meta-episodes), and the counters of the last epoch row of metrics.jsonl, which
-must match between the two modes (it exits non-zero if they do not). On a shared machine the wall times follow
-the load; the CPU seconds say what 2 idle cores would allow at most. The last line is the Meta-World speedup:
-``overlap speedup: X.XXx`` (sequential wall / overlapped wall). The machine's load average is printed before
-and after, with how much work two single-threaded processes side by side do against one (2.00 on two idle
-cores; on a machine other jobs fill, less): the rates and the speedup depend on what else runs.
+For each it prints wall seconds (process start to exit), env steps/s and updates/s over that time, the CPU seconds
+of its processes (an overlapped run's learner and collector apart), the wall seconds per epoch after the first (from
+metrics.jsonl: the rate a long run goes on at, without the one-off start-up and, overlapped, the wait for the first
+whole meta-episodes), what the sequential run's epochs spent collecting and learning (their rows'
+``collect_seconds`` and ``learn_seconds``) with the gain perfect overlap of the two would give, and the counters of
+the last epoch row of metrics.jsonl, which must match between the two modes (it exits non-zero if they do not). On a
+shared machine the wall times follow the load; the CPU seconds say what 2 idle cores would allow at most. The last
+line is the Meta-World speedup: ``overlap speedup: X.XXx`` (sequential wall / overlapped wall). The machine's load
+average is printed before and after, with how much work two single-threaded processes side by side do against one
+(2.00 on two idle cores; on a machine other jobs fill, less): the rates and the speedup depend on what else runs.
 """
 
 from __future__ import annotations
@@ -57,6 +58,15 @@ def steady_epoch_seconds(rows: list[dict[str, float]]) -> float:
     return (rows[-1]["wall_seconds"] - rows[0]["wall_seconds"]) / (len(rows) - 1)
 
 
+def phase_seconds(rows: list[dict[str, float]]) -> tuple[float, float, float]:
+    """Over the epochs after the first: seconds collecting, seconds learning, and what perfect overlap would
+    leave of the two (each epoch as long as the longer of its phases)."""
+    steady = rows[1:]
+    collect = [r.get("collect_seconds", 0.0) for r in steady]
+    learn = [r.get("learn_seconds", 0.0) for r in steady]
+    return sum(collect), sum(learn), sum(map(max, collect, learn))
+
+
 def timed_run(name: str, command: list[str], out: str, run_dir: str) -> dict[str, float]:
     env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}  # thread counts follow the roles
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
@@ -77,7 +87,9 @@ def timed_run(name: str, command: list[str], out: str, run_dir: str) -> dict[str
     print(f"{name:22s} wall {wall:6.1f} s | env steps {frames:7.0f} ({frames / wall:6.1f}/s) | updates {updates:5.0f} "
           f"({updates / wall:5.2f}/s) | CPU {cpu:6.1f} s{where} | {steady:.2f} s per epoch after the first", flush=True)  # fmt: skip
     busiest = max(float(split[1]), float(split[2])) if split else cpu
-    return {"wall": wall, "frames": frames, "updates": updates, "busiest": busiest, "steady": steady}
+    collect, learn, overlapped = phase_seconds(rows)
+    return {"wall": wall, "frames": frames, "updates": updates, "busiest": busiest, "steady": steady,
+            "collect": collect, "learn": learn, "perfect": overlapped}  # fmt: skip
 
 
 def compare(label: str, base: list[str], out: str, run_name: str) -> float:
@@ -97,6 +109,10 @@ def compare(label: str, base: list[str], out: str, run_name: str) -> float:
           f"(sequential CPU / the busier overlapped process's CPU)", flush=True)  # fmt: skip
     print(f"{label}: after the first epoch (what each further epoch of a long run gains) {seq['steady']:.2f} / "
           f"{ovl['steady']:.2f} s per epoch: {seq['steady'] / ovl['steady']:.2f}x", flush=True)  # fmt: skip
+    if seq["perfect"] > 0:  # what overlapping can save at most: the shorter phase of every epoch
+        print(f"{label}: the sequential epochs after the first spent {seq['collect']:.1f} s collecting and "
+              f"{seq['learn']:.1f} s learning: perfect overlap would make the two phases "
+              f"{(seq['collect'] + seq['learn']) / seq['perfect']:.2f}x faster", flush=True)  # fmt: skip
     if not same:
         sys.exit(f"{label}: the two modes did not reach the same env steps and updates")
     return seq["wall"] / ovl["wall"]

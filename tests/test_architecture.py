@@ -85,6 +85,9 @@ def test_mid_epoch_rows_carry_the_epoch_they_belong_to(tmp_path):
     mid = [r for r in logged if "learn/critic_loss" in r and "epoch_seconds" not in r]
     assert [r["epoch"] for r in mid] == [1, 1, 1, 2, 2, 2]  # log_interval 1 of 4 batches: the 4th is the epoch row
     assert_one_timeline(tmp_path / "run" / "metrics.jsonl")
+    for epoch_row in (r for r in logged if "epoch_seconds" in r):  # the two phases of the epoch, each timed
+        collect, learn = epoch_row["collect_seconds"], epoch_row["learn_seconds"]
+        assert 0 < collect and 0 < learn and collect + learn <= epoch_row["epoch_seconds"]
 
 
 def test_learn_always_ends_with_a_training_state_checkpoint(tmp_path):

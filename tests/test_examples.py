@@ -155,3 +155,6 @@ def test_end_to_end_rates_each_epoch_after_the_first_from_the_logged_wall_clock(
     rows = [{"wall_seconds": w} for w in (9.0, 12.0, 16.0, 18.0)]  # a slow first epoch, then 3 s per epoch
     assert bench.steady_epoch_seconds(rows) == pytest.approx(3.0)
     assert np.isnan(bench.steady_epoch_seconds(rows[:1]))
+    # after the first epoch: 2 + 1 s collecting, 1 + 3 s learning; perfect overlap leaves 2 + 3 s of the 7
+    rows = [{"collect_seconds": c, "learn_seconds": lr} for c, lr in ((9.0, 9.0), (2.0, 1.0), (1.0, 3.0))]
+    assert bench.phase_seconds(rows) == pytest.approx((3.0, 4.0, 5.0))
