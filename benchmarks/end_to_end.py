@@ -87,9 +87,9 @@ def timed_run(name: str, command: list[str], out: str, run_dir: str) -> dict[str
     print(f"{name:22s} wall {wall:6.1f} s | env steps {frames:7.0f} ({frames / wall:6.1f}/s) | updates {updates:5.0f} "
           f"({updates / wall:5.2f}/s) | CPU {cpu:6.1f} s{where} | {steady:.2f} s per epoch after the first", flush=True)  # fmt: skip
     busiest = max(float(split[1]), float(split[2])) if split else cpu
-    collect, learn, overlapped = phase_seconds(rows)
+    collect, learn, perfect = phase_seconds(rows)
     return {"wall": wall, "frames": frames, "updates": updates, "busiest": busiest, "steady": steady,
-            "collect": collect, "learn": learn, "perfect": overlapped}  # fmt: skip
+            "collect": collect, "learn": learn, "perfect": perfect}  # fmt: skip
 
 
 def compare(label: str, base: list[str], out: str, run_name: str) -> float:
