@@ -12,7 +12,12 @@ from amago_like.cli import REPO_ROOT, apply_gin, run
 from amago_like.config import read_arguments
 from amago_like.evaluate import Evaluator
 
-TIMING = ("epoch_seconds", "wall_seconds")  # how long things took: the only figures a seed cannot fix
+TIMING = (
+    "epoch_seconds",
+    "collect_seconds",
+    "learn_seconds",
+    "wall_seconds",
+)  # how long things took: the only figures a seed cannot fix
 
 
 def dark_room(root, run_name="run", **overrides) -> Experiment:
