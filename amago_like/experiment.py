@@ -32,18 +32,11 @@ from amago_like.data.dataset import DataFeed, RLDataset, require_data
 from amago_like.envs.exploration import ExplorationWrapper
 from amago_like.envs.vector import check_same_observations, close_envs, make_vector_env
 from amago_like.learner import DivergenceError, Learner, adamw, planned_updates, seed_rngs
-from amago_like.logging import (
-    ExperimentLogging,
-    RunLogger,
-    init_wandb,
-    plot_metrics,
-    plot_metrics_in_background,
-    progress,
-    timed,
-)
+from amago_like.logging import ExperimentLogging, RunLogger, init_wandb, progress, timed
 from amago_like.nets.traj_encoders import TformerTrajEncoder, TrajEncoder
 from amago_like.nets.tstep_encoders import FFTstepEncoder, TstepEncoder
 from amago_like.overlap import ROLE_SETTINGS, attach, role_settings, run_files, run_seed  # noqa: F401  (ROLE_SETTINGS)
+from amago_like.plots import plot_metrics, plot_metrics_in_background
 from amago_like.rollout import KeptEpisodes, Rollout, RolloutStats, explores_with, summarize_episodes, with_exploration
 from amago_like.run_dir import CheckpointError, RunDir, RunExistsError
 from amago_like.threads import set_torch_threads

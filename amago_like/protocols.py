@@ -44,7 +44,7 @@ import torch
 from amago_like.envs.vector import make_vector_env
 from amago_like.envs.wrapper import EpisodeStats
 from amago_like.io import atomic_write_text
-from amago_like.logging import save_png
+from amago_like.plots import save_png
 from amago_like.rollout import KeptEpisodes, Rollout, summarize_episodes
 
 PROTOCOLS = ("k-attempt", "metaworld")

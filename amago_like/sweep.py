@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from amago_like.io import atomic_write_text
-from amago_like.logging import read_metrics, save_png
+from amago_like.logging import read_metrics
+from amago_like.plots import save_png
 from amago_like.stats import bootstrap_ci, iqm, performance_profile, performance_profile_ci, stratified_bootstrap_ci
 
 USAGE = "put the training command after --, e.g. python -m amago_like.sweep --seeds 0 1 2 -- examples/toy.py --epochs 5"

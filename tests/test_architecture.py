@@ -253,6 +253,7 @@ def test_modules_stay_small_and_imports_point_one_way():
     assert "cli" not in imports["evaluate.py"]  # gin parsing is config.py's
     for part in ("run_dir.py", "logging.py"):  # files only: no parts, no networks
         assert imports[part] <= {"io"}, (part, imports[part])
+    assert imports["plots.py"] <= {"io", "logging"}, imports["plots.py"]  # drawn from the files logging writes
     # inside data/: trajectory <- dataset (the interface) <- buffer, batches; dataset.py names them only lazily
     assert not modules["data/dataset.py"] & {"amago_like.data.buffer", "amago_like.data.batches"}
     assert "amago_like.data.buffer" not in modules["data/batches.py"]

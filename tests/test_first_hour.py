@@ -267,7 +267,7 @@ def _write_rows(run_dir, rows) -> None:
 
 
 def test_learn_series_keep_single_batches_and_epoch_means_apart():
-    from amago_like.logging import metric_series
+    from amago_like.plots import metric_series
 
     series = {s.kind: s for s in metric_series(_metrics_rows(["a"]))["learn/lr"]}
     assert set(series) == {"batch", "epoch"}
@@ -278,7 +278,7 @@ def test_learn_series_keep_single_batches_and_epoch_means_apart():
 
 
 def test_val_points_sit_at_the_training_they_measured_without_a_double_last_point():
-    from amago_like.logging import metric_series
+    from amago_like.plots import metric_series
 
     (val,) = metric_series(_metrics_rows(["a"]))["val/return"]
     assert val.xs == [0, 1, 2, 3, 4]  # evaluated at the start of epochs 1..4, then after the last one
@@ -292,7 +292,7 @@ def test_plot_metrics_labels_axes_by_what_they_count_and_writes_atomically(tmp_p
     import matplotlib.figure
     import matplotlib.image
 
-    from amago_like.logging import plot_metrics
+    from amago_like.plots import plot_metrics
 
     run = tmp_path / "run"
     _write_rows(run, _metrics_rows(["reach-v3", "push-v3"]))
@@ -323,7 +323,7 @@ def test_plot_metrics_labels_axes_by_what_they_count_and_writes_atomically(tmp_p
 def test_many_tasks_are_drawn_as_a_heatmap_one_row_per_task(tmp_path):
     import matplotlib.image
 
-    from amago_like.logging import plot_metrics
+    from amago_like.plots import plot_metrics
 
     tasks = [f"task-{i:02d}-v3" for i in range(45)]
     run = tmp_path / "run"
@@ -337,7 +337,7 @@ def test_many_tasks_are_drawn_as_a_heatmap_one_row_per_task(tmp_path):
 
 
 def test_plotting_again_redraws_only_what_changed_and_can_run_in_the_background(tmp_path):
-    from amago_like.logging import plot_metrics, plot_metrics_in_background
+    from amago_like.plots import plot_metrics, plot_metrics_in_background
 
     run = tmp_path / "run"
     rows = _metrics_rows(["a"])
@@ -469,7 +469,7 @@ def test_offline_training_on_a_folder_of_trajectories(tmp_path):
 
 
 def test_a_single_task_is_not_drawn_twice():
-    from amago_like.logging import metric_series
+    from amago_like.plots import metric_series
 
     rows = [{"val/return": 1.0, "val/bandit/return": 1.0, "epoch": 1, "epoch_seconds": 1.0}]
     rows.append({"val/return": 2.0, "val/bandit/return": 2.0, "epoch": 1})

@@ -8,7 +8,8 @@ from __future__ import annotations
 import re
 import sys
 
-from amago_like.logging import plot_metrics, read_metrics
+from amago_like.logging import read_metrics
+from amago_like.plots import plot_metrics
 
 
 def summarize(run_dir: str) -> str:
