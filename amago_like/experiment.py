@@ -447,7 +447,7 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
 
     def run_epoch(self) -> dict[str, float]:
         """One epoch: evaluate, collect, train, checkpoint, log."""
-        t0, metrics = time.time(), {}
+        t0, metrics = time.perf_counter(), {}
         for cb in self.callbacks:
             cb.on_epoch_start(self)
         if self.always_load_latest:
@@ -464,7 +464,7 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
             self.save_checkpoint()
         if self.always_save_latest:
             self.write_latest_policy()
-        metrics["epoch_seconds"] = time.time() - t0
+        metrics["epoch_seconds"] = time.perf_counter() - t0
         self.log(metrics)
         if checkpoint and self.is_main:  # a long run has plots long before it ends
             plot_metrics_in_background(self.run_dir)
