@@ -350,12 +350,16 @@ def collector_command() -> list[str]:
 
 
 @contextlib.contextmanager
-def overlapped(experiment: Any) -> Iterator[None]:
+def overlapped(experiment: Any, command: list[str] | None = None) -> Iterator[None]:
     """For ``cli.run``, around an overlapped learner's start-up and ``learn()``: its collectors run, spawned
     first so that they start up side by side with it (the learner publishes the policy it trains from before its
     first update; until then each collector acts with its own, as seeded). On the way out the learner says it is
     done and waits for the collectors to stop (a failure raises :class:`CollectorFailed` naming the log); if the
-    learner fails, the collectors are ended with it. Other runs: nothing."""
+    learner fails, the collectors are ended with it. Other runs: nothing.
+
+    ``command``: the collectors' command line, for a learner not started from a command line that rebuilds the
+    same run with ``--mode collect`` appended (default :func:`collector_command`); it must build this run's
+    Experiment with ``role="collect"`` and ``overlap=True``."""
     if not (experiment.overlap and experiment.role == "learn"):
         yield
         return
@@ -368,7 +372,7 @@ def overlapped(experiment: Any) -> Iterator[None]:
     collectors = experiment._collector_processes = []
     try:
         for i, f in enumerate(files):
-            collectors.append(CollectorProcess(collector_command(), f.log, i, count))
+            collectors.append(CollectorProcess(command or collector_command(), f.log, i, count))
             if experiment.verbose:
                 print(f"overlap: collector pid {collectors[-1].proc.pid}, its log {f.log}")
         yield

@@ -70,3 +70,20 @@ def test_suite_epochs_x_multiplies_env_steps_and_updates_and_names_itself(tmp_pa
     assert twice.bindings == ["--epochs_x 2"]
     with pytest.raises(SystemExit):
         suite.main(["--quick", "--out", str(tmp_path / "e0"), "--epochs_x", "0"])
+
+
+def test_suite_overlap_collects_in_a_second_process_at_the_same_budget_and_names_itself(tmp_path, suite):
+    """--overlap: each run is a learner and the collector it spawns (this script with --mode collect), which
+    rebuilds the same run (bindings and budget multipliers included) and acts with the learner's policies; the
+    row has the sequential run's env steps and updates and says it was overlapped."""
+    argv = ["--quick", "--tasks", "bandit_noisy", "--epochs_x", "2", "--gin", "Agent.tau = 0.01"]
+    sequential = suite.main([*argv, "--out", str(tmp_path / "seq")])[0]
+    overlapped = suite.main([*argv, "--out", str(tmp_path / "ovl"), "--overlap"])[0]
+    assert (overlapped.env_steps, overlapped.updates) == (sequential.env_steps, sequential.updates)
+    assert overlapped.bindings == ["Agent.tau = 0.01", "--epochs_x 2", "--overlap"]
+    run = tmp_path / "ovl" / "bandit_noisy_s0"
+    assert "Agent.tau = 0.01" in (run / "overlap" / "collector.gin").read_text()
+    rows = [json.loads(line) for line in (run / "metrics_collect.jsonl").read_text().splitlines()]
+    assert sum(r["overlap/policy_loads"] for r in rows) >= 1
+    with pytest.raises(SystemExit):  # the collector's flag alone: it needs its learner's one task and seed
+        suite.main(["--quick", "--out", str(tmp_path / "c"), "--mode", "collect"])

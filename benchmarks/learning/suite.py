@@ -8,6 +8,7 @@ python benchmarks/learning/suite.py --gin "Agent.tau = 0.01"    # the same suite
 python benchmarks/learning/suite.py --compare BASE.jsonl --to NEW.jsonl   # two results files, seed by seed
 python benchmarks/learning/suite.py --tasks dark_room --updates_x 2   # off the budget: 2x updates, same env steps
 python benchmarks/learning/suite.py --tasks dark_room --epochs_x 2    # off the budget: 2x epochs (env steps, updates)
+python benchmarks/learning/suite.py --overlap                  # each run collects while it learns (2 processes)
 
 Each task binds only its env, its context (``max_seq_len``, the meta-episode's length), its budget
 (epochs, env steps and updates per epoch) and ``parallel_actors``; everything else is the library's
@@ -33,6 +34,7 @@ import functools
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -42,6 +44,7 @@ import numpy as np
 import torch
 
 from amago_like import DarkRoom, DiskTrajDataset, Experiment, MetaBandit, PointGoal, TMaze
+from amago_like.overlap import overlapped
 from amago_like.stats import difference_ci, iqm, stratified_bootstrap_ci
 
 
@@ -241,31 +244,23 @@ def normalized(task: Task, ret: float) -> float:
     return (ret - lo) / (hi - lo)
 
 
-def run_task(
-    task: Task,
-    seed: int,
-    out: str,
-    quick: bool = False,
-    bindings: Sequence[str] = (),
-    off_budget: dict[str, int] | None = None,
-) -> Result:
-    """Train the default agent on ``task`` (only env, context, budget and actors bound) and evaluate it.
-    ``off_budget``: multipliers of the budget by :data:`OFF_BUDGET` flag (``{"--updates_x": 2}``: twice the
-    updates per epoch, at the same env steps), diagnostics the row's bindings name."""
-    gin.clear_config()
-    for b in bindings:
-        gin.parse_config(b)
-    budget = task.quick if quick else task.budget
+def _budget(task: Task, quick: bool, off_budget: dict[str, int] | None) -> tuple[Budget, list[str]]:
+    """The task's budget (``--quick``'s or the suite's), times the ``off_budget`` multipliers, and the flags that
+    name those multipliers in a row's bindings."""
+    budget, flags = task.quick if quick else task.budget, []
     for flag, times in (off_budget or {}).items():
         if times != 1:
             field = OFF_BUDGET[flag][0]
             budget = dataclasses.replace(budget, **{field: getattr(budget, field) * times})
-            bindings = [*bindings, f"{flag} {times}"]
+            flags.append(f"{flag} {times}")
+    return budget, flags
+
+
+def _experiment(task: Task, seed: int, out: str, budget: Budget, **overlap_role) -> Experiment:
+    """The suite's Experiment for ``task``: env, context, budget and actors bound, the rest gin's (defaults plus
+    the parsed bindings); ``overlap_role``: ``overlap`` and ``role`` of an overlapped run's processes."""
     run_name = f"{task.name}_s{seed}"
-    if os.path.exists(os.path.join(out, run_name)):
-        shutil.rmtree(os.path.join(out, run_name))
-    start = time.time()
-    experiment = Experiment(
+    return Experiment(
         run_name=run_name,
         ckpt_base_dir=out,
         max_seq_len=task.max_seq_len,
@@ -282,10 +277,54 @@ def run_task(
         ckpt_interval=None,
         seed=seed,
         verbose=False,
+        **overlap_role,
     )
+
+
+def collector_command(
+    task: Task, seed: int, out: str, quick: bool, bindings: Sequence[str], off_budget: dict[str, int] | None
+) -> list[str]:
+    """The command line of an overlapped suite run's collector: this script, rebuilding the same run with
+    ``--mode collect`` (1 torch thread)."""
+    argv = [sys.executable, os.path.abspath(__file__), "--tasks", task.name, "--seeds", str(seed)]
+    argv += ["--out", os.path.abspath(out), "--overlap", "--mode", "collect", "--threads", "1"]
+    argv += ["--quick"] if quick else []
+    for b in bindings:
+        argv += ["--gin", b]
+    for flag, times in (off_budget or {}).items():
+        argv += [flag, str(times)]
+    return argv
+
+
+def run_task(
+    task: Task,
+    seed: int,
+    out: str,
+    quick: bool = False,
+    bindings: Sequence[str] = (),
+    off_budget: dict[str, int] | None = None,
+    overlap: bool = False,
+) -> Result:
+    """Train the default agent on ``task`` (only env, context, budget and actors bound) and evaluate it.
+    ``off_budget``: multipliers of the budget by :data:`OFF_BUDGET` flag (``{"--updates_x": 2}``: twice the
+    updates per epoch, at the same env steps), diagnostics the row's bindings name. ``overlap``: collect while
+    learning (``Experiment.overlap``; a collector process steps the envs), at the same env steps and updates; the
+    row's bindings name it."""
+    gin.clear_config()
+    for b in bindings:
+        gin.parse_config(b)
+    budget, flags = _budget(task, quick, off_budget)
+    command = collector_command(task, seed, out, quick, bindings, off_budget) if overlap else None
+    bindings = [*bindings, *flags, *(["--overlap"] if overlap else [])]
+    run_name = f"{task.name}_s{seed}"
+    if os.path.exists(os.path.join(out, run_name)):
+        shutil.rmtree(os.path.join(out, run_name))
+    start = time.time()
+    experiment = _experiment(task, seed, out, budget, overlap=overlap)
     try:
-        experiment.start()
-        experiment.learn()
+        with overlapped(experiment, command):  # overlap: the collector steps the envs meanwhile
+            experiment.start()
+            experiment.learn()
         episodes = max(task.eval_episodes // 4, 8) if quick else task.eval_episodes
         if task.name == "reach":
             ret, per_episode = _evaluate_each_goal(experiment, task)
@@ -314,6 +353,22 @@ def run_task(
         # the buffer only: the run folder's metrics, plots and config stay for reading the curves
         shutil.rmtree(os.path.join(out, run_name, "buffer"), ignore_errors=True)
     return result
+
+
+def collect_task(
+    task: Task, seed: int, out: str, quick: bool, bindings: Sequence[str], off_budget: dict[str, int] | None
+) -> None:
+    """An overlapped suite run's collector (``--mode collect``, spawned by :func:`run_task`): steps the task's
+    training envs into the run's buffer with the learner's newest policy until the learner is done."""
+    gin.clear_config()
+    for b in bindings:
+        gin.parse_config(b)
+    experiment = _experiment(task, seed, out, _budget(task, quick, off_budget)[0], overlap=True, role="collect")
+    try:
+        experiment.start()
+        experiment.learn()
+    finally:
+        experiment.close()
 
 
 def _evaluate(experiment: Experiment, task: Task, episodes: int) -> tuple[float, list[float]]:
@@ -436,6 +491,15 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument("--out", default="runs/suite", help="folder for run folders, results.jsonl, table.md")
     parser.add_argument("--gin", action="append", default=[], help="a binding over the defaults (repeatable)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one run per core)")
+    parser.add_argument(
+        "--overlap",
+        action="store_true",
+        help="collect while learning (Experiment.overlap): each run is a learner and a collector process, at the "
+        "suite's env steps and updates; rows name it among their bindings",
+    )
+    parser.add_argument(
+        "--mode", choices=["collect"], default=None, help="(internal) the collector an --overlap run spawns"
+    )
     for flag, (_, what) in OFF_BUDGET.items():
         parser.add_argument(
             flag, type=int, default=1, help=f"a diagnostic off the suite's budget: N times each task's {what}"
@@ -484,11 +548,16 @@ def main(argv: list[str] | None = None) -> list[Result]:
             parser.error(f"{flag} must be an integer >= 1, got {times}")
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
     torch.set_num_threads(args.threads)
+    if args.mode == "collect":
+        if not args.overlap or len(args.tasks) != 1 or len(seeds) != 1:
+            parser.error("--mode collect is the collector an --overlap run spawns: one task and one seed, --overlap")
+        collect_task(TASKS[args.tasks[0]], seeds[0], args.out, args.quick, args.gin, off_budget)
+        return []
     os.makedirs(args.out, exist_ok=True)
     results = []
     for task_name in args.tasks:
         for seed in seeds:
-            result = run_task(TASKS[task_name], seed, args.out, args.quick, args.gin, off_budget)
+            result = run_task(TASKS[task_name], seed, args.out, args.quick, args.gin, off_budget, args.overlap)
             results.append(result)
             mode = "" if result.score_mode is None else f" (acting with its mode: {result.score_mode:.3f})"
             print(
