@@ -256,10 +256,14 @@ def _budget(task: Task, quick: bool, off_budget: dict[str, int] | None) -> tuple
     return budget, flags
 
 
+def _run_name(task: Task, seed: int) -> str:
+    return f"{task.name}_s{seed}"
+
+
 def _experiment(task: Task, seed: int, out: str, budget: Budget, **overlap_role) -> Experiment:
     """The suite's Experiment for ``task``: env, context, budget and actors bound, the rest gin's (defaults plus
     the parsed bindings); ``overlap_role``: ``overlap`` and ``role`` of an overlapped run's processes."""
-    run_name = f"{task.name}_s{seed}"
+    run_name = _run_name(task, seed)
     return Experiment(
         run_name=run_name,
         ckpt_base_dir=out,
@@ -281,7 +285,7 @@ def _experiment(task: Task, seed: int, out: str, budget: Budget, **overlap_role)
     )
 
 
-def collector_command(
+def collector_argv(
     task: Task, seed: int, out: str, quick: bool, bindings: Sequence[str], off_budget: dict[str, int] | None
 ) -> list[str]:
     """The command line of an overlapped suite run's collector: this script, rebuilding the same run with
@@ -314,9 +318,9 @@ def run_task(
     for b in bindings:
         gin.parse_config(b)
     budget, flags = _budget(task, quick, off_budget)
-    command = collector_command(task, seed, out, quick, bindings, off_budget) if overlap else None
+    command = collector_argv(task, seed, out, quick, bindings, off_budget) if overlap else None
     bindings = [*bindings, *flags, *(["--overlap"] if overlap else [])]
-    run_name = f"{task.name}_s{seed}"
+    run_name = _run_name(task, seed)
     if os.path.exists(os.path.join(out, run_name)):
         shutil.rmtree(os.path.join(out, run_name))
     start = time.time()
