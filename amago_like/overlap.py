@@ -209,6 +209,7 @@ class OverlapFeed(DataFeed):
         regardless of its throttle (the learner cannot update, and only more steps end an episode)."""
         progress = {"updates": self.updates, "policy": self.published, "done": done, "starving": starving}
         write_json(self.files.learner, progress)
+        self.starving = starving
 
     def publish(self) -> None:
         """The policy to ``ckpts/latest/policy.pt``, then its update count to ``learner.json``."""
@@ -253,6 +254,8 @@ class OverlapFeed(DataFeed):
                 self._refreshed = time.time()
             if frames >= needed and self.dataset.ready_for_training:
                 self._measured["wait_seconds"] += time.time() - start
+                if self.starving:  # the throttle is on again now, not after the update (a process's first is slow)
+                    self.write_progress()
                 return True
             if time.time() - start >= seconds:
                 return False

@@ -11,12 +11,13 @@ import time
 from fractions import Fraction
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from helpers import process_gone
 
 from amago_like import DiskTrajDataset, Experiment, MetaBandit
 from amago_like.cli import REPO_ROOT
-from amago_like.data.trajectory import count_transitions
+from amago_like.data.trajectory import Trajectory, count_transitions, save_trajectory
 from amago_like.overlap import (
     INDEX_ENV,
     PARENT_ENV,
@@ -24,6 +25,7 @@ from amago_like.overlap import (
     OverlapFiles,
     Pace,
     PacedCollector,
+    read_json,
     run_files,
     run_seed,
     write_json,
@@ -93,6 +95,30 @@ def test_the_learner_follows_the_collectors_env_steps_and_exploration_schedule(t
     assert feed.frames(100) == 480 and learner.total_frames == 480 and rollout.explore_steps == 30
     write_json(OverlapFiles(learner.run_dir, 1).collector, {"frames": 400})  # the second collector's, summed
     assert feed.frames(100) == 880 and learner.total_frames == 880 and rollout.explore_steps == 55
+
+
+def test_a_learner_that_stops_starving_says_so_before_its_update(tmp_path):
+    """While the env steps are there but no trajectory has finished, the learner tells the collector to step on
+    regardless of its throttle; the moment one has, it takes that back, before the update it now makes (a
+    process's first is slow): a stale flag let a collector take a whole epoch more with the untrained policy."""
+    dataset = DiskTrajDataset(str(tmp_path), "run")
+    learner = SimpleNamespace(dataset=dataset, run_dir=str(tmp_path / "run"), grad_updates=0, bad_updates=0,
+                              total_frames=0, train_rollout=SimpleNamespace(explores=False), parallel_actors=8,
+                              overlap_collectors=1, write_latest_policy=lambda: None,
+                              _collector_processes=[SimpleNamespace(poll=lambda: None)])  # fmt: skip
+    feed = OverlapFeed(learner, sequential_pace(), publish_every=5)
+    write_json(feed.files.collector, {"frames": 240})
+    assert not feed.wait(0.05)  # the env steps are there, no trajectory yet
+    assert read_json(feed.files.learner)["starving"]
+    save_trajectory(_trajectory(), dataset.fifo_dir, "env", "npz")
+    assert feed.wait(5.0)
+    assert read_json(feed.files.learner) == {"updates": 0, "policy": 0, "done": False, "starving": False}
+
+
+def _trajectory(T: int = 10) -> Trajectory:
+    return Trajectory(obs={"x": np.zeros((T + 1, 2), np.float32)}, rl2s=np.zeros((T + 1, 3), np.float32),
+                      time_idxs=np.arange(T + 1)[:, None], actions=np.zeros((T, 2), np.float32),
+                      rews=np.zeros((T, 1), np.float32), dones=np.zeros((T, 1), bool))  # fmt: skip
 
 
 def test_several_collectors_have_their_own_files_seeds_and_share_of_the_budget(tmp_path, monkeypatch):
