@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from amago_like import DarkRoom, DiskTrajDataset, Experiment, MetaBandit, PointGoal, TMaze
+from amago_like.cli import run
 from amago_like.overlap import overlapped
 from amago_like.stats import difference_ci, iqm, stratified_bootstrap_ci
 
@@ -256,6 +257,13 @@ def _budget(task: Task, quick: bool, off_budget: dict[str, int] | None) -> tuple
     return budget, flags
 
 
+def _bind(bindings: Sequence[str]) -> None:
+    """Gin's configuration: the library's defaults with ``bindings`` over them (nothing left from a run before)."""
+    gin.clear_config()
+    for b in bindings:
+        gin.parse_config(b)
+
+
 def _run_name(task: Task, seed: int) -> str:
     return f"{task.name}_s{seed}"
 
@@ -314,9 +322,7 @@ def run_task(
     updates per epoch, at the same env steps), diagnostics the row's bindings name. ``overlap``: collect while
     learning (``Experiment.overlap``; a collector process steps the envs), at the same env steps and updates; the
     row's bindings name it."""
-    gin.clear_config()
-    for b in bindings:
-        gin.parse_config(b)
+    _bind(bindings)
     budget, flags = _budget(task, quick, off_budget)
     command = collector_argv(task, seed, out, quick, bindings, off_budget) if overlap else None
     bindings = [*bindings, *flags, *(["--overlap"] if overlap else [])]
@@ -363,16 +369,10 @@ def collect_task(
     task: Task, seed: int, out: str, quick: bool, bindings: Sequence[str], off_budget: dict[str, int] | None
 ) -> None:
     """An overlapped suite run's collector (``--mode collect``, spawned by :func:`run_task`): steps the task's
-    training envs into the run's buffer with the learner's newest policy until the learner is done."""
-    gin.clear_config()
-    for b in bindings:
-        gin.parse_config(b)
-    experiment = _experiment(task, seed, out, _budget(task, quick, off_budget)[0], overlap=True, role="collect")
-    try:
-        experiment.start()
-        experiment.learn()
-    finally:
-        experiment.close()
+    training envs into the run's buffer with the learner's newest policy until the learner is done, as
+    ``amago_like.cli.run`` runs any collector."""
+    _bind(bindings)
+    run(_experiment(task, seed, out, _budget(task, quick, off_budget)[0], overlap=True, role="collect"))
 
 
 def _evaluate(experiment: Experiment, task: Task, episodes: int) -> tuple[float, list[float]]:
