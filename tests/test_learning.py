@@ -72,6 +72,23 @@ def test_suite_epochs_x_multiplies_env_steps_and_updates_and_names_itself(tmp_pa
         suite.main(["--quick", "--out", str(tmp_path / "e0"), "--epochs_x", "0"])
 
 
+def test_suite_refuses_a_binding_it_would_override_and_obeys_one_it_does_not_set(tmp_path, suite, capsys):
+    """A --gin binding of a parameter the suite sets per run (the budget, the seed) would be silently overridden, so
+    it is refused with one line naming the flag to use; the suite's own default of checkpoints (none before the
+    last epoch) is a binding like any other, so Experiment.ckpt_interval = 1 keeps every epoch's weights."""
+    with pytest.raises(SystemExit):
+        suite.main(["--quick", "--out", str(tmp_path / "no"), "--gin", "Experiment.epochs = 3"])
+    assert "the suite sets Experiment.epochs for every run itself; use --epochs_x" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
+    for name, extra in (("last", []), ("every", ["--gin", "Experiment.ckpt_interval = 1"])):
+        out = tmp_path / name
+        suite.main(["--quick", "--tasks", "bandit", "--out", str(out), *extra])
+        kept = {p.name for p in (out / "bandit_s0" / "ckpts" / "policy_weights").iterdir()}
+        epochs = suite.TASKS["bandit"].quick.epochs
+        assert epochs > 1
+        assert kept == {f"policy_epoch_{e}.pt" for e in (range(1, epochs + 1) if name == "every" else [epochs])}
+
+
 def test_suite_overlap_collects_in_a_second_process_at_the_same_budget_and_names_itself(tmp_path, suite):
     """--overlap: each run is a learner and the collector it spawns (this script with --mode collect), which
     rebuilds the same run (bindings and budget multipliers included) and acts with the learner's policies; the

@@ -33,6 +33,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -257,9 +258,45 @@ def _budget(task: Task, quick: bool, off_budget: dict[str, int] | None) -> tuple
     return budget, flags
 
 
+# What the suite passes to each run itself, so a --gin binding of it would be silently overridden; the hint says
+# which flag sets it instead.
+SET_BY_SUITE = {
+    "Experiment": {
+        **dict.fromkeys(("epochs", "train_timesteps_per_epoch", "train_batches_per_epoch"), "--epochs_x / --updates_x"),
+        "seed": "--seeds",
+        "overlap": "--overlap",
+        "role": "--overlap",
+        "verbose": None,
+        **dict.fromkeys(("run_name", "ckpt_base_dir"), "--out"),
+        **dict.fromkeys(
+            ("max_seq_len", "make_train_env", "make_val_env", "val_timesteps_per_epoch", "parallel_actors", "env_mode"),
+            "--tasks (each task's env and context)",
+        ),
+        **dict.fromkeys(("dataset", "val_interval"), None),
+    },
+    "DiskTrajDataset": dict.fromkeys(("dset_root", "dset_name"), "--out"),
+}
+# The suite's own defaults, which a binding may change: no checkpoints before the last epoch's weights
+# (Experiment.ckpt_interval = 1 keeps every epoch's, for evaluating averaged weights afterwards).
+SUITE_DEFAULTS = ("Experiment.ckpt_interval = None",)
+
+
+def refused_binding(binding: str) -> str | None:
+    """Why ``binding`` cannot be used with the suite (it binds a parameter the suite sets per run), or None."""
+    m = re.match(r"\s*(?:[\w.]+/)?(?:[\w.]+\.)?(\w+)\.(\w+)\s*=", binding)
+    if m is None or m.group(2) not in SET_BY_SUITE.get(m.group(1), {}):
+        return None
+    hint = SET_BY_SUITE[m.group(1)][m.group(2)]
+    fix = f"use {hint}" if hint else "it is part of the suite's protocol"
+    return f"--gin {binding!r}: the suite sets {m.group(1)}.{m.group(2)} for every run itself; {fix}"
+
+
 def _bind(bindings: Sequence[str]) -> None:
-    """Gin's configuration: the library's defaults with ``bindings`` over them (nothing left from a run before)."""
+    """Gin's configuration: the library's defaults, the suite's (SUITE_DEFAULTS), then ``bindings`` over them
+    (nothing left from a run before)."""
     gin.clear_config()
+    for b in SUITE_DEFAULTS:
+        gin.parse_config(b)
     for b in bindings:
         gin.parse_config(b)
 
@@ -286,7 +323,6 @@ def _experiment(task: Task, seed: int, out: str, budget: Budget, **overlap_role)
         train_timesteps_per_epoch=budget.steps_per_epoch,
         train_batches_per_epoch=budget.updates_per_epoch,
         val_interval=max(budget.epochs // 5, 1),
-        ckpt_interval=None,
         seed=seed,
         verbose=False,
         **overlap_role,
@@ -550,6 +586,9 @@ def main(argv: list[str] | None = None) -> list[Result]:
     for flag, times in off_budget.items():
         if times < 1:
             parser.error(f"{flag} must be an integer >= 1, got {times}")
+    for binding in args.gin:
+        if (problem := refused_binding(binding)) is not None:
+            parser.error(problem)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
     torch.set_num_threads(args.threads)
     if args.mode == "collect":
