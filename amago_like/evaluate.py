@@ -110,6 +110,13 @@ def _env_from_config(config_text: str) -> tuple[Callable[..., gym.Env], dict[str
             f"cannot tell the run's env from its config.gin (it names {found or 'no env'}); "
             f"pass --env ({', '.join(sorted(ENVS))})"
         )
+    # a factory given in Python with arguments of its own (not a class, function or partial of literals) is not
+    # recorded, and the env rebuilt here has only its gin bindings and defaults: say so rather than guess silently
+    print(
+        f"note: config.gin records no env factory; evaluating {found[0]} with its gin bindings and defaults "
+        "(if the run's factory passed other arguments, bind them with --gin)",
+        file=sys.stderr,
+    )
     return _resolve(found[0]), {}
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from helpers import load_example
 
-from amago_like import MetaBandit
+from amago_like import MetaBandit, evaluate
 
 
 def test_bandit_agent_learns_to_explore_then_exploit(tmp_path, two_threads):
@@ -87,6 +87,12 @@ def test_suite_refuses_a_binding_it_would_override_and_obeys_one_it_does_not_set
         epochs = suite.TASKS["bandit"].quick.epochs
         assert epochs > 1
         assert kept == {f"policy_epoch_{e}.pt" for e in (range(1, epochs + 1) if name == "every" else [epochs])}
+    # the run records its env factory with the task's arguments, so amago_like.evaluate rebuilds the same env
+    config = (tmp_path / "last" / "bandit_s0" / "config.gin").read_text()
+    fn, kwargs = evaluate._env_from_config(config)
+    task_env = suite.TASKS["bandit"].make_env
+    assert fn is task_env.func and kwargs["split"] == "test"
+    assert [kwargs[k] for k in list(kwargs)[: len(task_env.args)]] == list(task_env.args)
 
 
 def test_suite_overlap_collects_in_a_second_process_at_the_same_budget_and_names_itself(tmp_path, suite):

@@ -122,3 +122,18 @@ def test_a_run_is_rebuilt_with_the_values_of_changed_defaults_it_recorded_or_pre
         "Experiment.exploration_wrapper_type = None",
         "CriticEnsemble.discrete_head = False",
     ]
+
+
+def test_evaluate_says_when_it_rebuilds_an_env_the_run_did_not_record(capsys):
+    """A run given its env factory in Python with arguments (a bound method, a lambda) has no recorded factory, and
+    the env rebuilt from its configurable has only gin's arguments: evaluate says so instead of guessing silently.
+    A recorded partial gives back its arguments, with no note."""
+    from amago_like import PointGoal, evaluate
+
+    unrecorded = "PointGoal.goal_radius = 0.2\n"
+    assert evaluate._env_from_config(unrecorded) == (PointGoal, {})
+    assert "config.gin records no env factory; evaluating PointGoal" in capsys.readouterr().err
+    recorded = unrecorded + "# Experiment.make_val_env = @PointGoal('sparse', 25, 3, split='test')\n"
+    fn, kwargs = evaluate._env_from_config(recorded)
+    assert fn is PointGoal and kwargs == {"reward": "sparse", "episode_length": 25, "k_episodes": 3, "split": "test"}
+    assert capsys.readouterr().err == ""
