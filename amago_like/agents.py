@@ -44,10 +44,11 @@ from torch import nn
 from amago_like.checks import check_fraction, check_ints
 from amago_like.config import refuse_passed
 from amago_like.data.batches import Batch
+from amago_like.nets.averaging import AveragedPolicy, polyak_
 from amago_like.nets.heads import Actor, CriticEnsemble
 from amago_like.nets.traj_encoders import TformerTrajEncoder, TrajEncoder
 from amago_like.nets.tstep_encoders import FFTstepEncoder, TstepEncoder
-from amago_like.nets.values import PopArt, ValueBins, symexp, symlog
+from amago_like.nets.values import PopArt, ValueBins, n_step_targets, symexp, symlog
 
 VALUE_TARGETS = ("two_hot", "hl_gauss")
 # where a learned entropy coefficient starts when entropy_coeff is left unbound: high enough that the
@@ -59,28 +60,6 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of x over the positions where mask (broadcastable to x) is true."""
     mask = mask.to(x.dtype).expand_as(x)
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
-
-
-def n_step_targets(
-    rews: torch.Tensor, dones: torch.Tensor, real: torch.Tensor, v_next: torch.Tensor, gammas: torch.Tensor, n: int
-) -> torch.Tensor:
-    """TD targets (B, T, G) that sum up to n rewards before bootstrapping: rews, dones (B, T, 1) float, real
-    (B, T, 1) bool (a prefix of each row), v_next (B, T, G) = V(s_{t+1}), gammas (G,). A sum stops early at a
-    done (no bootstrap) or before the window's first padded transition (bootstrapping from the last real one)."""
-
-    def ahead(x: torch.Tensor, k: int) -> torch.Tensor:  # x[:, t + k] at t, zeros past the end
-        return torch.cat([x[:, k:], torch.zeros_like(x[:, :k])], 1)
-
-    ret, boot = torch.zeros_like(v_next), torch.zeros_like(v_next)
-    real = real.to(rews.dtype)
-    going = torch.ones_like(rews)  # (B, T, 1): steps t .. t+k-1 were real and none ended the episode
-    for k in range(n):
-        take = going * ahead(real, k)  # (B, T, 1): step t+k joins the sum
-        ret = ret + take * gammas**k * ahead(rews, k)
-        not_done = 1.0 - ahead(dones, k)
-        boot = torch.where(take.bool(), gammas ** (k + 1) * not_done * ahead(v_next, k), boot)
-        going = take * not_done
-    return ret + boot
 
 
 @gin.configurable
@@ -118,6 +97,7 @@ class Agent(nn.Module):
         num_actions_for_value: int = 1,
         n_step: int = 1,
         popart: bool = True,
+        averaged_policy_rate: float | None = None,
     ):
         super().__init__()
         if actor_gamma not in gammas:
@@ -125,6 +105,7 @@ class Agent(nn.Module):
         check_ints("Agent", 1, num_critics=num_critics, num_actions_for_value=num_actions_for_value, n_step=n_step)
         for name, rate in (("tau", tau), ("target_actor_tau", target_actor_tau), ("bc_action_limit", bc_action_limit)):
             check_fraction(f"Agent.{name}", rate, allow_none=name != "tau")
+        check_fraction("Agent.averaged_policy_rate", averaged_policy_rate, allow_none=True)
         if target_actor_tau is not None and not target_actor:
             raise ValueError("Agent.target_actor_tau is set but target_actor is False; bind Agent.target_actor = True")
         if num_critics_td is not None and not 1 <= num_critics_td <= num_critics:
@@ -179,6 +160,10 @@ class Agent(nn.Module):
         self.target_actor = copy.deepcopy(self.actor).requires_grad_(False) if target_actor else None
         self.target_actor_tau = tau if target_actor_tau is None else target_actor_tau  # it trails by ~1/rate updates
         self.popart = PopArt(len(gammas)) if popart else None
+        # rollouts act with an average of the recent updates' weights, which evens out the policy's swings from
+        # update to update (its return can halve between two epochs); the live weights go on learning
+        rate = averaged_policy_rate
+        self.averaged_policy = None if rate is None else AveragedPolicy(self.acting_parts(), rate)
 
     def _resolve_target_entropy(self, target: float | str | None) -> float | None:
         """``"auto"``: -action_dim for continuous actions (SAC's choice), none for discrete and multi-binary."""
@@ -199,6 +184,10 @@ class Agent(nn.Module):
         ]
 
     # ------------------------------------------------------------------ trunk
+    def acting_parts(self) -> dict[str, nn.Module]:
+        """The modules a rollout acts with (``averaged_policy`` holds its copies under the same names)."""
+        return {"tstep_encoder": self.tstep_encoder, "traj_encoder": self.traj_encoder, "actor": self.actor}
+
     def encode(
         self,
         obs: dict[str, torch.Tensor],
@@ -206,9 +195,12 @@ class Agent(nn.Module):
         time_idxs: torch.Tensor,
         pad_mask=None,
         hidden_state=None,
+        parts: nn.Module | None = None,
     ):
-        emb = self.tstep_encoder(obs, rl2s, pad_mask=pad_mask)  # (B, L, D_t)
-        return self.traj_encoder(emb, time_idxs, hidden_state=hidden_state)  # (B, L, D), state
+        """The trunk's states; ``parts``: other copies of the encoders to run (the averaged policy's)."""
+        parts = self if parts is None else parts
+        emb = parts.tstep_encoder(obs, rl2s, pad_mask=pad_mask)  # (B, L, D_t)
+        return parts.traj_encoder(emb, time_idxs, hidden_state=hidden_state)  # (B, L, D), state
 
     # ------------------------------------------------------------------ value heads
     # Critics emit raw outputs; these hooks (overridden by MultiTaskAgent) turn them into values.
@@ -389,12 +381,12 @@ class Agent(nn.Module):
 
     @torch.no_grad()
     def soft_sync_targets(self) -> None:
-        """Polyak averaging, one multi-tensor lerp per network (per-tensor lerps are a launch each on a GPU)."""
-        torch._foreach_lerp_(list(self.target_critics.parameters()), list(self.critics.parameters()), self.tau)
+        """Polyak averaging after each update: the target critics, the target actor, the averaged policy."""
+        polyak_(self.target_critics, self.critics, self.tau)
         if self.target_actor is not None:
-            torch._foreach_lerp_(
-                list(self.target_actor.parameters()), list(self.actor.parameters()), self.target_actor_tau
-            )
+            polyak_(self.target_actor, self.actor, self.target_actor_tau)
+        if self.averaged_policy is not None:
+            self.averaged_policy.update_(self.acting_parts())
 
     # ------------------------------------------------------------------ rollouts
     def init_hidden_state(self, batch_size: int, device: torch.device) -> Any:
@@ -413,9 +405,10 @@ class Agent(nn.Module):
         sample: bool = True,
     ) -> tuple[torch.Tensor, Any]:
         """One step for N actors: inputs (N, 1, ...) -> actions (N,) long, (N, A) long for
-        multi-binary, or (N, A) float; and the new hidden state."""
-        states, hidden_state = self.encode(obs, rl2s, time_idxs, hidden_state=hidden_state)  # (N, 1, D)
-        dist = self.actor(states[:, -1], gamma_index=self.actor_gamma_idx)
+        multi-binary, or (N, A) float; and the new hidden state. With ``averaged_policy_rate``, the averaged weights act."""
+        parts = self if self.averaged_policy is None else self.averaged_policy.parts
+        states, hidden_state = self.encode(obs, rl2s, time_idxs, hidden_state=hidden_state, parts=parts)  # (N, 1, D)
+        dist = parts.actor(states[:, -1], gamma_index=self.actor_gamma_idx)
         if self.discrete:
             actions = dist.sample() if sample else dist.mode()
         else:

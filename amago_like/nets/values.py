@@ -1,4 +1,4 @@
-"""Value-scale tools for the critics: PopArt normalisation and classification ("binned") values."""
+"""Value tools for the critics: PopArt normalisation, classification ("binned") values and n-step TD targets."""
 
 from __future__ import annotations
 
@@ -123,3 +123,26 @@ class ValueBins(nn.Module):
 
     def decode(self, probs: Tensor) -> Tensor:  # (..., K) -> (...) expected bin value
         return (probs * self.centers).sum(-1)
+
+
+# ---------------------------------------------------------------- TD targets
+def n_step_targets(
+    rews: torch.Tensor, dones: torch.Tensor, real: torch.Tensor, v_next: torch.Tensor, gammas: torch.Tensor, n: int
+) -> torch.Tensor:
+    """TD targets (B, T, G) that sum up to n rewards before bootstrapping: rews, dones (B, T, 1) float, real
+    (B, T, 1) bool (a prefix of each row), v_next (B, T, G) = V(s_{t+1}), gammas (G,). A sum stops early at a
+    done (no bootstrap) or before the window's first padded transition (bootstrapping from the last real one)."""
+
+    def ahead(x: torch.Tensor, k: int) -> torch.Tensor:  # x[:, t + k] at t, zeros past the end
+        return torch.cat([x[:, k:], torch.zeros_like(x[:, :k])], 1)
+
+    ret, boot = torch.zeros_like(v_next), torch.zeros_like(v_next)
+    real = real.to(rews.dtype)
+    going = torch.ones_like(rews)  # (B, T, 1): steps t .. t+k-1 were real and none ended the episode
+    for k in range(n):
+        take = going * ahead(real, k)  # (B, T, 1): step t+k joins the sum
+        ret = ret + take * gammas**k * ahead(rews, k)
+        not_done = 1.0 - ahead(dones, k)
+        boot = torch.where(take.bool(), gammas ** (k + 1) * not_done * ahead(v_next, k), boot)
+        going = take * not_done
+    return ret + boot

@@ -1,0 +1,39 @@
+"""Polyak (exponential moving) averages of modules' weights: the agent's target critics and target actor, and the
+averaged policy its rollouts can act with."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+def polyak_(average: nn.Module, live: nn.Module, rate: float | torch.Tensor) -> None:
+    """``average += rate * (live - average)`` over every parameter, in one multi-tensor lerp (per-tensor lerps are
+    a kernel launch each on a GPU)."""
+    torch._foreach_lerp_(list(average.parameters()), list(live.parameters()), rate)
+
+
+class AveragedPolicy(nn.Module):
+    """A Polyak average of the modules a policy acts with, at ``rate`` per update; until 1/rate updates have
+    passed it is the plain mean of every update so far (a fixed rate from the start would keep the untrained
+    weights' share large for the first ~1/rate updates). Buffers (an encoder's input statistics) are copied from
+    the live modules, not averaged. ``parts`` holds the averaged copies under the live modules' names."""
+
+    def __init__(self, live: dict[str, nn.Module], rate: float):
+        super().__init__()
+        self.rate = rate
+        self.parts = nn.ModuleDict({name: copy.deepcopy(m).requires_grad_(False) for name, m in live.items()})
+        # a tensor on the weights' device, so the update never waits for the device to read it back
+        self.register_buffer("updates", torch.zeros((), dtype=torch.float32))
+
+    @torch.no_grad()
+    def update_(self, live: dict[str, nn.Module]) -> None:
+        self.updates += 1
+        rate = torch.clamp(1.0 / self.updates, min=self.rate)
+        for name, module in live.items():
+            polyak_(self.parts[name], module, rate)
+            averaged_buffers = list(self.parts[name].buffers())
+            if averaged_buffers:
+                torch._foreach_copy_(averaged_buffers, list(module.buffers()))
