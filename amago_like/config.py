@@ -241,6 +241,7 @@ CHANGED_DEFAULTS = {
     "Agent.num_actions_for_value": None,
     "CriticEnsemble.discrete_head": "False",
     "TformerTrajEncoder.dropout": None,
+    "TformerTrajEncoder.n_layers": None,
 }
 
 

@@ -155,7 +155,7 @@ class TformerTrajEncoder(TrajEncoder):
         tstep_dim: int,
         max_seq_len: int,
         d_model: int = 128,
-        n_layers: int = 3,
+        n_layers: int = 2,
         n_heads: int = 8,
         d_ff: int = 512,
         dropout: float = 0.05,
