@@ -161,7 +161,7 @@ class Agent(nn.Module):
         self.target_actor_tau = tau if target_actor_tau is None else target_actor_tau  # it trails by ~1/rate updates
         self.popart = PopArt(len(gammas)) if popart else None
         # rollouts act with an average of the recent updates' weights, which evens out the policy's swings from
-        # update to update (its return can halve between two epochs); the live weights go on learning
+        # update to update; the live weights go on learning
         rate = averaged_policy_rate
         self.averaged_policy = None if rate is None else AveragedPolicy(self.acting_parts(), rate)
 
