@@ -98,7 +98,7 @@ def test_wrong_type_in_a_config_file_names_the_file_and_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == (
         f"error: in gin file {config} line 4: TformerTrajEncoder.n_layers must be an integer, got '2' (str); "
-        "bind a whole number without quotes or decimals, e.g. TformerTrajEncoder.n_layers = 3"
+        "bind a whole number without quotes or decimals, e.g. TformerTrajEncoder.n_layers = 2"
     )
 
 
