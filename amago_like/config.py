@@ -115,14 +115,18 @@ def check_bindings() -> None:
                 raise GinBindingError(reason + where)
 
 
+def bound_parameters(child: str) -> set[str]:
+    """The parameters of configurable ``child`` that gin's parsed config binds (any scope, any module path)."""
+    return {
+        p for (_, selector), params in gin.config._CONFIG.items() if selector.split(".")[-1] == child for p in params
+    }
+
+
 def refuse_passed(child: str, passed: dict[str, str | None]) -> None:
     """Build-time check for a part built with arguments its parent passes only in some uses (e.g. Metaworld
     passing KEpisodeMetaworld's ``k_episodes``): GinBindingError if ``child.param`` is bound for one of them,
     naming ``passed[param]`` to bind instead (None: nothing can set it there)."""
-    bound = {
-        p for (_, selector), params in gin.config._CONFIG.items() if selector.split(".")[-1] == child for p in params
-    }
-    for param in sorted(bound & set(passed)):
+    for param in sorted(bound_parameters(child) & set(passed)):
         if passed[param] is None:
             raise GinBindingError(
                 f"`{child}.{param}` is fixed by the part that builds {child} here; it cannot be bound"

@@ -33,7 +33,6 @@ import dataclasses
 import functools
 import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -46,6 +45,7 @@ import torch
 
 from amago_like import DarkRoom, DiskTrajDataset, Experiment, MetaBandit, PointGoal, TMaze
 from amago_like.cli import run
+from amago_like.config import bound_parameters
 from amago_like.overlap import overlapped
 from amago_like.stats import difference_ci, iqm, stratified_bootstrap_ci
 
@@ -282,22 +282,21 @@ SUITE_DEFAULTS = ("Experiment.ckpt_interval = None",)
 
 
 def refused_binding(binding: str) -> str | None:
-    """Why ``binding`` cannot be used with the suite (it binds a parameter the suite sets per run), or None."""
-    m = re.match(r"\s*(?:[\w.]+/)?(?:[\w.]+\.)?(\w+)\.(\w+)\s*=", binding)
-    if m is None or m.group(2) not in SET_BY_SUITE.get(m.group(1), {}):
-        return None
-    hint = SET_BY_SUITE[m.group(1)][m.group(2)]
-    fix = f"use {hint}" if hint else "it is part of the suite's protocol"
-    return f"--gin {binding!r}: the suite sets {m.group(1)}.{m.group(2)} for every run itself; {fix}"
+    """Why ``binding`` cannot be used with the suite (it binds a parameter the suite sets per run), or None. Read
+    from gin's parse of it, as the library's own checks of passed parameters are (``config.refuse_passed``)."""
+    _bind([binding])
+    for child, passed in SET_BY_SUITE.items():
+        for param in sorted(bound_parameters(child) & set(passed)):
+            fix = f"use {passed[param]}" if passed[param] else "it is part of the suite's protocol"
+            return f"--gin {binding!r}: the suite sets {child}.{param} for every run itself; {fix}"
+    return None
 
 
 def _bind(bindings: Sequence[str]) -> None:
     """Gin's configuration: the library's defaults, the suite's (SUITE_DEFAULTS), then ``bindings`` over them
     (nothing left from a run before)."""
     gin.clear_config()
-    for b in SUITE_DEFAULTS:
-        gin.parse_config(b)
-    for b in bindings:
+    for b in (*SUITE_DEFAULTS, *bindings):
         gin.parse_config(b)
 
 
