@@ -160,8 +160,8 @@ class Agent(nn.Module):
         self.target_actor = copy.deepcopy(self.actor).requires_grad_(False) if target_actor else None
         self.target_actor_tau = tau if target_actor_tau is None else target_actor_tau  # it trails by ~1/rate updates
         self.popart = PopArt(len(gammas)) if popart else None
-        # rollouts act with an average of the recent updates' weights, which evens out the policy's swings from
-        # update to update; the live weights go on learning
+        # evaluations act with an average of the recent updates' weights, which evens out the policy's swings from
+        # update to update; training collection and learning use the live weights
         rate = averaged_policy_rate
         self.averaged_policy = None if rate is None else AveragedPolicy(self.acting_parts(), rate)
 
@@ -403,10 +403,12 @@ class Agent(nn.Module):
         time_idxs: torch.Tensor,
         hidden_state: Any,
         sample: bool = True,
+        averaged: bool = False,
     ) -> tuple[torch.Tensor, Any]:
         """One step for N actors: inputs (N, 1, ...) -> actions (N,) long, (N, A) long for
-        multi-binary, or (N, A) float; and the new hidden state. With ``averaged_policy_rate``, the averaged weights act."""
-        parts = self if self.averaged_policy is None else self.averaged_policy.parts
+        multi-binary, or (N, A) float; and the new hidden state. ``averaged`` (evaluations): act with the averaged
+        weights where ``averaged_policy_rate`` keeps them; otherwise the live weights act."""
+        parts = self.averaged_policy.parts if averaged and self.averaged_policy is not None else self
         states, hidden_state = self.encode(obs, rl2s, time_idxs, hidden_state=hidden_state, parts=parts)  # (N, 1, D)
         dist = parts.actor(states[:, -1], gamma_index=self.actor_gamma_idx)
         if self.discrete:

@@ -185,9 +185,11 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
             processes=sharing,
         )
 
-    def make_rollout(self, envs: gym.vector.VectorEnv, explores: bool = False, force_reset_every=None) -> Rollout:
+    def make_rollout(
+        self, envs: gym.vector.VectorEnv, explores=False, force_reset_every=None, collects=False
+    ) -> Rollout:
         show = self.verbose and self.is_main
-        return Rollout(envs, self.DEVICE, self.caster, show, explores, force_reset_every)
+        return Rollout(envs, self.DEVICE, self.caster, show, explores, force_reset_every, collects)
 
     def init_envs(self) -> None:
         """Training actors (with the exploration wrapper), a :class:`Rollout`; the validation envs' is built on first
@@ -199,7 +201,7 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
             num_train, make_train = 1, make_train if callable(make_train) else make_train[:1]
         train_envs = self.make_envs(make_train, self.dataset.save_new_trajs_to, num_envs=num_train)
         explores = explores_with(train_envs, wrapper)
-        self.train_rollout = self.make_rollout(train_envs, explores, self.force_reset_train_envs_every)
+        self.train_rollout = self.make_rollout(train_envs, explores, self.force_reset_train_envs_every, collects=True)
         self.train_rollout.set_run_length(self.epochs * self.train_timesteps_per_epoch)
         self._val_rollout = None
         r = self.train_rollout

@@ -138,6 +138,8 @@ class Rollout:
     ``explores``: the envs carry exploration wrappers; their schedule (env steps per actor) is part of
     :meth:`state_dict`, so a resumed run continues it instead of exploring from the start again.
     ``force_reset_every``: restart every episode once that many steps per actor passed since the last start.
+    ``collects``: the training actors, whose episodes the agent learns from; they act with the live weights, every
+    other rollout (validation, test, evaluation) with the averaged weights where the policy keeps them.
     """
 
     def __init__(
@@ -148,8 +150,9 @@ class Rollout:
         show_bars: bool | None = None,
         explores: bool = False,
         force_reset_every: int | None = None,
+        collects: bool = False,
     ):
-        self.envs, self.device, self.caster = envs, device, caster
+        self.envs, self.device, self.caster, self.collects = envs, device, caster, collects
         self.no_bars = None if show_bars else True  # None: tqdm shows bars only on a terminal
         self.explores, self.force_reset_every = explores, force_reset_every
         self.explore_steps = 0  # env steps per actor, what the exploration schedule anneals over
@@ -189,7 +192,8 @@ class Rollout:
         actors: list[int] = []
         for _ in progress(range(timesteps), desc=desc, disable=self.no_bars, unit="env steps"):
             with self.caster():
-                actions, hidden = policy.get_actions(*self._obs_to_torch(obs), hidden, sample=sample)
+                step = self._obs_to_torch(obs)
+                actions, hidden = policy.get_actions(*step, hidden, sample=sample, averaged=not self.collects)
             obs, _, terminated, truncated, infos = self.envs.step(actions.cpu().numpy())
             done = np.logical_or(terminated, truncated)
             if done.any():

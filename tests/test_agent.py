@@ -650,28 +650,32 @@ def test_target_actor_tau_sets_the_target_actors_rate_apart_from_the_critics():
 
 def test_averaged_policy_is_the_mean_of_the_updates_until_its_window_fills_then_a_polyak_average():
     live = torch.nn.BatchNorm1d(1)  # a weight, a bias and running-statistics buffers
+    live.register_buffer("table", torch.zeros(1), persistent=False)  # fixed, like a position table
     averaged = AveragedPolicy({"net": live}, rate=0.25)
     seen = []
     for value in (4.0, 8.0, 0.0, 4.0, 12.0):
         with torch.no_grad():
             live.weight.fill_(value)
             live.running_mean.fill_(-value)
+            live.table.fill_(value)
         averaged.update_({"net": live})
         seen.append(averaged.parts["net"].weight.item())
     # the plain mean of the first 1 / rate = 4 updates (4, 6, 4, 4), then 4 + 0.25 * (12 - 4)
     assert seen == pytest.approx([4.0, 6.0, 4.0, 4.0, 6.0])
-    assert averaged.parts["net"].running_mean.item() == -12.0  # buffers are the live module's own
+    assert averaged.parts["net"].running_mean.item() == -12.0  # persistent buffers are the live module's own
+    assert averaged.parts["net"].table.item() == 0.0  # non-persistent ones are never copied
     assert not any(p.requires_grad for p in averaged.parameters())
 
 
 @pytest.mark.parametrize("discrete", [True, False])
-def test_rollouts_act_with_the_averaged_policy_which_follows_the_live_weights_at_each_sync(discrete):
+def test_evaluations_act_with_the_averaged_policy_which_follows_the_live_weights_at_each_sync(discrete):
     agent = make_agent(discrete, averaged_policy_rate=0.1).eval()
     obs = {"observation": torch.randn(4, 1, OBS_DIM)}
     rl2s, t = torch.zeros(4, 1, 1 + agent.action_dim), torch.zeros(4, 1, 1, dtype=torch.long)
 
-    def act() -> torch.Tensor:
-        actions, _ = agent.get_actions(obs, rl2s, t, agent.init_hidden_state(4, torch.device("cpu")), sample=False)
+    def act(averaged: bool = True) -> torch.Tensor:
+        hidden = agent.init_hidden_state(4, torch.device("cpu"))
+        actions, _ = agent.get_actions(obs, rl2s, t, hidden, sample=False, averaged=averaged)
         return actions.float()
 
     def live_actions() -> torch.Tensor:
@@ -679,11 +683,12 @@ def test_rollouts_act_with_the_averaged_policy_which_follows_the_live_weights_at
         return agent.actor(states[:, -1], gamma_index=agent.actor_gamma_idx).mode().float()
 
     before = act()
-    with torch.no_grad():  # an update that moves only the live actor: rollouts still act as before
+    with torch.no_grad():  # an update that moves only the live actor: evaluations still act as before
         for p in agent.actor.parameters():
             p.add_(torch.randn_like(p))
     assert not torch.allclose(live_actions(), before)
     torch.testing.assert_close(act(), before)
+    torch.testing.assert_close(act(averaged=False), live_actions())  # training collection: the live weights
     agent.soft_sync_targets()  # the first sync averages one update: the averaged policy is the live one
     torch.testing.assert_close(act(), live_actions())
     state = agent.state_dict()  # saved and resumed with the run's weights
@@ -691,4 +696,5 @@ def test_rollouts_act_with_the_averaged_policy_which_follows_the_live_weights_at
     restored = make_agent(discrete, averaged_policy_rate=0.1).eval()
     restored.load_state_dict(state)
     torch.testing.assert_close(restored.averaged_policy.parts["actor"].net[-1].weight, agent.actor.net[-1].weight)
-    assert "averaged_policy.updates" not in make_agent(discrete).state_dict()  # off: the weights are as before
+    off = make_agent(discrete, averaged_policy_rate=None)
+    assert "averaged_policy.updates" not in off.state_dict()  # off: the weights are as before

@@ -306,9 +306,9 @@ def test_eval_sample_actions_chooses_how_evaluations_act(tmp_path, tiny_model, e
     calls = []
     get_actions = exp.policy.get_actions
 
-    def spy(*args, sample):
-        calls.append(sample)
-        return get_actions(*args, sample=sample)
+    def spy(*args, sample, averaged):
+        calls.append((sample, averaged))
+        return get_actions(*args, sample=sample, averaged=averaged)
 
     exp.policy.get_actions = spy
     exp.collect_new_training_data()
@@ -316,8 +316,10 @@ def test_eval_sample_actions_chooses_how_evaluations_act(tmp_path, tiny_model, e
     exp.evaluate_val()
     exp.evaluate_test(MetaBandit, timesteps=12)
     exp.close()
-    assert set(train_calls) == {True}  # training rollouts always follow sample_actions
-    assert calls and set(calls) == {expected}
+    # training rollouts always follow sample_actions and act with the live weights (the data to learn from);
+    # evaluations ask for the averaged weights, which act where Agent.averaged_policy_rate keeps them
+    assert set(train_calls) == {(True, False)}
+    assert calls and set(calls) == {(expected, True)}
 
 
 def test_auto_exploration_perturbs_continuous_actions_only(tmp_path, tiny_model):

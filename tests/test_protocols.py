@@ -65,7 +65,7 @@ class Scripted:
     def reset_hidden_state(self, hidden, done):
         return hidden
 
-    def get_actions(self, obs, rl2s, time_idxs, hidden, sample=True):
+    def get_actions(self, obs, rl2s, time_idxs, hidden, sample=True, averaged=False):
         attempt, long = obs["observation"][:, -1, 0], obs["observation"][:, -1, 1]
         return torch.tensor([int(self.succeeds(int(a), bool(x))) for a, x in zip(attempt, long)]), hidden
 
@@ -211,5 +211,5 @@ class Zeros(Scripted):
     def __init__(self):
         pass
 
-    def get_actions(self, obs, rl2s, time_idxs, hidden, sample=True):
+    def get_actions(self, obs, rl2s, time_idxs, hidden, sample=True, averaged=False):
         return torch.zeros(len(obs["observation"]), 4), hidden
