@@ -97,7 +97,7 @@ class Agent(nn.Module):
         num_actions_for_value: int = 1,
         n_step: int = 1,
         popart: bool = True,
-        averaged_policy_rate: float | None = None,
+        averaged_policy_rate: float | None = 0.02,
     ):
         super().__init__()
         if actor_gamma not in gammas:

@@ -246,6 +246,7 @@ CHANGED_DEFAULTS = {
     "CriticEnsemble.discrete_head": "False",
     "TformerTrajEncoder.dropout": None,
     "TformerTrajEncoder.n_layers": None,
+    "Agent.averaged_policy_rate": "None",
 }
 
 
