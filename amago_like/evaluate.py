@@ -14,7 +14,9 @@ env configurable its config names); ``--env`` picks one for runs whose config na
 goals it never saw rewarded".
 
 ``--epoch N`` evaluates that epoch's saved weights (default: the latest policy); ``--average FIRST:LAST`` the
-mean of the weights saved at those epochs, which evens out the swings between single checkpoints.
+mean of the weights saved at those epochs, which evens out the swings between single checkpoints. An agent that
+keeps averaged weights (``Agent.averaged_policy_rate``, on by default) acts with those, as the run's own
+evaluations did; ``--live_weights`` acts with the weights the run trained instead.
 ``--episodes N`` (the default) draws tasks at random, with repeats. ``--protocol`` (envs with a task list:
 Meta-World) plays every task x goal of the split exactly once instead (amago_like/protocols.py says what each
 counts): ``k-attempt`` (also ``--each_goal``) the run's k attempts, ``metaworld`` Meta-World's meta-RL protocol,
@@ -335,6 +337,11 @@ def parser() -> argparse.ArgumentParser:
     which.add_argument(
         "--average", metavar="FIRST:LAST", type=epoch_range, default=None, help="mean of the weights of these epochs"
     )
+    p.add_argument(
+        "--live_weights",
+        action="store_true",
+        help="act with the live weights of an agent that keeps averaged ones (evaluations act with those by default)",
+    )
     p.add_argument("--render_to", default=None, help="write the first actor's meta-episodes here as GIFs")
     p.add_argument("--save_trajs_to", default=None, help="write every evaluated meta-episode here as a dataset")
     return p
@@ -375,16 +382,28 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         except ValueError as e:
             p.error(f"{flag} is for Meta-World runs and other envs with a task list: {e}")
     gaussians: list[TanhGaussian] = []  # the policy's distribution at every rollout step
-    watch = lambda policy: policy.actor.register_forward_hook(  # noqa: E731
-        lambda _m, _i, dist: gaussians.append(dist) if isinstance(dist, TanhGaussian) else None
-    )
+
+    def prepare(policy: Agent) -> None:
+        """--live_weights, and a hook on the actor that acts (an evaluation acts with the averaged one if kept)."""
+        if args.live_weights:
+            if policy.averaged_policy is None:
+                sys.exit(f"error: --live_weights: {args.run_dir}'s agent keeps no averaged weights "
+                         "(Agent.averaged_policy_rate = None), so it is evaluated with its live weights already; "
+                         "drop --live_weights")  # fmt: skip
+            policy.averaged_policy = None
+            ev.weights, ev.weights_tag = ev.weights + " (live weights)", ev.weights_tag + "_live"
+        actor = policy.actor if policy.averaged_policy is None else policy.averaged_policy.parts["actor"]
+        actor.register_forward_hook(
+            lambda _m, _i, dist: gaussians.append(dist) if isinstance(dist, TanhGaussian) else None
+        )
+
     sample = args.actions == "sample"
     if protocol_name is None:
         metrics = ev.evaluate(args.split, args.episodes, False, sample, args.epoch, args.average,
-                              args.save_trajs_to, args.render_to, watch, args.seed)  # fmt: skip
+                              args.save_trajs_to, args.render_to, prepare, args.seed)  # fmt: skip
     else:
         result = ev.run_protocol(protocol, args.split, sample, args.epoch, args.average, args.max_actors,
-                                 args.save_trajs_to, args.render_to, watch, args.seed)  # fmt: skip
+                                 args.save_trajs_to, args.render_to, prepare, args.seed)  # fmt: skip
         metrics = result.summary("test")
     episodes = metrics["test/episodes"] if protocol_name else args.episodes
     print(

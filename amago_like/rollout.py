@@ -192,8 +192,8 @@ class Rollout:
         actors: list[int] = []
         for _ in progress(range(timesteps), desc=desc, disable=self.no_bars, unit="env steps"):
             with self.caster():
-                step = self._obs_to_torch(obs)
-                actions, hidden = policy.get_actions(*step, hidden, sample=sample, averaged=not self.collects)
+                inputs = self._obs_to_torch(obs)
+                actions, hidden = policy.get_actions(*inputs, hidden, sample=sample, averaged=not self.collects)
             obs, _, terminated, truncated, infos = self.envs.step(actions.cpu().numpy())
             done = np.logical_or(terminated, truncated)
             if done.any():

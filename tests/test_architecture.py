@@ -297,6 +297,34 @@ def test_a_run_records_its_python_arguments_and_evaluate_uses_them(tmp_path, cap
     assert "on the test split, 2 meta-episodes" in capsys.readouterr().out
 
 
+def test_evaluate_acts_with_the_averaged_weights_unless_told_live(tmp_path, capsys):
+    """As the run's own evaluations, `evaluate` acts with the averaged weights the agent keeps (its diagnostics
+    watch that actor); --live_weights acts with the trained ones, and says when a run keeps no average."""
+    from amago_like import PointGoal, evaluate
+
+    point = functools.partial(PointGoal, episode_length=3, k_episodes=2)
+    exp = small(tmp_path, make_train_env=point, make_val_env=point, epochs=1, val_interval=None)
+    exp.learn()
+    exp.close()
+    run = str(tmp_path / "run")
+    weights = {}
+    for flags in ([], ["--live_weights"]):
+        gin.clear_config()
+        evaluate.main([run, "--split", "test", "--episodes", "2", "--actions", "mode", *flags])
+        out = capsys.readouterr().out
+        assert "policy pre-tanh |mean| per action dim" in out  # the actor that acted was watched
+        weights[bool(flags)] = out
+    assert "(live weights)" in weights[True] and "(live weights)" not in weights[False]
+    gin.clear_config()
+    none = small(tmp_path / "none", ["Agent.averaged_policy_rate = None"], make_train_env=point, make_val_env=point,
+                 epochs=1, val_interval=None)  # fmt: skip
+    none.learn()
+    none.close()
+    gin.clear_config()
+    with pytest.raises(SystemExit, match="keeps no averaged weights"):
+        evaluate.main([str(tmp_path / "none" / "run"), "--split", "test", "--episodes", "2", "--live_weights"])
+
+
 def test_evaluate_uses_what_the_run_used_unless_told_otherwise(tmp_path):
     from amago_like import evaluate
 
