@@ -188,6 +188,10 @@ class Agent(nn.Module):
         """The modules a rollout acts with (``averaged_policy`` holds its copies under the same names)."""
         return {"tstep_encoder": self.tstep_encoder, "traj_encoder": self.traj_encoder, "actor": self.actor}
 
+    def acting(self, averaged: bool) -> nn.Module:
+        """What holds the modules that act: the averaged policy's copies when ``averaged`` and kept, else self."""
+        return self.averaged_policy.parts if averaged and self.averaged_policy is not None else self
+
     def encode(
         self,
         obs: dict[str, torch.Tensor],
@@ -408,7 +412,7 @@ class Agent(nn.Module):
         """One step for N actors: inputs (N, 1, ...) -> actions (N,) long, (N, A) long for
         multi-binary, or (N, A) float; and the new hidden state. ``averaged`` (evaluations): act with the averaged
         weights where ``averaged_policy_rate`` keeps them; otherwise the live weights act."""
-        parts = self.averaged_policy.parts if averaged and self.averaged_policy is not None else self
+        parts = self.acting(averaged)
         states, hidden_state = self.encode(obs, rl2s, time_idxs, hidden_state=hidden_state, parts=parts)  # (N, 1, D)
         dist = parts.actor(states[:, -1], gamma_index=self.actor_gamma_idx)
         if self.discrete:

@@ -392,8 +392,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                          "drop --live_weights")  # fmt: skip
             policy.averaged_policy = None
             ev.weights, ev.weights_tag = ev.weights + " (live weights)", ev.weights_tag + "_live"
-        actor = policy.actor if policy.averaged_policy is None else policy.averaged_policy.parts["actor"]
-        actor.register_forward_hook(
+        policy.acting(averaged=True).actor.register_forward_hook(
             lambda _m, _i, dist: gaussians.append(dist) if isinstance(dist, TanhGaussian) else None
         )
 
