@@ -130,6 +130,10 @@ def _is_env(name: str) -> bool:
     return fn is Metaworld or (inspect.isclass(fn) and issubclass(fn, gym.Env) and not issubclass(fn, gym.Wrapper))
 
 
+class NoAveragedWeights(ValueError):
+    """Live weights were asked of a run whose agent keeps no averaged ones."""
+
+
 class Evaluator:
     """A run's policy (from its config.gin and weights) and its env factory, ready to roll out."""
 
@@ -140,8 +144,10 @@ class Evaluator:
         env: str | None = None,
         max_seq_len: int | None = None,
         device: str | torch.device | None = None,
+        live_weights: bool = False,
     ):
         self.run_dir = run_dir
+        self.live_weights = live_weights  # act with the trained weights even where the agent keeps averaged ones
         self.folder = RunDir(run_dir)
         if not os.path.isfile(self.folder.config):
             raise FileNotFoundError(
@@ -204,18 +210,27 @@ class Evaluator:
         return policy.to(self.device)
 
     def load(self, policy: Agent, epoch: int | None = None, average: tuple[int, int] | None = None) -> None:
-        """The weights of ``epoch``, the mean of the weights saved at epochs ``average``, or the latest policy."""
+        """The weights of ``epoch``, the mean of the weights saved at epochs ``average``, or the latest policy;
+        with ``live_weights``, the policy no longer acts with the averaged copy of them it keeps."""
         if average is not None:
             source, weights = average_weights(saved_weights(self.folder, *average))
             load_weights(policy, weights, source)
             self.weights = f" (weights of epochs {average[0]}-{average[1]} averaged)"
             self.weights_tag = f"_epochs{average[0]}-{average[1]}"
-            return
-        path = self.folder.latest_policy if epoch is None else self.folder.policy_weights(epoch)
-        file, _, weights = read_checkpoint(path)
-        load_weights(policy, weights, file)
-        self.weights = "" if epoch is None else f" (epoch {epoch})"
-        self.weights_tag = "" if epoch is None else f"_epoch{epoch}"
+        else:
+            path = self.folder.latest_policy if epoch is None else self.folder.policy_weights(epoch)
+            file, _, weights = read_checkpoint(path)
+            load_weights(policy, weights, file)
+            self.weights = "" if epoch is None else f" (epoch {epoch})"
+            self.weights_tag = "" if epoch is None else f"_epoch{epoch}"
+        if self.live_weights:
+            if policy.averaged_policy is None:
+                raise NoAveragedWeights(
+                    f"live_weights: {self.run_dir}'s agent keeps no averaged weights (Agent.averaged_policy_rate = "
+                    "None), so it is evaluated with its live weights already; drop live_weights"
+                )
+            policy.averaged_policy = None
+            self.weights, self.weights_tag = self.weights + " (live weights)", self.weights_tag + "_live"
 
     def _loaded_policy(self, rollout: Rollout, epoch, average, on_policy: Callable[[Agent], None] | None) -> Agent:
         self.policy = self.build_policy(rollout)
@@ -364,7 +379,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     except ValueError as e:
         p.error(str(e))
     try:
-        ev = Evaluator(args.run_dir, args.gin, args.env, args.max_seq_len)
+        ev = Evaluator(args.run_dir, args.gin, args.env, args.max_seq_len, live_weights=args.live_weights)
     except (FileNotFoundError, GinBindingError, ValueError) as e:
         sys.exit(f"error: {e}")
     metaworld = ev.make_env in (Metaworld, KEpisodeMetaworld)
@@ -383,27 +398,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             p.error(f"{flag} is for Meta-World runs and other envs with a task list: {e}")
     gaussians: list[TanhGaussian] = []  # the policy's distribution at every rollout step
 
-    def prepare(policy: Agent) -> None:
-        """--live_weights, and a hook on the actor that acts (an evaluation acts with the averaged one if kept)."""
-        if args.live_weights:
-            if policy.averaged_policy is None:
-                sys.exit(f"error: --live_weights: {args.run_dir}'s agent keeps no averaged weights "
-                         "(Agent.averaged_policy_rate = None), so it is evaluated with its live weights already; "
-                         "drop --live_weights")  # fmt: skip
-            policy.averaged_policy = None
-            ev.weights, ev.weights_tag = ev.weights + " (live weights)", ev.weights_tag + "_live"
+    def watch(policy: Agent) -> None:
+        """A hook on the actor that acts (an evaluation acts with the averaged one where the agent keeps it)."""
         policy.acting(averaged=True).actor.register_forward_hook(
             lambda _m, _i, dist: gaussians.append(dist) if isinstance(dist, TanhGaussian) else None
         )
 
     sample = args.actions == "sample"
-    if protocol_name is None:
-        metrics = ev.evaluate(args.split, args.episodes, False, sample, args.epoch, args.average,
-                              args.save_trajs_to, args.render_to, prepare, args.seed)  # fmt: skip
-    else:
-        result = ev.run_protocol(protocol, args.split, sample, args.epoch, args.average, args.max_actors,
-                                 args.save_trajs_to, args.render_to, prepare, args.seed)  # fmt: skip
-        metrics = result.summary("test")
+    try:
+        if protocol_name is None:
+            metrics = ev.evaluate(args.split, args.episodes, False, sample, args.epoch, args.average,
+                                  args.save_trajs_to, args.render_to, watch, args.seed)  # fmt: skip
+        else:
+            result = ev.run_protocol(protocol, args.split, sample, args.epoch, args.average, args.max_actors,
+                                     args.save_trajs_to, args.render_to, watch, args.seed)  # fmt: skip
+            metrics = result.summary("test")
+    except NoAveragedWeights as e:
+        sys.exit(f"error: --{e}")
     episodes = metrics["test/episodes"] if protocol_name else args.episodes
     print(
         f"{args.run_dir}{ev.weights} on the {args.split} split, {int(episodes)} meta-episodes"

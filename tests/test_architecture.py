@@ -316,6 +316,10 @@ def test_evaluate_acts_with_the_averaged_weights_unless_told_live(tmp_path, caps
         weights[bool(flags)] = out
     assert "(live weights)" in weights[True] and "(live weights)" not in weights[False]
     gin.clear_config()
+    live = evaluate.Evaluator(run, live_weights=True)  # the same switch from Python
+    live.evaluate("test", 2, sample=False)
+    assert live.policy.averaged_policy is None and live.weights_tag == "_live"
+    gin.clear_config()
     none = small(tmp_path / "none", ["Agent.averaged_policy_rate = None"], make_train_env=point, make_val_env=point,
                  epochs=1, val_interval=None)  # fmt: skip
     none.learn()
@@ -323,6 +327,9 @@ def test_evaluate_acts_with_the_averaged_weights_unless_told_live(tmp_path, caps
     gin.clear_config()
     with pytest.raises(SystemExit, match="keeps no averaged weights"):
         evaluate.main([str(tmp_path / "none" / "run"), "--split", "test", "--episodes", "2", "--live_weights"])
+    gin.clear_config()
+    with pytest.raises(evaluate.NoAveragedWeights, match="drop live_weights"):
+        evaluate.Evaluator(str(tmp_path / "none" / "run"), live_weights=True).evaluate("test", 2)
 
 
 def test_evaluate_uses_what_the_run_used_unless_told_otherwise(tmp_path):
