@@ -186,7 +186,11 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         )
 
     def make_rollout(
-        self, envs: gym.vector.VectorEnv, explores=False, force_reset_every=None, collects=False
+        self,
+        envs: gym.vector.VectorEnv,
+        explores: bool = False,
+        force_reset_every: int | None = None,
+        collects: bool = False,
     ) -> Rollout:
         show = self.verbose and self.is_main
         return Rollout(envs, self.DEVICE, self.caster, show, explores, force_reset_every, collects)
