@@ -93,6 +93,7 @@ class Agent(nn.Module):
         entropy_coeff: float | None = None,
         target_entropy: float | str | None = "auto",
         entropy_coeff_lr: float = 3e-3,
+        actor_lr_scale: float = 1.0,
         bc_action_limit: float | None = None,
         num_actions_for_value: int = 1,
         n_step: int = 1,
@@ -133,6 +134,10 @@ class Agent(nn.Module):
         self.tau, self.reward_multiplier = tau, reward_multiplier
         self.online_coeff, self.offline_coeff, self.entropy_coeff = online_coeff, offline_coeff, entropy_coeff
         self.target_entropy, self.entropy_coeff_lr = target_entropy, entropy_coeff_lr
+        if not actor_lr_scale > 0:
+            raise ValueError(f"Agent.actor_lr_scale must be > 0, got {actor_lr_scale}")
+        # the actor head's rate over the rest's: below 1, it follows the critics more slowly than they move
+        self.actor_lr_scale = actor_lr_scale
         # continuous BC targets clamped to [-limit, limit]; exploration noise clipped to exactly +-1 is
         # otherwise a pre-tanh target of +-6 (the distributions' own guard), which widens the policy's std
         self.bc_action_limit = bc_action_limit
@@ -174,14 +179,16 @@ class Agent(nn.Module):
         return target
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
-        """Optimizer parameter groups: everything at ``lr``; a learned entropy coefficient at its own rate."""
-        if self.log_entropy_coeff is None:
-            return [{"params": list(self.parameters()), "lr": lr}]
-        rest = [p for p in self.parameters() if p is not self.log_entropy_coeff]
-        return [
-            {"params": rest, "lr": lr},
-            {"params": [self.log_entropy_coeff], "lr": self.entropy_coeff_lr, "weight_decay": 0.0},
-        ]
+        """Optimizer parameter groups: everything at ``lr``; the actor head at ``lr * actor_lr_scale`` (its own group
+        only when the scale is not 1); a learned entropy coefficient at its own rate."""
+        actor = list(self.actor.parameters()) if self.actor_lr_scale != 1.0 else []
+        own = {id(p) for p in actor} | {id(self.log_entropy_coeff)}
+        groups = [{"params": [p for p in self.parameters() if id(p) not in own], "lr": lr}]
+        if actor:
+            groups.append({"params": actor, "lr": lr * self.actor_lr_scale})
+        if self.log_entropy_coeff is not None:
+            groups.append({"params": [self.log_entropy_coeff], "lr": self.entropy_coeff_lr, "weight_decay": 0.0})
+        return groups
 
     # ------------------------------------------------------------------ trunk
     def acting_parts(self) -> dict[str, nn.Module]:

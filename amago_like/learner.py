@@ -18,6 +18,7 @@ from accelerate.utils import broadcast, broadcast_object_list, gather_object
 from torch import nn
 
 from amago_like.io import DiskFullError
+from amago_like.run_dir import CheckpointError
 
 
 class DivergenceError(RuntimeError):
@@ -170,6 +171,13 @@ class Learner:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.optimizer is None:  # an acting process resumes its counters and weights only
             return
+        saved, now = len(state["optimizer"]["param_groups"]), len(self.optimizer.param_groups)
+        if saved != now:
+            raise CheckpointError(
+                f"the checkpoint's optimizer has {saved} parameter groups and this agent's has {now}: a setting that "
+                "gives parameters their own learning rate (Agent.actor_lr_scale) differs from "
+                "the run's; resume with the run's own settings"
+            )
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self._apply_configured_rates()

@@ -279,6 +279,19 @@ def test_learned_entropy_coeff_falls_when_entropy_is_above_target():
     assert metrics["entropy_coeff"].item() < 0.1 * 0.95
 
 
+@pytest.mark.parametrize("discrete", [True, False])
+def test_actor_lr_scale_gives_the_actor_head_its_own_rate_and_every_parameter_one_group(discrete):
+    agent = make_agent(discrete, actor_lr_scale=0.3)
+    groups = agent.param_groups(1e-4)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in agent.parameters())  # each parameter in exactly one group
+    actor = next(g for g in groups if {id(p) for p in g["params"]} == {id(p) for p in agent.actor.parameters()})
+    assert actor["lr"] == pytest.approx(3e-5) and groups[0]["lr"] == 1e-4
+    assert len(make_agent(discrete).param_groups(1e-4)) == len(groups) - 1  # scale 1: no group of its own
+    with pytest.raises(ValueError, match="Agent.actor_lr_scale must be > 0"):
+        make_agent(discrete, actor_lr_scale=0.0)
+
+
 def test_counts_and_rates_out_of_range_are_refused_with_their_name():
     for name, bad in [("num_actions_for_value", 0), ("n_step", -1), ("num_critics", 0), ("tau", 0.0), ("tau", 1.5)]:
         with pytest.raises(ValueError, match=f"Agent.{name} must be"):

@@ -164,6 +164,13 @@ def test_load_checkpoint_errors_name_the_problem(trained, tmp_path):
         other.load_checkpoint_from_path(saved)
     other.close()
     gin.bind_parameter("Agent.target_entropy", None)
+    gin.bind_parameter("Agent.actor_lr_scale", 0.5)  # the same weights, one optimizer group more
+    other = make_experiment(tmp_path, run_name="other_rates")
+    other.start()
+    with pytest.raises(CheckpointError, match=r"optimizer has 1 parameter groups and this agent's has 2.*actor_lr"):
+        other.load_checkpoint_from_path(saved)
+    other.close()
+    gin.bind_parameter("Agent.actor_lr_scale", 1.0)
     gin.bind_parameter("TformerTrajEncoder.d_model", 32)  # a different model shape
     other = make_experiment(tmp_path, run_name="other2")
     other.start()
