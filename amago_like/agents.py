@@ -131,13 +131,11 @@ class Agent(nn.Module):
                 f"{entropy_coeff}); bind e.g. Agent.entropy_coeff = 0.1, or leave it unbound"
             )
         self.max_seq_len = max_seq_len
-        self.tau, self.reward_multiplier = tau, reward_multiplier
+        self.tau, self.reward_multiplier, self.actor_lr_scale = tau, reward_multiplier, actor_lr_scale
         self.online_coeff, self.offline_coeff, self.entropy_coeff = online_coeff, offline_coeff, entropy_coeff
-        self.target_entropy, self.entropy_coeff_lr = target_entropy, entropy_coeff_lr
         if not actor_lr_scale > 0:
             raise ValueError(f"Agent.actor_lr_scale must be > 0, got {actor_lr_scale}")
-        # the actor head's rate over the rest's: below 1, it follows the critics more slowly than they move
-        self.actor_lr_scale = actor_lr_scale
+        self.target_entropy, self.entropy_coeff_lr = target_entropy, entropy_coeff_lr
         # continuous BC targets clamped to [-limit, limit]; exploration noise clipped to exactly +-1 is
         # otherwise a pre-tanh target of +-6 (the distributions' own guard), which widens the policy's std
         self.bc_action_limit = bc_action_limit
@@ -180,7 +178,7 @@ class Agent(nn.Module):
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups: everything at ``lr``; the actor head at ``lr * actor_lr_scale`` (its own group
-        only when the scale is not 1); a learned entropy coefficient at its own rate."""
+        only when the scale is not 1; below 1 it trails the critics); a learned entropy coefficient at its own rate."""
         actor = list(self.actor.parameters()) if self.actor_lr_scale != 1.0 else []
         own = {id(p) for p in actor} | {id(self.log_entropy_coeff)}
         groups = [{"params": [p for p in self.parameters() if id(p) not in own], "lr": lr}]
