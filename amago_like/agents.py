@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from amago_like.checks import check_fraction, check_ints
+from amago_like.checks import check_fraction, check_ints, check_number
 from amago_like.config import refuse_passed
 from amago_like.data.batches import Batch
 from amago_like.nets.averaging import AveragedPolicy, polyak_
@@ -133,7 +133,7 @@ class Agent(nn.Module):
         self.max_seq_len = max_seq_len
         self.tau, self.reward_multiplier, self.actor_lr_scale = tau, reward_multiplier, actor_lr_scale
         self.online_coeff, self.offline_coeff, self.entropy_coeff = online_coeff, offline_coeff, entropy_coeff
-        if not actor_lr_scale > 0:
+        if not check_number("Agent.actor_lr_scale", actor_lr_scale) > 0:
             raise ValueError(f"Agent.actor_lr_scale must be > 0, got {actor_lr_scale}")
         self.target_entropy, self.entropy_coeff_lr = target_entropy, entropy_coeff_lr
         # continuous BC targets clamped to [-limit, limit]; exploration noise clipped to exactly +-1 is
@@ -180,7 +180,7 @@ class Agent(nn.Module):
         """Optimizer parameter groups: everything at ``lr``; the actor head at ``lr * actor_lr_scale`` (its own group
         only when the scale is not 1; below 1 it trails the critics); a learned entropy coefficient at its own rate."""
         actor = list(self.actor.parameters()) if self.actor_lr_scale != 1.0 else []
-        own = {id(p) for p in actor} | {id(self.log_entropy_coeff)}
+        own = {id(p) for p in [*actor, self.log_entropy_coeff] if p is not None}
         groups = [{"params": [p for p in self.parameters() if id(p) not in own], "lr": lr}]
         if actor:
             groups.append({"params": actor, "lr": lr * self.actor_lr_scale})
