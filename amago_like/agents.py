@@ -3,7 +3,8 @@
 Loss, per real (unpadded) transition t and discount factor gamma_g:
     critic:  (Q_c(s_t, a_t)[g] - y_t[g])^2,  y_t[g] = r_t + gamma_g (1 - done_t) V_target(s_{t+1})[g]
              (with ``n_step`` = n: y_t[g] = sum_{k<m} gamma_g^k r_{t+k} + gamma_g^m (1 - done) V_target(s_{t+m})[g],
-             m = n, or fewer where the episode ends or the window's real transitions run out first)
+             m = n, or fewer where the episode ends or the window's real transitions run out first; with
+             ``novelty_bonus`` b: r_t + b x how new observation t+1 is in the window, ``values.episodic_novelty``)
              V_target(s) = E_{a~pi'(s)} min_{c in S} Q'_c(s, a)   (Q' = polyak-averaged target critic heads;
              S = ``num_critics_td`` critics drawn at random per transition, or all of them;
              pi' = the polyak-averaged target actor (rate ``target_actor_tau``) with ``target_actor``, else the actor)
@@ -48,18 +49,12 @@ from amago_like.nets.averaging import AveragedPolicy, polyak_
 from amago_like.nets.heads import Actor, CriticEnsemble
 from amago_like.nets.traj_encoders import TformerTrajEncoder, TrajEncoder
 from amago_like.nets.tstep_encoders import FFTstepEncoder, TstepEncoder
-from amago_like.nets.values import PopArt, ValueBins, n_step_targets, symexp, symlog
+from amago_like.nets.values import PopArt, ValueBins, episodic_novelty, masked_mean, n_step_targets, symexp, symlog
 
 VALUE_TARGETS = ("two_hot", "hl_gauss")
 # where a learned entropy coefficient starts when entropy_coeff is left unbound: high enough that the
 # entropy bonus is felt before the policy's std collapses (a start of 0.01 came too late, see docs/RESULTS.md)
 AUTO_ENTROPY_COEFF_START = 0.1
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of x over the positions where mask (broadcastable to x) is true."""
-    mask = mask.to(x.dtype).expand_as(x)
-    return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 @gin.configurable
@@ -99,6 +94,7 @@ class Agent(nn.Module):
         n_step: int = 1,
         popart: bool = True,
         averaged_policy_rate: float | None = 0.02,
+        novelty_bonus: float = 0.0,
     ):
         super().__init__()
         if actor_gamma not in gammas:
@@ -132,6 +128,7 @@ class Agent(nn.Module):
             )
         self.max_seq_len = max_seq_len
         self.tau, self.reward_multiplier, self.actor_lr_scale = tau, reward_multiplier, actor_lr_scale
+        self.novelty_bonus = check_number("Agent.novelty_bonus", novelty_bonus, minimum=0.0)
         self.online_coeff, self.offline_coeff, self.entropy_coeff = online_coeff, offline_coeff, entropy_coeff
         if not check_number("Agent.actor_lr_scale", actor_lr_scale) > 0:
             raise ValueError(f"Agent.actor_lr_scale must be > 0, got {actor_lr_scale}")
@@ -286,7 +283,10 @@ class Agent(nn.Module):
             next_dist = (self.actor if self.target_actor is None else self.target_actor)(s_next.detach())
             q_next, probs = self._policy_values(self.target_critics, s_next.detach(), next_dist, self.q_values)
             v_next = self._expectation(self._td_critics(q_next).min(0).values, probs)  # (B, L-1, G)
-            rews = batch.rews * self.reward_multiplier  # (B, L-1, 1)
+            rews = batch.rews  # (B, L-1, 1)
+            if self.novelty_bonus:  # training only: rollouts and evaluations see the env's own rewards
+                rews = rews + self.novelty_bonus * episodic_novelty(batch.obs, batch.pad_mask)
+            rews = rews * self.reward_multiplier
             target = n_step_targets(rews, batch.dones, batch.transition_mask, v_next, self.gammas, self.n_step)
             self.update_value_stats(target, mask)
         raw_taken = self.critics(s, batch.actions)  # (C, B, L-1, G[, bins])

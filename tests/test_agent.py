@@ -20,7 +20,7 @@ from amago_like.nets.averaging import AveragedPolicy
 from amago_like.nets.heads import TanhGaussian
 from amago_like.nets.traj_encoders import GRUTrajEncoder, IdentityTrajEncoder, TformerTrajEncoder
 from amago_like.nets.tstep_encoders import CNNTstepEncoder
-from amago_like.nets.values import ValueBins
+from amago_like.nets.values import ValueBins, episodic_novelty
 
 OBS_DIM = 5
 
@@ -351,6 +351,50 @@ def test_n_step_agent_trains():
     critic_loss, actor_loss, _ = agent(batch)
     (critic_loss + actor_loss).backward()
     assert torch.isfinite(critic_loss) and torch.isfinite(actor_loss)
+
+
+def _novelty_by_hand(xs: list[list[float]], length: int) -> list[float]:
+    """One row as the definition reads: each next observation's distance to the nearest earlier one."""
+    return [min(float(np.linalg.norm(np.subtract(xs[t + 1], xs[j]))) for j in range(t + 1)) for t in range(length - 1)]
+
+
+@given(
+    st.lists(st.lists(st.integers(-3, 3), min_size=2, max_size=2), min_size=2, max_size=8),
+    st.lists(st.integers(1, 8), min_size=1, max_size=3),
+)
+@settings(max_examples=60, deadline=None)
+def test_episodic_novelty_is_the_distance_to_the_nearest_earlier_observation_over_its_mean(cells, lengths):
+    """Grid walks (integer cells): revisits score exactly 0, padding scores 0, the rest is d / mean(d) capped at 1."""
+    B, L = len(lengths), len(cells)
+    lengths = [min(n, L) for n in lengths]
+    x = torch.tensor(cells, dtype=torch.float32).expand(B, L, 2)
+    pad_mask = (torch.arange(L).view(1, L) < torch.tensor(lengths).view(B, 1)).unsqueeze(-1)
+    got = episodic_novelty({"pos": x}, pad_mask)[..., 0]  # (B, L-1)
+    rows = [_novelty_by_hand(cells, n) for n in lengths]
+    mean = sum(map(sum, rows)) / max(sum(map(len, rows)), 1)
+    for b, row in enumerate(rows):
+        want = [min(d / mean, 1.0) if mean > 0 else 0.0 for d in row] + [0.0] * (L - 1 - len(row))
+        assert got[b].tolist() == pytest.approx(want, abs=1e-5)
+        for t in range(len(row)):  # a cell seen before in the row is no bonus at all
+            if cells[t + 1] in cells[: t + 1]:
+                assert got[b, t].item() == 0.0
+
+
+def test_novelty_bonus_raises_td_targets_where_observations_are_new_only():
+    """The bonus enters the TD targets (not the rewards the trunk sees), and a constant observation earns none."""
+    agent = make_agent(True).eval()
+    batch = make_batch(agent, lengths=(8, 8, 8, 8))
+    torch.manual_seed(0)
+    base = agent(batch)[2]["td_target_mean"].item()
+    agent.novelty_bonus = 0.5
+    torch.manual_seed(0)
+    assert agent(batch)[2]["td_target_mean"].item() > base + 0.1  # random observations are all new
+    batch.obs["observation"][:] = 1.0
+    agent.novelty_bonus, plain = 0.0, agent(batch)[2]["td_target_mean"].item()
+    agent.novelty_bonus = 0.5
+    assert agent(batch)[2]["td_target_mean"].item() == pytest.approx(plain)
+    with pytest.raises(ValueError, match="Agent.novelty_bonus must be >= 0"):
+        make_agent(True, novelty_bonus=-0.1)
 
 
 def test_target_entropy_needs_a_positive_starting_coeff():
