@@ -4,7 +4,7 @@ Loss, per real (unpadded) transition t and discount factor gamma_g:
     critic:  (Q_c(s_t, a_t)[g] - y_t[g])^2,  y_t[g] = r_t + gamma_g (1 - done_t) V_target(s_{t+1})[g]
              (with ``n_step`` = n: y_t[g] = sum_{k<m} gamma_g^k r_{t+k} + gamma_g^m (1 - done) V_target(s_{t+m})[g],
              m = n, or fewer where the episode ends or the window's real transitions run out first; with
-             ``novelty_bonus`` b: r_t + b x how new observation t+1 is in the window, ``values.episodic_novelty``)
+             ``novelty_bonus`` b: r_t + b x how new observation t+1 is in the window, ``nets.novelty``)
              V_target(s) = E_{a~pi'(s)} min_{c in S} Q'_c(s, a)   (Q' = polyak-averaged target critic heads;
              S = ``num_critics_td`` critics drawn at random per transition, or all of them;
              pi' = the polyak-averaged target actor (rate ``target_actor_tau``) with ``target_actor``, else the actor)
@@ -47,9 +47,10 @@ from amago_like.config import refuse_passed
 from amago_like.data.batches import Batch
 from amago_like.nets.averaging import AveragedPolicy, polyak_
 from amago_like.nets.heads import Actor, CriticEnsemble
+from amago_like.nets.novelty import episodic_novelty, resolve_novelty_bonus
 from amago_like.nets.traj_encoders import TformerTrajEncoder, TrajEncoder
 from amago_like.nets.tstep_encoders import FFTstepEncoder, TstepEncoder
-from amago_like.nets.values import PopArt, ValueBins, episodic_novelty, masked_mean, n_step_targets, symexp, symlog
+from amago_like.nets.values import PopArt, ValueBins, masked_mean, n_step_targets, symexp, symlog
 
 VALUE_TARGETS = ("two_hot", "hl_gauss")
 # where a learned entropy coefficient starts when entropy_coeff is left unbound: high enough that the
@@ -94,7 +95,7 @@ class Agent(nn.Module):
         n_step: int = 1,
         popart: bool = True,
         averaged_policy_rate: float | None = 0.02,
-        novelty_bonus: float = 0.0,
+        novelty_bonus: float | str = "auto",
     ):
         super().__init__()
         if actor_gamma not in gammas:
@@ -128,7 +129,7 @@ class Agent(nn.Module):
             )
         self.max_seq_len = max_seq_len
         self.tau, self.reward_multiplier, self.actor_lr_scale = tau, reward_multiplier, actor_lr_scale
-        self.novelty_bonus = check_number("Agent.novelty_bonus", novelty_bonus, minimum=0.0)
+        self.novelty_bonus = resolve_novelty_bonus(novelty_bonus, obs_space)
         self.online_coeff, self.offline_coeff, self.entropy_coeff = online_coeff, offline_coeff, entropy_coeff
         if not check_number("Agent.actor_lr_scale", actor_lr_scale) > 0:
             raise ValueError(f"Agent.actor_lr_scale must be > 0, got {actor_lr_scale}")
@@ -136,7 +137,6 @@ class Agent(nn.Module):
         # continuous BC targets clamped to [-limit, limit]; exploration noise clipped to exactly +-1 is
         # otherwise a pre-tanh target of +-6 (the distributions' own guard), which widens the policy's std
         self.bc_action_limit = bc_action_limit
-        # learned log(entropy_coeff) (None: entropy_coeff stays fixed)
         self.log_entropy_coeff = None if target_entropy is None else nn.Parameter(torch.tensor(math.log(entropy_coeff)))
         self.num_actions_for_value, self.n_step = num_actions_for_value, n_step
         self.num_critics_td, self.multigamma_actor = num_critics_td, multigamma_actor

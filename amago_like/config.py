@@ -247,6 +247,7 @@ CHANGED_DEFAULTS = {
     "TformerTrajEncoder.dropout": None,
     "TformerTrajEncoder.n_layers": None,
     "Agent.averaged_policy_rate": "None",
+    "Agent.novelty_bonus": "0.0",
 }
 
 

@@ -18,9 +18,10 @@ from amago_like.checks import ConfigTypeError
 from amago_like.data.dataset import Batch
 from amago_like.nets.averaging import AveragedPolicy
 from amago_like.nets.heads import TanhGaussian
+from amago_like.nets.novelty import AUTO_NOVELTY_BONUS, episodic_novelty, resolve_novelty_bonus
 from amago_like.nets.traj_encoders import GRUTrajEncoder, IdentityTrajEncoder, TformerTrajEncoder
 from amago_like.nets.tstep_encoders import CNNTstepEncoder
-from amago_like.nets.values import ValueBins, episodic_novelty
+from amago_like.nets.values import ValueBins
 
 OBS_DIM = 5
 
@@ -147,7 +148,7 @@ def test_real_data_changes_losses():
 
 
 def test_terminal_transitions_do_not_bootstrap():
-    agent = make_agent(True).eval()
+    agent = make_agent(True, novelty_bonus=0.0).eval()  # the targets are then the rewards alone
     batch = make_batch(agent, lengths=(8, 8, 8, 8))
     batch.dones[:] = 1.0
     torch.manual_seed(0)
@@ -382,7 +383,7 @@ def test_episodic_novelty_is_the_distance_to_the_nearest_earlier_observation_ove
 
 def test_novelty_bonus_raises_td_targets_where_observations_are_new_only():
     """The bonus enters the TD targets (not the rewards the trunk sees), and a constant observation earns none."""
-    agent = make_agent(True).eval()
+    agent = make_agent(True, novelty_bonus=0.0).eval()
     batch = make_batch(agent, lengths=(8, 8, 8, 8))
     torch.manual_seed(0)
     base = agent(batch)[2]["td_target_mean"].item()
@@ -395,6 +396,18 @@ def test_novelty_bonus_raises_td_targets_where_observations_are_new_only():
     assert agent(batch)[2]["td_target_mean"].item() == pytest.approx(plain)
     with pytest.raises(ValueError, match="Agent.novelty_bonus must be >= 0"):
         make_agent(True, novelty_bonus=-0.1)
+
+
+def test_auto_novelty_bonus_is_on_for_flat_observations_only():
+    flat = gym.spaces.Dict({"observation": gym.spaces.Box(-1, 1, (5,), np.float32)})
+    image = gym.spaces.Dict({"image": gym.spaces.Box(0, 255, (8, 8, 3), np.uint8), "observation": flat["observation"]})
+    assert resolve_novelty_bonus("auto", flat) == AUTO_NOVELTY_BONUS > 0
+    assert resolve_novelty_bonus("auto", image) == 0.0
+    assert resolve_novelty_bonus(0.25, image) == 0.25  # a number is taken as given
+    with pytest.raises(ValueError, match='novelty_bonus must be a number >= 0 or "auto"'):
+        resolve_novelty_bonus("on", flat)
+    with pytest.raises(ConfigTypeError, match="Agent.novelty_bonus must be a number"):
+        resolve_novelty_bonus(True, flat)
 
 
 def test_target_entropy_needs_a_positive_starting_coeff():

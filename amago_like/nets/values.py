@@ -1,5 +1,4 @@
-"""Value tools for the critics: PopArt normalisation, classification ("binned") values, n-step TD targets and the
-episodic novelty bonus that can be added to their rewards."""
+"""Value tools for the critics: PopArt normalisation, classification ("binned") values and n-step TD targets."""
 
 from __future__ import annotations
 
@@ -153,25 +152,3 @@ def n_step_targets(
         boot = torch.where(take.bool(), gammas ** (k + 1) * not_done * ahead(v_next, k), boot)
         going = take * not_done
     return ret + boot
-
-
-# ---------------------------------------------------------------- exploration bonus
-def episodic_novelty(obs: dict[str, Tensor], pad_mask: Tensor) -> Tensor:
-    """How new each transition's next observation is within its window: (B, L-1, 1) in [0, 1].
-
-    For transition t, d_t = the distance from observation t+1 to the nearest of observations 0 .. t (real ones),
-    over the mean of d over the batch's real transitions, capped at 1. A revisit scores 0, a step as far from
-    everything seen as a typical step scores 1; observations that never change score 0 throughout. The score depends
-    only on what the window shows, which is the context the trunk sees, so a bonus made of it is a function of the
-    agent's own input. obs: each (B, L, ...) (flattened and concatenated); pad_mask (B, L, 1) bool, True = real."""
-    x = torch.cat([v.flatten(2).float() for v in obs.values()], -1)  # (B, L, F)
-    L = x.shape[1]
-    real = pad_mask[..., 0]  # (B, L)
-    earlier = torch.ones(L, L, dtype=torch.bool, device=x.device).tril(-1)  # (L, L): j < i
-    seen = earlier & real.unsqueeze(1)  # (B, L, L): observation j is real and before i
-    pairwise = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")  # (B, L, L), exact: a revisit is 0
-    d = pairwise.masked_fill(~seen, float("inf")).amin(-1)[:, 1:]  # (B, L-1): to the nearest observation before
-    next_real = real[:, 1:]
-    d = torch.where(next_real, d, torch.zeros_like(d))
-    scale = d.sum() / next_real.sum().clamp(min=1)
-    return (d / scale.clamp(min=1e-6)).clamp(max=1.0).unsqueeze(-1)

@@ -1,0 +1,45 @@
+"""An exploration bonus for the critics' TD targets: how new each observation is within its window of the
+meta-episode (``Agent.novelty_bonus``)."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import torch
+from torch import Tensor
+
+from amago_like.checks import check_number
+
+#: ``Agent.novelty_bonus = "auto"`` (the default): this bonus where every observation is a flat vector, none where
+#: one is an image or other array, whose raw distances say little about novelty and cost more than an update
+AUTO_NOVELTY_BONUS = 0.1
+
+
+def resolve_novelty_bonus(bonus: float | str, obs_space: gym.spaces.Dict) -> float:
+    """``Agent.novelty_bonus``: a number >= 0 as it is, or ``"auto"`` resolved for ``obs_space``."""
+    if isinstance(bonus, str):
+        if bonus != "auto":
+            raise ValueError(f'Agent.novelty_bonus must be a number >= 0 or "auto", got {bonus!r}')
+        flat = all(isinstance(s, gym.spaces.Box) and len(s.shape) == 1 for s in obs_space.spaces.values())
+        return AUTO_NOVELTY_BONUS if flat else 0.0
+    return check_number("Agent.novelty_bonus", bonus, minimum=0.0)
+
+
+def episodic_novelty(obs: dict[str, Tensor], pad_mask: Tensor) -> Tensor:
+    """How new each transition's next observation is within its window: (B, L-1, 1) in [0, 1].
+
+    For transition t, d_t = the distance from observation t+1 to the nearest of observations 0 .. t (real ones),
+    over the mean of d over the batch's real transitions, capped at 1. A revisit scores 0, a step as far from
+    everything seen as a typical step scores 1; observations that never change score 0 throughout. The score depends
+    only on what the window shows, which is the context the trunk sees, so a bonus made of it is a function of the
+    agent's own input. obs: each (B, L, ...) (flattened and concatenated); pad_mask (B, L, 1) bool, True = real."""
+    x = torch.cat([v.flatten(2).float() for v in obs.values()], -1)  # (B, L, F)
+    L = x.shape[1]
+    real = pad_mask[..., 0]  # (B, L)
+    earlier = torch.ones(L, L, dtype=torch.bool, device=x.device).tril(-1)  # (L, L): j < i
+    seen = earlier & real.unsqueeze(1)  # (B, L, L): observation j is real and before i
+    pairwise = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")  # (B, L, L), exact: a revisit is 0
+    d = pairwise.masked_fill(~seen, float("inf")).amin(-1)[:, 1:]  # (B, L-1): to the nearest observation before
+    next_real = real[:, 1:]
+    d = torch.where(next_real, d, torch.zeros_like(d))
+    scale = d.sum() / next_real.sum().clamp(min=1)
+    return (d / scale.clamp(min=1e-6)).clamp(max=1.0).unsqueeze(-1)
