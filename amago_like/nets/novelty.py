@@ -10,7 +10,8 @@ from torch import Tensor
 from amago_like.checks import check_number
 
 #: ``Agent.novelty_bonus = "auto"`` (the default): this bonus where every observation is a flat vector, none where
-#: one is an image or other array, whose raw distances say little about novelty and cost more than an update
+#: one is an image or other array: distances between raw pixels say little about novelty, and over every pixel of
+#: every pair of timesteps they are costly
 AUTO_NOVELTY_BONUS = 0.1
 
 
