@@ -382,7 +382,7 @@ def test_episodic_novelty_is_the_distance_to_the_nearest_earlier_observation_ove
 
 
 def test_novelty_bonus_raises_td_targets_where_observations_are_new_only():
-    """The bonus enters the TD targets (not the rewards the trunk sees), and a constant observation earns none."""
+    """The bonus raises the TD targets where observations are new; a constant observation earns none."""
     agent = make_agent(True, novelty_bonus=0.0).eval()
     batch = make_batch(agent, lengths=(8, 8, 8, 8))
     torch.manual_seed(0)
