@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from amago_like.checks import check_number
+from amago_like.nets.values import masked_mean
 
 #: ``Agent.novelty_bonus = "auto"`` (the default): this bonus where every observation is a flat vector, none where
 #: one is an image or other array: distances between raw pixels say little about novelty, and over every pixel of
@@ -41,6 +42,6 @@ def episodic_novelty(obs: dict[str, Tensor], pad_mask: Tensor) -> Tensor:
     pairwise = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")  # (B, L, L), exact: a revisit is 0
     d = pairwise.masked_fill(~seen, float("inf")).amin(-1)[:, 1:]  # (B, L-1): to the nearest observation before
     next_real = real[:, 1:]
-    d = torch.where(next_real, d, torch.zeros_like(d))
-    scale = d.sum() / next_real.sum().clamp(min=1)
+    d = torch.where(next_real, d, torch.zeros_like(d))  # padded transitions: 0, not inf
+    scale = masked_mean(d, next_real)
     return (d / scale.clamp(min=1e-6)).clamp(max=1.0).unsqueeze(-1)
