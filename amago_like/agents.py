@@ -4,7 +4,8 @@ Loss, per real (unpadded) transition t and discount factor gamma_g:
     critic:  (Q_c(s_t, a_t)[g] - y_t[g])^2,  y_t[g] = r_t + gamma_g (1 - done_t) V_target(s_{t+1})[g]
              (with ``n_step`` = n: y_t[g] = sum_{k<m} gamma_g^k r_{t+k} + gamma_g^m (1 - done) V_target(s_{t+m})[g],
              m = n, or fewer where the episode ends or the window's real transitions run out first; with
-             ``novelty_bonus`` b: r_t + b x how new observation t+1 is in the window, ``nets.novelty``)
+             ``novelty_bonus`` b: r_t + b x how new observation t+1 is in the window, ``nets.novelty``; with
+             ``novelty_fade`` f, b falls linearly to 0 over the first f of the run's planned updates)
              V_target(s) = E_{a~pi'(s)} min_{c in S} Q'_c(s, a)   (Q' = polyak-averaged target critic heads;
              S = ``num_critics_td`` critics drawn at random per transition, or all of them;
              pi' = the polyak-averaged target actor (rate ``target_actor_tau``) with ``target_actor``, else the actor)
@@ -47,7 +48,7 @@ from amago_like.config import refuse_passed
 from amago_like.data.batches import Batch
 from amago_like.nets.averaging import AveragedPolicy, polyak_
 from amago_like.nets.heads import Actor, CriticEnsemble
-from amago_like.nets.novelty import episodic_novelty, resolve_novelty_bonus
+from amago_like.nets.novelty import NoveltyBonus
 from amago_like.nets.traj_encoders import TformerTrajEncoder, TrajEncoder
 from amago_like.nets.tstep_encoders import FFTstepEncoder, TstepEncoder
 from amago_like.nets.values import PopArt, ValueBins, masked_mean, n_step_targets, symexp, symlog
@@ -96,6 +97,7 @@ class Agent(nn.Module):
         popart: bool = True,
         averaged_policy_rate: float | None = 0.02,
         novelty_bonus: float | str = "auto",
+        novelty_fade: float | None = None,
     ):
         super().__init__()
         if actor_gamma not in gammas:
@@ -129,7 +131,9 @@ class Agent(nn.Module):
             )
         self.max_seq_len = max_seq_len
         self.tau, self.reward_multiplier, self.actor_lr_scale = tau, reward_multiplier, actor_lr_scale
-        self.novelty_bonus = resolve_novelty_bonus(novelty_bonus, obs_space)
+        self.novelty = NoveltyBonus(obs_space, novelty_bonus, novelty_fade)
+        # the fraction of the run's planned updates done, which the learner sets before each update
+        self.register_buffer("training_progress", torch.zeros(()), persistent=False)
         self.online_coeff, self.offline_coeff, self.entropy_coeff = online_coeff, offline_coeff, entropy_coeff
         if not check_number("Agent.actor_lr_scale", actor_lr_scale) > 0:
             raise ValueError(f"Agent.actor_lr_scale must be > 0, got {actor_lr_scale}")
@@ -283,10 +287,8 @@ class Agent(nn.Module):
             next_dist = (self.actor if self.target_actor is None else self.target_actor)(s_next.detach())
             q_next, probs = self._policy_values(self.target_critics, s_next.detach(), next_dist, self.q_values)
             v_next = self._expectation(self._td_critics(q_next).min(0).values, probs)  # (B, L-1, G)
-            rews = batch.rews  # (B, L-1, 1)
-            if self.novelty_bonus:  # training only: rollouts and evaluations see the env's own rewards
-                rews = rews + self.novelty_bonus * episodic_novelty(batch.obs, batch.pad_mask)
-            rews = rews * self.reward_multiplier
+            bonus = self.novelty(batch.obs, batch.pad_mask, self.training_progress)  # rollouts never see it
+            rews = (batch.rews + bonus) * self.reward_multiplier  # (B, L-1, 1)
             target = n_step_targets(rews, batch.dones, batch.transition_mask, v_next, self.gammas, self.n_step)
             self.update_value_stats(target, mask)
         raw_taken = self.critics(s, batch.actions)  # (C, B, L-1, G[, bins])
@@ -313,13 +315,8 @@ class Agent(nn.Module):
             bc_actions = batch.actions.clamp(-self.bc_action_limit, self.bc_action_limit)  # (B, L-1, A)
         else:
             bc_actions = batch.actions
-        if self.multigamma_actor:  # the same taken action for every gamma's policy
-            G = len(self.gammas)
-            bc_actions = (
-                bc_actions.unsqueeze(-1).expand(-1, -1, G)
-                if self.discrete
-                else bc_actions.unsqueeze(-2).expand(-1, -1, G, -1)
-            )
+        if self.multigamma_actor:  # the same taken action for every gamma's policy: (B, L-1, G[, A])
+            bc_actions = bc_actions.unsqueeze(2).expand(*bc_actions.shape[:2], len(self.gammas), *bc_actions.shape[2:])
             logp = dist.log_prob(bc_actions)  # (B, L-1, G)
         else:
             logp = dist.log_prob(bc_actions).unsqueeze(-1)  # (B, L-1, 1)

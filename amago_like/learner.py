@@ -109,6 +109,7 @@ class Learner:
         mode = compile_mode(torch_compile)
         self.train_forward = torch.compile(self.agent, mode=mode) if mode else self.agent
         self._mark_graph_step = mode in CUDA_GRAPH_MODES and accelerator.device.type == "cuda"
+        self.total_updates = total_updates
         self.grad_updates = 0
         self.bad_updates = 0  # skipped for non-finite loss or gradients, over the whole run
         self._bad_in_a_row = 0
@@ -131,6 +132,9 @@ class Learner:
         acc = self.accelerator
         if self._mark_graph_step:  # the graphs' outputs of the last step (read below) may be overwritten now
             torch.compiler.cudagraph_mark_step_begin()
+        progress = getattr(self.policy, "training_progress", None)  # read by an objective that changes over the run
+        if progress is not None and self.total_updates:
+            progress.fill_(min(self.grad_updates / self.total_updates, 1.0))
         with acc.accumulate(self.agent):
             loss, metrics = compute_loss(batch)
             acc.backward(loss)

@@ -387,15 +387,34 @@ def test_novelty_bonus_raises_td_targets_where_observations_are_new_only():
     batch = make_batch(agent, lengths=(8, 8, 8, 8))
     torch.manual_seed(0)
     base = agent(batch)[2]["td_target_mean"].item()
-    agent.novelty_bonus = 0.5
+    agent.novelty.strength = 0.5
     torch.manual_seed(0)
     assert agent(batch)[2]["td_target_mean"].item() > base + 0.1  # random observations are all new
     batch.obs["observation"][:] = 1.0
-    agent.novelty_bonus, plain = 0.0, agent(batch)[2]["td_target_mean"].item()
-    agent.novelty_bonus = 0.5
+    agent.novelty.strength, plain = 0.0, agent(batch)[2]["td_target_mean"].item()
+    agent.novelty.strength = 0.5
     assert agent(batch)[2]["td_target_mean"].item() == pytest.approx(plain)
     with pytest.raises(ValueError, match="Agent.novelty_bonus must be >= 0"):
         make_agent(True, novelty_bonus=-0.1)
+
+
+def test_a_fading_novelty_bonus_falls_linearly_to_nothing_over_its_fraction_of_the_run():
+    agent = make_agent(True, novelty_bonus=0.5, novelty_fade=0.5).eval()
+    batch = make_batch(agent, lengths=(8, 8, 8, 8))
+
+    def td_target_mean(progress: float, bonus: float = 0.5) -> float:
+        agent.training_progress.fill_(progress)
+        agent.novelty.strength = bonus
+        torch.manual_seed(0)
+        return agent(batch)[2]["td_target_mean"].item()
+
+    plain, start = td_target_mean(0.0, bonus=0.0), td_target_mean(0.0)
+    assert start > plain + 0.1
+    assert td_target_mean(0.125) == pytest.approx(plain + 0.75 * (start - plain), rel=1e-4)
+    assert td_target_mean(0.5) == pytest.approx(plain) == td_target_mean(0.9)  # none from half the run on
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match=r"Agent.novelty_fade must be None or in \(0, 1\]"):
+            make_agent(True, novelty_fade=bad)
 
 
 def test_auto_novelty_bonus_is_on_for_flat_observations_only():

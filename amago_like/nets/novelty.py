@@ -26,6 +26,26 @@ def resolve_novelty_bonus(bonus: float | str, obs_space: gym.spaces.Dict) -> flo
     return check_number("Agent.novelty_bonus", bonus, minimum=0.0)
 
 
+class NoveltyBonus:
+    """``Agent.novelty_bonus`` b and ``Agent.novelty_fade``: what each transition's reward gains in the critics' TD
+    targets, b x :func:`episodic_novelty`. With ``fade`` (a fraction of the run in (0, 1]) b falls linearly to 0 over
+    that first part of the run's planned updates and stays 0 after it, so the agent explores early and learns the
+    env's own returns late; None keeps b for the whole run."""
+
+    def __init__(self, obs_space: gym.spaces.Dict, bonus: float | str, fade: float | None):
+        self.strength = resolve_novelty_bonus(bonus, obs_space)
+        if fade is not None and not 0.0 < check_number("Agent.novelty_fade", fade) <= 1.0:
+            raise ValueError(f"Agent.novelty_fade must be None or in (0, 1] (a fraction of the run), got {fade}")
+        self.fade = fade
+
+    def __call__(self, obs: dict[str, Tensor], pad_mask: Tensor, progress: Tensor) -> Tensor | float:
+        """(B, L-1, 1), or 0 without a bonus; ``progress``: the fraction of the run's planned updates done."""
+        if not self.strength:
+            return 0.0
+        factor = 1.0 if self.fade is None else (1.0 - progress / self.fade).clamp(min=0.0)
+        return self.strength * factor * episodic_novelty(obs, pad_mask)
+
+
 def episodic_novelty(obs: dict[str, Tensor], pad_mask: Tensor) -> Tensor:
     """How new each transition's next observation is within its window: (B, L-1, 1) in [0, 1].
 
