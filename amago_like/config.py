@@ -248,6 +248,7 @@ CHANGED_DEFAULTS = {
     "TformerTrajEncoder.n_layers": None,
     "Agent.averaged_policy_rate": "None",
     "Agent.novelty_bonus": "0.0",
+    "CriticEnsemble.hidden": None,
 }
 
 

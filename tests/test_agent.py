@@ -222,7 +222,9 @@ def test_actor_gamma_must_be_one_of_gammas():
 
 def _train_bc(actions: torch.Tensor | float, steps: int = 150, **agent_kw) -> tuple[dict[str, float], Any, Agent]:
     """Pure BC (no critic signal) on the given actions; returns (last metrics, final policy, agent).
-    No entropy target unless given: these tests are about what BC alone does to the policy."""
+    No entropy target unless given: these tests are about what BC alone does to the policy. The critics keep the
+    width these tests were tuned with: which transitions the filter passes depends on the random critic."""
+    gin.bind_parameter("CriticEnsemble.hidden", (256, 256))  # (the conftest fixture clears gin after the test)
     agent = make_agent(False, online_coeff=0.0, offline_coeff=1.0, **{"target_entropy": None, **agent_kw})
     batch = make_batch(agent)
     batch.actions = torch.broadcast_to(torch.as_tensor(actions, dtype=torch.float32), batch.actions.shape).clone()
@@ -759,11 +761,12 @@ def test_averaged_policy_is_the_mean_of_the_updates_until_its_window_fills_then_
 @pytest.mark.parametrize("discrete", [True, False])
 def test_evaluations_act_with_the_averaged_policy_which_follows_the_live_weights_at_each_sync(discrete):
     agent = make_agent(discrete, averaged_policy_rate=0.1).eval()
-    obs = {"observation": torch.randn(4, 1, OBS_DIM)}
-    rl2s, t = torch.zeros(4, 1, 1 + agent.action_dim), torch.zeros(4, 1, 1, dtype=torch.long)
+    n = 32  # actors: enough that a moved actor changes some of their discrete modes (4 could all stay put)
+    obs = {"observation": torch.randn(n, 1, OBS_DIM)}
+    rl2s, t = torch.zeros(n, 1, 1 + agent.action_dim), torch.zeros(n, 1, 1, dtype=torch.long)
 
     def act(averaged: bool = True) -> torch.Tensor:
-        hidden = agent.init_hidden_state(4, torch.device("cpu"))
+        hidden = agent.init_hidden_state(n, torch.device("cpu"))
         actions, _ = agent.get_actions(obs, rl2s, t, hidden, sample=False, averaged=averaged)
         return actions.float()
 

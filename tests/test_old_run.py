@@ -115,7 +115,7 @@ def test_a_run_is_rebuilt_with_the_values_of_changed_defaults_it_recorded_or_pre
                    "EpsilonGreedy.steps_anneal = 1000", "Agent.num_actions_for_value = 4",
                    "CriticEnsemble.discrete_head = False", "TformerTrajEncoder.dropout = 0.0",
                    "TformerTrajEncoder.n_layers = 1", "Agent.averaged_policy_rate = None",
-                   "Agent.novelty_bonus = 0.0"]  # fmt: skip
+                   "Agent.novelty_bonus = 0.0", "CriticEnsemble.hidden = (16,)"]  # fmt: skip
     gru_run = tmp_path / "config.gin"  # a GRU run records no transformer parameter: nothing to bind for it
     gru_run.write_text("GRUTrajEncoder.d_hidden = 64\nCriticEnsemble.action_repeat = 16\n"
                        "Experiment.exploration_wrapper_type = None\n")  # fmt: skip

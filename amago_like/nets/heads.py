@@ -112,6 +112,9 @@ class CriticEnsemble(nn.Module):
 
     With ``num_bins > 1`` (set by the agent) each output is a vector of bin logits: -> (C, ..., G, num_bins).
 
+    ``hidden``: the widths of each critic's hidden layers. Twice the actor's by default: a critic that tells nearby
+    actions and states apart is what the policy gradient and the BC filter climb (docs/RESULTS.md, item 54).
+
     ``action_repeat``: the action enters the first layer this many times beside the state. The state is
     wide (D) and the action narrow (A), so with the action entered once its first-layer weights are A of
     D + A inputs and the critic learns Q's dependence on the action far more slowly than on the state:
@@ -141,7 +144,7 @@ class CriticEnsemble(nn.Module):
         action_dim: int,
         gammas: tuple[float, ...],
         num_critics: int = 2,
-        hidden: tuple[int, ...] = (256, 256),
+        hidden: tuple[int, ...] = (512, 512),
         num_bins: int = 1,
         action_repeat: int = 16,
         discrete: bool = False,
