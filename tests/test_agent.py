@@ -415,7 +415,7 @@ def test_a_fading_novelty_bonus_falls_linearly_to_nothing_over_its_fraction_of_t
     assert td_target_mean(0.125) == pytest.approx(plain + 0.75 * (start - plain), rel=1e-4)
     assert td_target_mean(0.5) == pytest.approx(plain) == td_target_mean(0.9)  # none from half the run on
     for bad in (0.0, 1.5):
-        with pytest.raises(ValueError, match=r"Agent.novelty_fade must be None or in \(0, 1\]"):
+        with pytest.raises(ValueError, match=r"Agent.novelty_fade must be in \(0, 1\] or None"):
             make_agent(True, novelty_fade=bad)
 
 

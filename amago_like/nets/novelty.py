@@ -7,7 +7,7 @@ import gymnasium as gym
 import torch
 from torch import Tensor
 
-from amago_like.checks import check_number
+from amago_like.checks import check_fraction, check_number
 from amago_like.nets.values import masked_mean
 
 #: ``Agent.novelty_bonus = "auto"`` (the default): this bonus where every observation is a flat vector, none where
@@ -34,9 +34,7 @@ class NoveltyBonus:
 
     def __init__(self, obs_space: gym.spaces.Dict, bonus: float | str, fade: float | None):
         self.strength = resolve_novelty_bonus(bonus, obs_space)
-        if fade is not None and not 0.0 < check_number("Agent.novelty_fade", fade) <= 1.0:
-            raise ValueError(f"Agent.novelty_fade must be None or in (0, 1] (a fraction of the run), got {fade}")
-        self.fade = fade
+        self.fade = check_fraction("Agent.novelty_fade", fade, allow_none=True)
 
     def __call__(self, obs: dict[str, Tensor], pad_mask: Tensor, progress: Tensor) -> Tensor | float:
         """(B, L-1, 1), or 0 without a bonus; ``progress``: the fraction of the run's planned updates done."""
