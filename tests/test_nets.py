@@ -566,3 +566,27 @@ def test_critic_layer_norm_normalises_each_critics_hidden_layers_with_its_own_ga
         critic.layers[0].bias.mul_(10.0)
     torch.testing.assert_close(critic(state, action), q2, rtol=1e-4, atol=1e-4)
     assert CriticEnsemble(8, 2, GAMMAS, hidden=(16,)).norms is None
+
+
+def test_critic_dropout_drops_hidden_features_in_training_only():
+    """dropout: in training, each hidden layer's features are zeroed at the rate and the rest scaled by 1 / (1 - p),
+    so two passes differ; in eval mode, and at 0 (the default), every pass gives the same values. A rate outside
+    [0, 1) is refused with the parameter's name."""
+    torch.manual_seed(0)
+    state, action = torch.randn(4, 6, 8), torch.rand(4, 6, 2) * 2 - 1
+    critic = CriticEnsemble(8, 2, GAMMAS, num_critics=2, hidden=(32, 32), dropout=0.5)
+    critic.train()
+    first, second = critic(state, action), critic(state, action)
+    assert not torch.allclose(first, second)
+    torch.manual_seed(1)
+    masked = critic(state, action)
+    torch.manual_seed(1)
+    torch.testing.assert_close(critic(state, action), masked)  # the masks are the only randomness
+    critic.eval()
+    torch.testing.assert_close(critic(state, action), critic(state, action))
+    plain = CriticEnsemble(8, 2, GAMMAS, num_critics=2, hidden=(32, 32))
+    plain.load_state_dict(critic.state_dict())
+    torch.testing.assert_close(plain.train()(state, action), critic(state, action))  # eval with dropout = no dropout
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match=r"CriticEnsemble.dropout must lie in \[0, 1\)"):
+            CriticEnsemble(8, 2, GAMMAS, dropout=bad)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from amago_like.checks import check_int
+from amago_like.checks import check_dropout, check_int
 from amago_like.nets.distributions import Discrete, MultiBinary, PolicyDist, ScaledBeta, TanhGaussian, TanhGMM
 from amago_like.nets.mlp import mlp
 
@@ -136,6 +136,10 @@ class CriticEnsemble(nn.Module):
     ``layer_norm``: each hidden layer is Linear -> LayerNorm -> activation (a gain and bias per critic), so the
     hidden features keep one scale while the weights drift (as in RLPD's critics). Off by default: the learning
     suite did not keep it (docs/RESULTS.md, item 34).
+
+    ``dropout``: in training, each hidden layer's output is dropped at this rate (as in DroQ's critics), in the
+    online critics, the target critics and the critics the actor climbs alike, so that a critic fitted to few
+    transitions cannot hang its values on a few features.
     """
 
     def __init__(
@@ -151,9 +155,11 @@ class CriticEnsemble(nn.Module):
         discrete_head: bool = True,
         gamma_input: bool = False,
         layer_norm: bool = False,
+        dropout: float = 0.0,
     ):
         super().__init__()
         check_int("CriticEnsemble.action_repeat", action_repeat, minimum=1)
+        self.dropout = check_dropout("CriticEnsemble.dropout", dropout)
         self.num_critics, self.num_gammas, self.num_bins = num_critics, len(gammas), num_bins
         self.action_repeat = action_repeat
         self.per_action = discrete and discrete_head
@@ -179,6 +185,8 @@ class CriticEnsemble(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x)  # (C, N, hidden)
             x = F.leaky_relu(x if self.norms is None else self.norms[i](x))
+            if self.dropout > 0.0 and self.training:
+                x = F.dropout(x, self.dropout)
         out = self.out(x).float()  # (C, N or G * N, d_out), d_out ordered (action, gamma, bin)
         if self.gamma_code is not None:  # gamma g's outputs from pass g: (C, G, N, K, G, bins) -> (C, N, d_out)
             out = out.view(self.num_critics, G, N, -1, G, self.num_bins).diagonal(dim1=1, dim2=4)
