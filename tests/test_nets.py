@@ -569,8 +569,8 @@ def test_critic_layer_norm_normalises_each_critics_hidden_layers_with_its_own_ga
 
 
 def test_critic_dropout_drops_hidden_features_in_training_only():
-    """dropout: in training, each hidden layer's features are zeroed at the rate and the rest scaled by 1 / (1 - p),
-    so two passes differ; in eval mode, and at 0 (the default), every pass gives the same values. A rate outside
+    """dropout: in training, hidden features are dropped at random, so two passes differ and the masks are the only
+    randomness; in eval mode every pass gives the values of the same critic without dropout. A rate outside
     [0, 1) is refused with the parameter's name."""
     torch.manual_seed(0)
     state, action = torch.randn(4, 6, 8), torch.rand(4, 6, 2) * 2 - 1
