@@ -66,9 +66,9 @@ def check_number(param: str, value: Any, minimum: float | None = None) -> float:
     return float(value)
 
 
-def check_dropout(param: str, value: Any) -> float:
-    """``value`` as a dropout rate in [0, 1): ConfigTypeError naming ``param`` if it is not a number, ValueError
-    if it is outside the range."""
+def check_below_one(param: str, value: Any) -> float:
+    """``value`` as a float in [0, 1) (a dropout rate, a correlation). ConfigTypeError naming ``param`` if it is
+    not a number; ValueError if it is outside the range."""
     if not 0.0 <= check_number(param, value) < 1.0:
         raise ValueError(f"{param} must lie in [0, 1), got {value}")
     return float(value)

@@ -15,7 +15,7 @@ import gin
 import gymnasium as gym
 import numpy as np
 
-from amago_like.checks import check_number
+from amago_like.checks import check_below_one
 from amago_like.envs.wrapper import LOG_PREFIX, AMAGOEnv, EpisodeStats, find_amago_env
 
 EPSILON_KEY = f"{LOG_PREFIX}epsilon"  # info key (and episode metric) of the epsilon of the step
@@ -87,8 +87,7 @@ class ExplorationWrapper(gym.Wrapper, abc.ABC):
 
     def __init__(self, env: gym.Env, randomize_eps: bool = True, noise_correlation: float = 0.0):
         super().__init__(env)
-        if not 0.0 <= check_number("noise_correlation", noise_correlation) < 1.0:
-            raise ValueError(f"noise_correlation must lie in [0, 1), got {noise_correlation}")
+        check_below_one("noise_correlation", noise_correlation)
         self.amago_env = _require_amago_env(env)  # configure trajectory saving here
         space = env.action_space
         if isinstance(space, gym.spaces.Discrete):

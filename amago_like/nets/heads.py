@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from amago_like.checks import check_dropout, check_int
+from amago_like.checks import check_below_one, check_int
 from amago_like.nets.distributions import Discrete, MultiBinary, PolicyDist, ScaledBeta, TanhGaussian, TanhGMM
 from amago_like.nets.mlp import mlp
 
@@ -159,7 +159,7 @@ class CriticEnsemble(nn.Module):
     ):
         super().__init__()
         check_int("CriticEnsemble.action_repeat", action_repeat, minimum=1)
-        self.dropout = check_dropout("CriticEnsemble.dropout", dropout)
+        self.dropout = check_below_one("CriticEnsemble.dropout", dropout)
         self.num_critics, self.num_gammas, self.num_bins = num_critics, len(gammas), num_bins
         self.action_repeat = action_repeat
         self.per_action = discrete and discrete_head

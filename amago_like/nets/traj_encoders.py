@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from amago_like.checks import check_dropout, check_int, check_ints
+from amago_like.checks import check_below_one, check_int, check_ints
 from amago_like.nets.mlp import mlp
 from amago_like.nets.transformer import FixedPosEmb, KVCache, LearnedPosEmb, RotaryEmb, TransformerBlock
 
@@ -172,8 +172,8 @@ class TformerTrajEncoder(TrajEncoder):
         check_ints("TformerTrajEncoder", 1, d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_ff=d_ff)
         check_ints("TformerTrajEncoder", 1, max_time_idx=max_time_idx)
         check_int("TformerTrajEncoder.attention_window", attention_window, minimum=1, allow_none=True)
-        check_dropout("TformerTrajEncoder.dropout", dropout)
-        check_dropout("TformerTrajEncoder.attn_dropout", attn_dropout)
+        check_below_one("TformerTrajEncoder.dropout", dropout)
+        check_below_one("TformerTrajEncoder.attn_dropout", attn_dropout)
         if d_model % n_heads:
             raise ValueError(
                 f"TformerTrajEncoder.d_model ({d_model}) must be divisible by TformerTrajEncoder.n_heads ({n_heads})"
