@@ -470,3 +470,36 @@ def test_step_info_passes_only_the_chosen_simulator_keys():
     env.close()
     with pytest.raises(ValueError, match="info_keys"):
         KEpisodeMetaworld(ML1, info_keys="success")
+
+
+def _write_goal_csv(path, task, attempts):
+    """A k-attempt ``_goals.csv`` as ``evaluate --each_goal`` writes it: one row per goal, 0/1 per attempt."""
+    lines = ["task,goal,task_index,attempt 1,attempt 2,success,return"]
+    lines += [f"{task},{g},{g},0,{a},{float(a)},0.0" for g, a in enumerate(attempts)]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_held_out_goals_counts_goals_every_run_and_no_run_reached_and_places_them(tmp_path, capsys):
+    from helpers import load_script
+
+    script = load_script("benchmarks/learning/held_out_goals.py", "held_out_goals")
+    always, never, mixed = [1] * 10, [0] * 15, [1, 0] * 12 + [1]  # 50 goals
+    paths = [
+        _write_goal_csv(tmp_path / "s0.csv", ML1, always + never + mixed),
+        _write_goal_csv(tmp_path / "s1.csv", ML1, always + never + [1 - a for a in mixed]),
+    ]
+    script.main(paths)
+    out = capsys.readouterr().out
+    assert "reach-v3: 50 held-out goals x 2 runs" in out
+    assert "reached by every run: 10 goals, by none: 15" in out
+    x, y, z = pickle.loads(get_benchmark(ML1, 0).test_tasks[30].data)["rand_vec"][-3:]  # goal 30: one run of two
+    assert f"  30     0.50  ({x:+.3f}, {y:+.3f}, {z:+.3f})" in out
+    # the first attempt of every goal failed, so scoring it finds no goal ever reached
+    script.main([*paths, "--attempt", "1"])
+    assert "reached by every run: 0 goals, by none: 50" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no 'attempt 3' column"):
+        script.main([*paths, "--attempt", "3"])
+    other = _write_goal_csv(tmp_path / "push.csv", "push-v3", always + never + mixed)
+    with pytest.raises(SystemExit, match="one and the same ML1 task"):
+        script.main([paths[0], other])
