@@ -1,11 +1,12 @@
-"""Which held-out goals of an ML1 task fail, across runs: per-goal success from ``--each_goal`` evaluations.
+"""Which goals of an ML1 task fail, across runs: per-goal success from ``--each_goal`` evaluations.
 
-    python benchmarks/learning/held_out_goals.py docs/results/ml1_defaults_stop48/k-attempt_test_goals_s*.csv
+    python benchmarks/learning/ml1_goals.py docs/results/ml1_defaults_stop48/k-attempt_test_goals_s*.csv
 
 Each CSV is one run's ``k-attempt`` evaluation of every held-out goal once (``python -m amago_like.evaluate RUN
---protocol k-attempt --each_goal``), all of the same ML1 task. The script prints, per goal, the share of runs that
+--protocol k-attempt --each_goal``), all of the same ML1 task; with ``--split train``, of every training goal
+(``evaluate ... --split train``, whose CSV is ``k-attempt_train_goals.csv``). The script prints, per goal, the share of runs that
 succeeded in the scored attempt (the last, unless ``--attempt``), the goal's position and its distance to the
-nearest training goal; then how many goals every run reached and how many none did, beside what independent
+nearest training goal (another one, for a training goal); then how many goals every run reached and how many none did, beside what independent
 draws at the runs' mean success would give. Goals reached by every run and by none, far more often than
 independent draws would be, say the failures belong to where the goals lie rather than to chance.
 """
@@ -56,20 +57,25 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("csvs", nargs="+", help="k-attempt *_goals.csv files, one per run, of one ML1 task")
     parser.add_argument("--attempt", type=int, default=None, help="the attempt scored (default: the last)")
+    parser.add_argument("--split", choices=("test", "train"), default="test", help="the split the CSVs evaluated")
     parser.add_argument("--benchmark_seed", type=int, default=0, help="KEpisodeMetaworld.benchmark_seed of the runs")
     parser.add_argument("--draws", type=int, default=2000, help="independent draws for the 'if goals were alike' line")
     args = parser.parse_args(argv)
 
     task, indices, success = read_goal_success(args.csvs, args.attempt)
     bench = get_benchmark(task, args.benchmark_seed)
-    train, test = goal_positions(bench.train_tasks), goal_positions(bench.test_tasks)[indices]
-    nearest = np.linalg.norm(test[:, None] - train[None], axis=-1).min(axis=1)  # (G,)
+    train = goal_positions(bench.train_tasks)
+    goals = goal_positions(bench.test_tasks if args.split == "test" else bench.train_tasks)[indices]  # (G, 3)
+    distance = np.linalg.norm(goals[:, None] - train[None], axis=-1)  # (G, N)
+    if args.split == "train":  # a training goal's nearest is another one
+        distance[np.arange(len(indices)), indices] = np.inf
+    nearest = distance.min(axis=1)  # (G,)
     per_goal = success.mean(axis=0)  # (G,)
 
-    print(f"{task}: {success.shape[1]} held-out goals x {success.shape[0]} runs, mean success {success.mean():.3f}")
+    print(f"{task}: {success.shape[1]} {args.split} goals x {success.shape[0]} runs, mean success {success.mean():.3f}")
     print("goal  success  position (m)              nearest training goal (m)")
     for g in np.argsort(per_goal, kind="stable"):
-        x, y, z = test[g]
+        x, y, z = goals[g]
         print(f"{indices[g]:4d}  {per_goal[g]:7.2f}  ({x:+.3f}, {y:+.3f}, {z:+.3f})  {nearest[g]:.3f}")
     rng = np.random.default_rng(0)
     draws = rng.random((args.draws, *success.shape)) < success.mean()  # (D, runs, G)
