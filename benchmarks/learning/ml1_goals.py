@@ -4,11 +4,11 @@
 
 Each CSV is one run's ``k-attempt`` evaluation of every held-out goal once (``python -m amago_like.evaluate RUN
 --protocol k-attempt --each_goal``), all of the same ML1 task; with ``--split train``, of every training goal
-(``evaluate ... --split train``, whose CSV is ``k-attempt_train_goals.csv``). The script prints, per goal, the share of runs that
-succeeded in the scored attempt (the last, unless ``--attempt``), the goal's position and its distance to the
-nearest training goal (another one, for a training goal); then how many goals every run reached and how many none did, beside what independent
-draws at the runs' mean success would give. Goals reached by every run and by none, far more often than
-independent draws would be, say the failures belong to where the goals lie rather than to chance.
+(``evaluate ... --split train``, whose CSV is ``k-attempt_train_goals.csv``). The script prints, per goal, the share
+of runs that succeeded in the scored attempt (the last, unless ``--attempt``), the goal's position and its distance
+to the nearest training goal (another one, for a training goal); then how many goals every run reached and how many
+none did, beside what independent draws at the runs' mean success would give. Far more goals reached by every run
+and by none than independent draws give say the failures belong to where the goals lie rather than to chance.
 """
 
 from __future__ import annotations
