@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     task, indices, success = read_goal_success(args.csvs, args.attempt)
     bench = get_benchmark(task, args.benchmark_seed)
     train = goal_positions(bench.train_tasks)
-    goals = goal_positions(bench.test_tasks if args.split == "test" else bench.train_tasks)[indices]  # (G, 3)
+    goals = (goal_positions(bench.test_tasks) if args.split == "test" else train)[indices]  # (G, 3)
     distance = np.linalg.norm(goals[:, None] - train[None], axis=-1)  # (G, N)
     if args.split == "train":  # a training goal's nearest is another one
         distance[np.arange(len(indices)), indices] = np.inf
