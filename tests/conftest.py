@@ -46,3 +46,8 @@ def suite():
 @pytest.fixture(scope="session")
 def contextual_bandit(suite):
     return _learning_benchmark("contextual_bandit")
+
+
+@pytest.fixture(scope="session")
+def ml1_goals():
+    return _learning_benchmark("ml1_goals")

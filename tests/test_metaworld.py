@@ -480,31 +480,28 @@ def _write_goal_csv(path, task, attempts):
     return str(path)
 
 
-def test_ml1_goals_counts_goals_every_run_and_no_run_reached_and_places_them(tmp_path, capsys):
-    from helpers import load_script
-
-    script = load_script("benchmarks/learning/ml1_goals.py", "ml1_goals")
+def test_ml1_goals_counts_goals_every_run_and_no_run_reached_and_places_them(ml1_goals, tmp_path, capsys):
     always, never, mixed = [1] * 10, [0] * 15, [1, 0] * 12 + [1]  # 50 goals
     paths = [
         _write_goal_csv(tmp_path / "s0.csv", ML1, always + never + mixed),
         _write_goal_csv(tmp_path / "s1.csv", ML1, always + never + [1 - a for a in mixed]),
     ]
-    script.main(paths)
+    ml1_goals.main(paths)
     out = capsys.readouterr().out
     assert "reach-v3: 50 test goals x 2 runs" in out
     assert "reached by every run: 10 goals, by none: 15" in out
     x, y, z = pickle.loads(get_benchmark(ML1, 0).test_tasks[30].data)["rand_vec"][-3:]  # goal 30: one run of two
     assert f"  30     0.50  ({x:+.3f}, {y:+.3f}, {z:+.3f})" in out
     # the first attempt of every goal failed, so scoring it finds no goal ever reached
-    script.main([*paths, "--attempt", "1"])
+    ml1_goals.main([*paths, "--attempt", "1"])
     assert "reached by every run: 0 goals, by none: 50" in capsys.readouterr().out
     # training goals: placed from the train split, each one's nearest training goal is another one (never itself)
-    script.main([*paths, "--split", "train"])
+    ml1_goals.main([*paths, "--split", "train"])
     out = capsys.readouterr().out
     x, y, z = pickle.loads(get_benchmark(ML1, 0).train_tasks[30].data)["rand_vec"][-3:]
     assert f"  30     0.50  ({x:+.3f}, {y:+.3f}, {z:+.3f})" in out and "  0.000\n" not in out
     with pytest.raises(SystemExit, match="no 'attempt 3' column"):
-        script.main([*paths, "--attempt", "3"])
+        ml1_goals.main([*paths, "--attempt", "3"])
     other = _write_goal_csv(tmp_path / "push.csv", "push-v3", always + never + mixed)
     with pytest.raises(SystemExit, match="one and the same ML1 task"):
-        script.main([paths[0], other])
+        ml1_goals.main([paths[0], other])
