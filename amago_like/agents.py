@@ -9,11 +9,12 @@ Loss, per real (unpadded) transition t and discount factor gamma_g:
              V_target(s) = E_{a~pi'(s)} min_{c in S} Q'_c(s, a)   (Q' = polyak-averaged target critic heads;
              S = ``num_critics_td`` critics drawn at random per transition, or all of them;
              pi' = the polyak-averaged target actor (rate ``target_actor_tau``) with ``target_actor``, else the actor)
-    actor:   online_coeff * -E_{a~pi(s_t)} Q(s_t, a)[actor_gamma]            (policy gradient through the critic;
-                                                            Q: the critics' mean, or their minimum with
-                                                            ``pessimistic_actor``)
+    actor:   online_coeff * -E_{a~pi(s_t)} Q(s_t, a)[actor_gamma]   (policy gradient through the critic; Q: the critics'
+                                                            mean, or their minimum with ``pessimistic_actor``)
            + offline_coeff * -log pi(a_t | s_t) * 1[Q(s_t, a_t) > E_pi Q(s_t, .)]  (advantage-filtered BC)
            - entropy_coeff * H(pi(s_t))
+           + reward_decoder_coeff * (D(s_t, o_j, a_j, o_j+1) - r_j)^2   (an auxiliary loss on the trunk, off by default:
+                                                            j = other transitions of the window, ``nets.reward_decoder``)
 With a target entropy, entropy_coeff is learned (starting from the given value, or 0.1 when unbound) by a
 SAC-style dual step on log(entropy_coeff) * (H - target_entropy): it rises while the policy's entropy is below
 the target and falls while above. The default ``target_entropy="auto"`` is SAC's -action_dim for continuous
@@ -25,9 +26,8 @@ The critics learn every gamma at once (a cheap auxiliary signal); the actor foll
 or, with ``multigamma_actor``, has one policy per gamma, each trained on its own gamma's values
 (the actor loss averages them; rollouts act with ``actor_gamma``'s policy).
 
-With ``popart`` the critics predict values normalised by running per-gamma target statistics
-(the critic loss is then in normalised units and the actor maximises normalised Q).
-``MultiTaskAgent`` replaces the regression critic by a classification over symlog-value bins.
+With ``popart`` the critics predict values normalised by running per-gamma target statistics (the critic loss is
+then in normalised units and the actor maximises normalised Q). ``MultiTaskAgent`` classifies symlog-value bins.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from amago_like.data.batches import Batch
 from amago_like.nets.averaging import AveragedPolicy, polyak_
 from amago_like.nets.heads import Actor, CriticEnsemble
 from amago_like.nets.novelty import NoveltyBonus
+from amago_like.nets.reward_decoder import RewardDecoder
 from amago_like.nets.traj_encoders import TformerTrajEncoder, TrajEncoder
 from amago_like.nets.tstep_encoders import FFTstepEncoder, TstepEncoder
 from amago_like.nets.values import PopArt, ValueBins, masked_mean, n_step_targets, symexp, symlog
@@ -98,6 +99,7 @@ class Agent(nn.Module):
         averaged_policy_rate: float | None = 0.02,
         novelty_bonus: float | str = "auto",
         novelty_fade: float | None = None,
+        reward_decoder_coeff: float = 0.0,
     ):
         super().__init__()
         if actor_gamma not in gammas:
@@ -115,12 +117,7 @@ class Agent(nn.Module):
             )
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         self.multi_binary = isinstance(action_space, gym.spaces.MultiBinary)
-        if self.discrete:
-            self.action_dim = int(action_space.n)
-        elif self.multi_binary:
-            self.action_dim = math.prod(action_space.shape)
-        else:
-            self.action_dim = int(action_space.shape[0])
+        self.action_dim = int(action_space.n) if self.discrete else math.prod(action_space.shape)
         target_entropy = self._resolve_target_entropy(target_entropy)
         if entropy_coeff is None:  # a learned coefficient starts here; a fixed one is off
             entropy_coeff = AUTO_ENTROPY_COEFF_START if target_entropy is not None else 0.0
@@ -159,6 +156,8 @@ class Agent(nn.Module):
             num_gammas=len(gammas) if multigamma_actor else 1,
         )
         self.critics = CriticEnsemble(d, self.action_dim, gammas, num_critics, num_bins=1, discrete=self.discrete)
+        self.reward_decoder_coeff = check_number("Agent.reward_decoder_coeff", reward_decoder_coeff, minimum=0.0)
+        self.reward_decoder = RewardDecoder(d, obs_space, self.action_dim) if reward_decoder_coeff else None
         self.target_critics = copy.deepcopy(self.critics).requires_grad_(False)
         # TD targets act with a slowly moving copy of the actor, so targets do not chase every actor step
         self.target_actor = copy.deepcopy(self.actor).requires_grad_(False) if target_actor else None
@@ -344,6 +343,10 @@ class Agent(nn.Module):
             if self.popart is not None:
                 metrics["popart_mean"] = self.popart.mean[g]
                 metrics["popart_std"] = self.popart.std[g]
+        if self.reward_decoder is not None:  # the trunk also learns to predict the window's rewards
+            decoder_loss = self.reward_decoder.loss(s, batch.obs, batch.actions, batch.rews, batch.transition_mask)
+            actor_loss = actor_loss + self.reward_decoder_coeff * decoder_loss
+            metrics["reward_decoder_loss"] = decoder_loss.detach()
         return critic_loss, actor_loss, metrics
 
     def _td_critics(self, q: torch.Tensor) -> torch.Tensor:

@@ -650,15 +650,15 @@ def test_multitask_agent_options():
 def test_agent_with_image_observations():
     gin.parse_config(TINY + "CNNTstepEncoder.d_image = 16\nCNNTstepEncoder.d_hidden = 16")
     torch.manual_seed(0)
-    agent = Agent(
+    spaces = dict(
         obs_space=gym.spaces.Dict(
             {"image": gym.spaces.Box(0, 255, (64, 64, 3), np.uint8), "state": gym.spaces.Box(-1, 1, (2,))}
         ),
         rl2_space=gym.spaces.Box(-np.inf, np.inf, (3,), np.float32),
         action_space=gym.spaces.Discrete(2),
         max_seq_len=4,
-        tstep_encoder_type=CNNTstepEncoder,
     )
+    agent = Agent(**spaces, tstep_encoder_type=CNNTstepEncoder)
     B, L = 2, 4
     pad_mask = torch.ones(B, L, 1, dtype=torch.bool)
     pad_mask[1, 3:] = False
@@ -674,6 +674,8 @@ def test_agent_with_image_observations():
     critic_loss, actor_loss, _ = agent(batch)
     (critic_loss + actor_loss).backward()
     assert torch.isfinite(critic_loss) and all(p.grad is not None for p in agent.tstep_encoder.cnn.parameters())
+    with pytest.raises(ValueError, match="needs flat .* observations.*reward_decoder_coeff = 0"):  # no pixel input
+        Agent(**spaces, tstep_encoder_type=CNNTstepEncoder, reward_decoder_coeff=1.0)
 
 
 @pytest.mark.parametrize("space", [True, False, "multi_binary"])
@@ -790,3 +792,34 @@ def test_evaluations_act_with_the_averaged_policy_which_follows_the_live_weights
     torch.testing.assert_close(restored.averaged_policy.parts["actor"].net[-1].weight, agent.actor.net[-1].weight)
     off = make_agent(discrete, averaged_policy_rate=None)
     assert "averaged_policy.updates" not in off.state_dict()  # off: the weights are as before
+
+
+def test_reward_decoder_trains_the_policy_trunk_and_learns_rewards_it_can_infer():
+    agent = make_agent(False, reward_decoder_coeff=1.0)
+    batch = make_batch(agent)
+    _, actor_loss, metrics = agent(batch)
+    trunk = torch.nn.ModuleList([agent.tstep_encoder, agent.traj_encoder])
+    grads = torch.autograd.grad(actor_loss, list(trunk.parameters()), allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads) and "reward_decoder_loss" in metrics
+    # each window's reward is its own constant (a hidden task), shown to the trunk through the previous rewards:
+    # the decoder's error falls far below the targets' variance (1 in its units) as it learns to read it
+    batch.rews = torch.tensor([0.0, 1.0, 2.0, 3.0]).view(4, 1, 1).expand_as(batch.rews).clone()
+    batch.rl2s[:, 1:, :1] = batch.rews
+    batch.rews[~batch.transition_mask] = 0
+    opt = torch.optim.Adam(agent.parameters(), lr=3e-3)
+    start = None
+    for _ in range(150):
+        loss = agent.reward_decoder.loss(
+            agent.encode(batch.obs, batch.rl2s, batch.time_idxs, batch.pad_mask)[0][:, :-1],
+            batch.obs,
+            batch.actions,
+            batch.rews,
+            batch.transition_mask,
+        )
+        start = loss.item() if start is None else start
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1 < start
+    with pytest.raises(ValueError, match="reward_decoder_coeff"):
+        make_agent(False, reward_decoder_coeff=-1.0)
