@@ -16,13 +16,22 @@ from amago_like.nets.values import masked_mean
 AUTO_NOVELTY_BONUS = 0.1
 
 
+def is_flat(obs_space: gym.spaces.Dict) -> bool:
+    """Every observation a flat vector (a 1-d Box), as the distances here and the reward decoder's inputs need."""
+    return all(isinstance(s, gym.spaces.Box) and len(s.shape) == 1 for s in obs_space.spaces.values())
+
+
+def flat_obs(obs: dict[str, Tensor]) -> Tensor:
+    """Each observation (B, L, ...) flattened and all concatenated: (B, L, F) float."""
+    return torch.cat([v.flatten(2).float() for v in obs.values()], -1)
+
+
 def resolve_novelty_bonus(bonus: float | str, obs_space: gym.spaces.Dict) -> float:
     """``Agent.novelty_bonus``: a number >= 0 as it is, or ``"auto"`` resolved for ``obs_space``."""
     if isinstance(bonus, str):
         if bonus != "auto":
             raise ValueError(f'Agent.novelty_bonus must be a number >= 0 or "auto", got {bonus!r}')
-        flat = all(isinstance(s, gym.spaces.Box) and len(s.shape) == 1 for s in obs_space.spaces.values())
-        return AUTO_NOVELTY_BONUS if flat else 0.0
+        return AUTO_NOVELTY_BONUS if is_flat(obs_space) else 0.0
     return check_number("Agent.novelty_bonus", bonus, minimum=0.0)
 
 
@@ -52,7 +61,7 @@ def episodic_novelty(obs: dict[str, Tensor], pad_mask: Tensor) -> Tensor:
     everything seen as a typical step scores 1; observations that never change score 0 throughout. The score depends
     only on what the window shows, which is the context the trunk sees, so a bonus made of it is a function of the
     agent's own input. obs: each (B, L, ...) (flattened and concatenated); pad_mask (B, L, 1) bool, True = real."""
-    x = torch.cat([v.flatten(2).float() for v in obs.values()], -1)  # (B, L, F)
+    x = flat_obs(obs)  # (B, L, F)
     L = x.shape[1]
     real = pad_mask[..., 0]  # (B, L)
     earlier = torch.ones(L, L, dtype=torch.bool, device=x.device).tril(-1)  # (L, L): j < i

@@ -13,12 +13,13 @@ import torch
 from torch import Tensor, nn
 
 from amago_like.nets.mlp import mlp
+from amago_like.nets.novelty import flat_obs, is_flat
 from amago_like.nets.values import masked_mean
 
 
 def flat_obs_dim(obs_space: gym.spaces.Dict) -> int:
     """The width of every observation flattened and concatenated; refuses images, whose pixels are no input here."""
-    if not all(isinstance(s, gym.spaces.Box) and len(s.shape) == 1 for s in obs_space.spaces.values()):
+    if not is_flat(obs_space):
         raise ValueError(
             "Agent.reward_decoder_coeff needs flat (1-d Box) observations; this env's are "
             f"{ {k: s.shape for k, s in obs_space.spaces.items()} }: bind Agent.reward_decoder_coeff = 0"
@@ -41,7 +42,7 @@ class RewardDecoder(nn.Module):
         """Mean squared error in units of the batch's reward spread. states (B, L-1, D): the trunk at each step
         t; obs each (B, L, ...); actions (B, L-1, A); rews and real (B, L-1, 1), real transitions a prefix."""
         B, T, _ = states.shape
-        x = torch.cat([v.flatten(2).float() for v in obs.values()], -1)  # (B, L, F)
+        x = flat_obs(obs)  # (B, L, F)
         n = real[..., 0].sum(-1).clamp(min=1)  # (B,) real transitions per window
         j = (torch.rand(B, T, self.samples, device=states.device) * n.view(B, 1, 1)).long()  # (B, T, K)
         flat_j = j.view(B, T * self.samples)
