@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from amago_like.checks import check_below_one, check_int, check_ints
 from amago_like.nets.mlp import mlp
-from amago_like.nets.transformer import FixedPosEmb, KVCache, LearnedPosEmb, RotaryEmb, TransformerBlock
+from amago_like.nets.transformer import BlockConfig, FixedPosEmb, KVCache, LearnedPosEmb, RotaryEmb, TransformerBlock
 
 
 def _as_bool_tensor(dones: np.ndarray | Tensor, device: torch.device) -> Tensor:  # -> (B,) bool
@@ -192,12 +192,10 @@ class TformerTrajEncoder(TrajEncoder):
         self.pos = None if pos_emb == "rope" else pos_embs[pos_emb](d_model, max_time_idx)
         self.rope = RotaryEmb(d_model // n_heads, rope_base) if pos_emb == "rope" else None
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(
-                d_model, n_heads, d_ff, dropout, attn_dropout, causal, normformer_norms, sigma_reparam, self.window
-            )
-            for _ in range(n_layers)
+        block = BlockConfig(
+            d_model, n_heads, d_ff, dropout, attn_dropout, causal, normformer_norms, sigma_reparam, self.window
         )
+        self.blocks = nn.ModuleList(TransformerBlock(block) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d_model)
 
     @property

@@ -119,6 +119,31 @@ def window_mask(L: int, window: int, device: torch.device) -> Tensor:
 
 
 # ---------------------------------------------------------------- attention + block
+@dataclass(frozen=True)
+class BlockConfig:
+    """What a transformer block and its attention are built from (``TformerTrajEncoder`` makes one for all blocks)."""
+
+    d_model: int
+    n_heads: int
+    d_ff: int
+    dropout: float = 0.0  # on each block's two residual branches
+    attn_dropout: float = 0.0  # on the attention weights
+    causal: bool = True
+    normformer_norms: bool = False
+    sigma_reparam: bool = False
+    window: int | None = None  # sliding causal attention: each token sees itself and window - 1 before it
+
+    def __post_init__(self):
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.window is not None and (self.window < 1 or not self.causal):
+            raise ValueError(f"attention window needs causal attention and window >= 1, got {self.window}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention on top of F.scaled_dot_product_attention.
 
@@ -126,22 +151,12 @@ class SelfAttention(nn.Module):
     ``window`` (each token sees itself and the window - 1 before it), sigmaReparam linears.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        n_heads: int,
-        attn_dropout: float = 0.0,
-        causal: bool = True,
-        sigma_reparam: bool = False,
-        window: int | None = None,
-    ):
+    def __init__(self, config: BlockConfig):
         super().__init__()
-        assert d_model % n_heads == 0, "d_model must be divisible by n_heads"
-        if window is not None and (window < 1 or not causal):
-            raise ValueError(f"attention window needs causal attention and window >= 1, got {window}")
-        self.n_heads, self.attn_dropout, self.causal, self.window = n_heads, attn_dropout, causal, window
-        self.qkv = make_linear(d_model, 3 * d_model, sigma_reparam)
-        self.out = make_linear(d_model, d_model, sigma_reparam)
+        self.n_heads, self.attn_dropout = config.n_heads, config.attn_dropout
+        self.causal, self.window = config.causal, config.window
+        self.qkv = make_linear(config.d_model, 3 * config.d_model, config.sigma_reparam)
+        self.out = make_linear(config.d_model, config.d_model, config.sigma_reparam)
 
     def _qkv(self, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor, Tensor]:
         q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.n_heads)
@@ -189,27 +204,17 @@ class TransformerBlock(nn.Module):
     attention output before the residual add, and after the FF activation.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        n_heads: int,
-        d_ff: int,
-        dropout: float = 0.0,
-        attn_dropout: float = 0.0,
-        causal: bool = True,
-        normformer_norms: bool = False,
-        sigma_reparam: bool = False,
-        window: int | None = None,
-    ):
+    def __init__(self, config: BlockConfig):
         super().__init__()
+        d_model, d_ff, sigma_reparam = config.d_model, config.d_ff, config.sigma_reparam
         self.ln1, self.ln2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.attn = SelfAttention(d_model, n_heads, attn_dropout, causal, sigma_reparam, window)
-        self.attn_norm = nn.LayerNorm(d_model) if normformer_norms else nn.Identity()
-        mid_norm = [nn.LayerNorm(d_ff)] if normformer_norms else []  # (keeps state_dict keys when off)
+        self.attn = SelfAttention(config)
+        self.attn_norm = nn.LayerNorm(d_model) if config.normformer_norms else nn.Identity()
+        mid_norm = [nn.LayerNorm(d_ff)] if config.normformer_norms else []  # (keeps state_dict keys when off)
         self.ff = nn.Sequential(
             make_linear(d_model, d_ff, sigma_reparam), nn.GELU(), *mid_norm, make_linear(d_ff, d_model, sigma_reparam)
         )
-        self.drop = nn.Dropout(dropout)
+        self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:  # (B, L, D) -> (B, L, D)
         x = x + self.drop(self.attn_norm(self.attn(self.ln1(x), rope)))
