@@ -26,6 +26,7 @@ _EXPORTS = {
     "KEpisodeMetaworld": "amago_like.envs",
     "MetaBandit": "amago_like.envs",
     "Metaworld": "amago_like.envs",
+    "PointDynamics": "amago_like.envs",
     "PointGoal": "amago_like.envs",
     "TMaze": "amago_like.envs",
     "CheckpointError": "amago_like.experiment",
@@ -59,6 +60,7 @@ __all__ = [
     "Metaworld",
     "MixtureOfDatasets",
     "MultiTaskAgent",
+    "PointDynamics",
     "PointGoal",
     "RLDataset",
     "RunExistsError",
@@ -98,6 +100,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         KEpisodeMetaworld,
         MetaBandit,
         Metaworld,
+        PointDynamics,
         PointGoal,
         TMaze,
     )

@@ -1,4 +1,4 @@
-"""The learning suite's envs (PointGoal, TMaze, the noisy MetaBandit); its statistics are amago_like.stats's
+"""The learning suite's envs (PointGoal, PointDynamics, TMaze, the noisy MetaBandit); its statistics are amago_like.stats's
 (tests/test_stats.py)."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from amago_like import MetaBandit, PointGoal, TMaze
+from amago_like import MetaBandit, PointDynamics, PointGoal, TMaze
 from amago_like.envs.builtin.bandit import bayes_greedy_return
+from amago_like.envs.builtin.point_dynamics import hidden_angle, identifier_return
 from amago_like.envs.builtin.point_goal import TEST_SECTORS, goal_angle, searcher_return
 from amago_like.envs.wrapper import AMAGOEnv
 
@@ -78,6 +79,47 @@ def test_point_goal_wraps_in_amago_env():
         obs, r, term, trunc, info = env.step(np.zeros(2, np.float32))
         done, steps = term or trunc, steps + 1
     assert steps == 8
+
+
+# ------------------------------------------------------------------ PointDynamics
+def test_point_dynamics_splits_are_disjoint_sectors_of_the_full_turn():
+    width = 2 * math.pi / 10
+    for u in np.linspace(0, 0.999, 200):
+        train, test = hidden_angle(u, "train"), hidden_angle(u, "test")
+        assert 0 <= train < 2 * math.pi and 0 <= test < 2 * math.pi
+        assert int(test // width) in TEST_SECTORS
+        assert int(train // width) not in TEST_SECTORS
+
+
+def test_point_dynamics_turns_every_action_by_the_hidden_angle_and_shows_each_episodes_goal():
+    env = PointDynamics(episode_length=4, k_episodes=2)
+    obs, _ = env.reset(seed=3, options={"angle": math.pi / 2})
+    first_goal = env.goal.copy()
+    np.testing.assert_allclose(obs, [0, 0, *first_goal, 1], atol=1e-6)
+    assert np.linalg.norm(first_goal) == pytest.approx(1.0)
+    obs, r, *_ = env.step(np.array([1.0, 0.0]))  # "right" moves the robot up by a quarter turn
+    np.testing.assert_allclose(env.position, [0, 0.2], atol=1e-12)
+    assert r == pytest.approx(-np.linalg.norm(env.position - first_goal))
+    np.testing.assert_allclose(obs, [0, 0.2, *first_goal, 0], atol=1e-6)
+    for _ in range(3):
+        obs, *_ = env.step(np.zeros(2))
+    np.testing.assert_allclose(obs[[0, 1, 4]], [0, 0, 1])  # the next episode: back at the origin, a new goal
+    assert not np.allclose(obs[2:4], first_goal)
+    for t in range(4):
+        _, _, term, _, info = env.step(np.zeros(2))
+        assert term == (t == 3)
+    assert info["log/Success"] == 0.0 and "log/Episode 2 Return" in info
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_point_dynamics_needs_the_angle_a_controller_that_reads_it_far_outscores_one_that_cannot(split):
+    env = PointDynamics(split=split)
+    best, random, memoryless = env.best_return(), env.random_return(), env.memoryless_return()
+    assert best > random + 60 and memoryless < random  # steering in the wrong frame drives away from the goals
+    for i, u in enumerate(np.linspace(0, 0.99, 7)):
+        total = identifier_return(env, hidden_angle(u, split), seed=i)
+        assert np.linalg.norm(env.position - env.goal) <= env.goal_radius  # it ends every episode on its goal
+        assert total > -8
 
 
 # ------------------------------------------------------------------ TMaze

@@ -3,6 +3,7 @@
 from amago_like.envs.builtin.bandit import MetaBandit
 from amago_like.envs.builtin.dark_room import DarkRoom
 from amago_like.envs.builtin.metaworld import KEpisodeMetaworld, Metaworld
+from amago_like.envs.builtin.point_dynamics import PointDynamics
 from amago_like.envs.builtin.point_goal import PointGoal
 from amago_like.envs.builtin.tmaze import TMaze
 from amago_like.envs.exploration import BilevelEpsilonGreedy, EpsilonGreedy, ExplorationWrapper
@@ -23,6 +24,7 @@ __all__ = [
     "KEpisodeMetaworld",
     "MetaBandit",
     "Metaworld",
+    "PointDynamics",
     "PointGoal",
     "finished_episodes",
     "make_vector_env",

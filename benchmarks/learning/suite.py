@@ -43,7 +43,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from amago_like import DarkRoom, DiskTrajDataset, Experiment, MetaBandit, PointGoal, TMaze
+from amago_like import DarkRoom, DiskTrajDataset, Experiment, MetaBandit, PointDynamics, PointGoal, TMaze
 from amago_like.cli import run
 from amago_like.config import bound_parameters
 from amago_like.overlap import overlapped
@@ -152,6 +152,17 @@ TASKS: dict[str, Task] = {
             Budget(1, 76, 10),
             120,
             "sweeps the circle, then returns",
+        ),
+        Task(
+            "point_dynamics",
+            "continuous 2-D point robot, visible goals, actions turned by a hidden angle, 3 x 25 steps, dense reward",
+            functools.partial(PointDynamics, 25, 3),
+            76,
+            8,
+            Budget(10, 75, 100),
+            Budget(1, 76, 10),
+            120,
+            "reads the angle off its first move",
         ),
         Task(
             "tmaze",
