@@ -468,8 +468,10 @@ def _print_metaworld(metrics: dict[str, float], protocol: bool = False) -> None:
 
 def _print_toy(env: gym.Env, metrics: dict[str, float]) -> None:
     per_episode = sorted((k for k in metrics if k.startswith("test/Episode ")), key=lambda k: int(k.split()[1]))
-    if isinstance(env, (MetaBandit, DarkRoom)):
+    if hasattr(env, "best_return") and hasattr(env, "random_return"):  # the built-in toy envs
         refs = f"random {env.random_return():.2f}, best {env.best_return():.2f}"
+        if hasattr(env, "memoryless_return"):
+            refs += f", steering without memory {env.memoryless_return():.2f}"
         if isinstance(env, DarkRoom):
             refs += f", best searching the whole grid {env.best_return('grid'):.2f}"
             if env.split == "test":  # a policy optimal for the training goals searches their cells first

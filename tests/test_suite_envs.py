@@ -122,6 +122,16 @@ def test_point_dynamics_needs_the_angle_a_controller_that_reads_it_far_outscores
         assert total > -8
 
 
+def test_evaluate_prints_the_references_of_every_built_in_toy_env(capsys):
+    from amago_like import evaluate
+
+    evaluate._print_toy(PointDynamics(split="test"), {"test/Episode 1 Return": -9.0})
+    assert "(random -82.02, best -6.03, steering without memory -132.06)" in capsys.readouterr().out
+    evaluate._print_toy(PointGoal("dense", split="test"), {"test/Episode 1 Return": -9.0})
+    out = capsys.readouterr().out
+    assert "best -6.1" in out and "without memory" not in out
+
+
 # ------------------------------------------------------------------ TMaze
 @pytest.mark.parametrize("cue", [1, -1])
 def test_tmaze_rewards_only_the_turn_the_cue_named(cue):
