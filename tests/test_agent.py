@@ -195,6 +195,22 @@ def test_rollout_actions_match_a_full_forward(discrete, encoder):
         torch.testing.assert_close(stepped, full, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("encoder", [TformerTrajEncoder, IdentityTrajEncoder])
+def test_targets_and_the_averaged_policy_follow_an_update_whatever_the_trunk_holds(encoder):
+    """A memoryless trunk (IdentityTrajEncoder) has no parameters to average; the heads still move."""
+    agent = make_agent(False, encoder)
+    assert agent.averaged_policy is not None
+    before = [p.clone() for p in agent.averaged_policy.parts["actor"].parameters()]
+    loss, _ = agent.loss(make_batch(agent, lengths=(8, 8)))
+    loss.backward()
+    with torch.no_grad():
+        for p in agent.parameters():
+            p.add_(0.1)
+    agent.soft_sync_targets()
+    after = list(agent.averaged_policy.parts["actor"].parameters())
+    assert all(not torch.equal(b, a) for b, a in zip(before, after))
+
+
 def test_tanh_gaussian_log_prob_matches_torch():
     torch.manual_seed(0)
     mean, log_std = torch.randn(6, 3), torch.randn(6, 3).clamp(-2, 1)

@@ -11,8 +11,10 @@ from torch import nn
 
 def polyak_(average: nn.Module, live: nn.Module, rate: float | torch.Tensor) -> None:
     """``average += rate * (live - average)`` over every parameter, in one multi-tensor lerp (per-tensor lerps are
-    a kernel launch each on a GPU)."""
-    torch._foreach_lerp_(list(average.parameters()), list(live.parameters()), rate)
+    a kernel launch each on a GPU). A module without parameters (IdentityTrajEncoder) has nothing to average."""
+    averaged = list(average.parameters())
+    if averaged:
+        torch._foreach_lerp_(averaged, list(live.parameters()), rate)
 
 
 class AveragedPolicy(nn.Module):
