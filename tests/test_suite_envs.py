@@ -111,6 +111,14 @@ def test_point_dynamics_turns_every_action_by_the_hidden_angle_and_shows_each_ep
     assert info["log/Success"] == 0.0 and "log/Episode 2 Return" in info
 
 
+def test_point_dynamics_can_show_its_angle():
+    env = PointDynamics(show_angle=True)
+    obs, _ = env.reset(seed=0, options={"angle": math.pi / 3})
+    assert env.observation_space.shape == obs.shape == (7,)
+    np.testing.assert_allclose(obs[5:], [0.5, math.sqrt(3) / 2], atol=1e-6)
+    assert PointDynamics().reset(seed=0)[0].shape == (5,)
+
+
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_point_dynamics_needs_the_angle_a_controller_that_reads_it_far_outscores_one_that_cannot(split):
     env = PointDynamics(split=split)

@@ -46,25 +46,36 @@ class PointDynamics(gym.Env):
 
     Each episode's last step reports ``log/Episode i Return``; the final step adds ``log/Success`` (within
     ``goal_radius`` of the last episode's goal at its end). ``reset(options={"angle": a})`` fixes the hidden
-    angle for that meta-episode.
+    angle for that meta-episode. ``show_angle`` (a diagnostic) appends its cosine and sine to the observation, so
+    that a policy without memory can steer: it separates learning to infer the angle from learning to steer.
     """
 
-    def __init__(self, episode_length: int = 25, k_episodes: int = 3, split: str = "train", goal_radius: float = 0.2):
+    def __init__(
+        self,
+        episode_length: int = 25,
+        k_episodes: int = 3,
+        split: str = "train",
+        goal_radius: float = 0.2,
+        show_angle: bool = False,
+    ):
         check_choice("PointDynamics.split", split, SPLITS)
         check_ints("PointDynamics", 1, episode_length=episode_length, k_episodes=k_episodes)
         if not 0.0 < goal_radius < 1.0:
             raise ValueError(f"PointDynamics.goal_radius must be in (0, 1), got {goal_radius}")
         self.episode_length, self.k, self.split, self.goal_radius = episode_length, k_episodes, split, goal_radius
+        self.show_angle = show_angle
         self.env_name = "point-dynamics"
-        self.observation_space = gym.spaces.Box(-LIMIT, LIMIT, (5,), np.float32)
+        self.observation_space = gym.spaces.Box(-LIMIT, LIMIT, (7 if show_angle else 5,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.angle = 0.0
         self.turn = rotation(0.0)
         self.goal = np.array([1.0, 0.0])
         self.position = START.copy()
         self.attempts = Attempts(k_episodes, episode_length)
 
     def _obs(self, first: bool) -> np.ndarray:
-        return np.array([*self.position, *self.goal, float(first)], dtype=np.float32)
+        shown = (math.cos(self.angle), math.sin(self.angle)) if self.show_angle else ()
+        return np.array([*self.position, *self.goal, float(first), *shown], dtype=np.float32)
 
     def _new_episode(self) -> None:
         goal_angle = 2 * math.pi * float(self.np_random.random())
@@ -76,7 +87,7 @@ class PointDynamics(gym.Env):
         angle = (options or {}).get("angle")
         if angle is None:
             angle = hidden_angle(float(self.np_random.random()), self.split)
-        self.turn = rotation(angle)
+        self.angle, self.turn = float(angle), rotation(angle)
         self._new_episode()
         self.attempts.start()
         return self._obs(first=True), {}
