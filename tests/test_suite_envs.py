@@ -117,6 +117,12 @@ def test_point_dynamics_can_show_its_angle():
     assert env.observation_space.shape == obs.shape == (7,)
     np.testing.assert_allclose(obs[5:], [0.5, math.sqrt(3) / 2], atol=1e-6)
     assert PointDynamics().reset(seed=0)[0].shape == (5,)
+    env = PointDynamics(show_previous=True)
+    env.reset(seed=0, options={"angle": 0.0})
+    env.step(np.array([1.0, 0.0]))
+    obs, *_ = env.step(np.array([0.0, 1.0]))
+    assert env.observation_space.shape == obs.shape == (7,)
+    np.testing.assert_allclose(obs[[0, 1, 5, 6]], [0.2, 0.2, 0.2, 0.0], atol=1e-6)  # now, and before the last move
 
 
 @pytest.mark.parametrize("split", ["train", "test"])

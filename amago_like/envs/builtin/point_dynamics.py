@@ -48,6 +48,8 @@ class PointDynamics(gym.Env):
     ``goal_radius`` of the last episode's goal at its end). ``reset(options={"angle": a})`` fixes the hidden
     angle for that meta-episode. ``show_angle`` (a diagnostic) appends its cosine and sine to the observation, so
     that a policy without memory can steer: it separates learning to infer the angle from learning to steer.
+    ``show_previous`` (a diagnostic) appends the position before the last move, so that one observation and the
+    previous action tell the angle without comparing two steps.
     """
 
     def __init__(
@@ -57,30 +59,33 @@ class PointDynamics(gym.Env):
         split: str = "train",
         goal_radius: float = 0.2,
         show_angle: bool = False,
+        show_previous: bool = False,
     ):
         check_choice("PointDynamics.split", split, SPLITS)
         check_ints("PointDynamics", 1, episode_length=episode_length, k_episodes=k_episodes)
         if not 0.0 < goal_radius < 1.0:
             raise ValueError(f"PointDynamics.goal_radius must be in (0, 1), got {goal_radius}")
         self.episode_length, self.k, self.split, self.goal_radius = episode_length, k_episodes, split, goal_radius
-        self.show_angle = show_angle
+        self.show_angle, self.show_previous = show_angle, show_previous
         self.env_name = "point-dynamics"
-        self.observation_space = gym.spaces.Box(-LIMIT, LIMIT, (7 if show_angle else 5,), np.float32)
+        size = 5 + 2 * show_angle + 2 * show_previous
+        self.observation_space = gym.spaces.Box(-LIMIT, LIMIT, (size,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
         self.angle = 0.0
         self.turn = rotation(0.0)
         self.goal = np.array([1.0, 0.0])
-        self.position = START.copy()
+        self.position = self.previous = START.copy()
         self.attempts = Attempts(k_episodes, episode_length)
 
     def _obs(self, first: bool) -> np.ndarray:
         shown = (math.cos(self.angle), math.sin(self.angle)) if self.show_angle else ()
-        return np.array([*self.position, *self.goal, float(first), *shown], dtype=np.float32)
+        previous = self.previous if self.show_previous else ()
+        return np.array([*self.position, *self.goal, float(first), *shown, *previous], dtype=np.float32)
 
     def _new_episode(self) -> None:
         goal_angle = 2 * math.pi * float(self.np_random.random())
         self.goal = np.array([math.cos(goal_angle), math.sin(goal_angle)])
-        self.position = START.copy()
+        self.position = self.previous = START.copy()
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -95,6 +100,7 @@ class PointDynamics(gym.Env):
     def step(self, action):
         self.attempts.check_running("PointDynamics")
         command = np.clip(np.asarray(action, dtype=np.float64).reshape(2), -1.0, 1.0)
+        self.previous = self.position
         self.position = np.clip(self.position + STEP * (self.turn @ command), -LIMIT, LIMIT)
         distance = float(np.linalg.norm(self.position - self.goal))
         info: dict[str, Any] = {}
