@@ -205,9 +205,8 @@ class TformerTrajEncoder(TrajEncoder):
         )
         self.blocks = nn.ModuleList(TransformerBlock(block) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d_model)
-        self.shift = (
-            nn.Linear(tstep_dim, d_model, bias=False) if token_shift else None
-        )  # last: the others' init is unchanged
+        # built last, so that every other module initialises as it does without it
+        self.shift = nn.Linear(tstep_dim, d_model, bias=False) if token_shift else None
 
     @property
     def emb_dim(self) -> int:
@@ -246,12 +245,9 @@ class TformerTrajEncoder(TrajEncoder):
         dtype = self.inp.weight.dtype
         S = self.cache_len
         shape = (len(self.blocks), batch_size, self.n_heads, S, self.d_model // self.n_heads)
-        x0 = t = None
-        last = (
-            torch.zeros(batch_size, self.shift.in_features, device=device, dtype=dtype)
-            if self.shift is not None
-            else None
-        )
+        x0 = t = last = None
+        if self.shift is not None:
+            last = torch.zeros(batch_size, self.shift.in_features, device=device, dtype=dtype)
         if self.overflow == "recompute":
             x0 = torch.zeros(batch_size, S, self.d_model, device=device, dtype=dtype)
             if self.rope is not None:
