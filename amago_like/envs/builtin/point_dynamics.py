@@ -13,18 +13,14 @@ import numpy as np
 
 from amago_like.checks import check_choice, check_ints
 from amago_like.envs.builtin.attempts import Attempts
-from amago_like.envs.builtin.point_goal import SPLITS, START, STEP, TEST_SECTORS
+from amago_like.envs.builtin.point_goal import SPLITS, START, STEP, random_play_return, split_angle
 
-N_SECTORS = 10  # the full turn is cut into this many equal sectors of hidden angles
 LIMIT = 3.0  # the robot's plane is [-LIMIT, LIMIT]^2
 
 
 def hidden_angle(u: float, split: str) -> float:
     """The hidden angle (radians, in [0, 2 pi)) of ``split`` at position ``u`` in [0, 1) of its sectors."""
-    sectors = TEST_SECTORS if split == "test" else tuple(i for i in range(N_SECTORS) if i not in TEST_SECTORS)
-    pick = u * len(sectors)
-    i = min(int(pick), len(sectors) - 1)
-    return (sectors[i] + (pick - i)) * 2 * math.pi / N_SECTORS
+    return split_angle(u, split, 2 * math.pi)
 
 
 def rotation(angle: float) -> np.ndarray:  # (2, 2)
@@ -152,13 +148,4 @@ def _reference(episode_length: int, k: int, split: str, goal_radius: float, whic
     angles = [hidden_angle(u, split) for u in (np.arange(60) + 0.5) / 60]
     if which != "random":
         return float(np.mean([identifier_return(env, a, i, which == "identifier") for i, a in enumerate(angles)]))
-    rng = np.random.default_rng(0)
-    returns = []
-    for i, angle in enumerate(angles * 5):
-        env.reset(seed=i, options={"angle": angle})
-        total, done = 0.0, False
-        while not done:
-            _, r, done, _, _ = env.step(rng.uniform(-1.0, 1.0, 2))
-            total += r
-        returns.append(total)
-    return float(np.mean(returns))
+    return random_play_return(env, angles, seeded=True)

@@ -21,12 +21,32 @@ STEP = 0.2  # largest move per axis and step
 START = np.zeros(2)
 
 
-def goal_angle(u: float, split: str) -> float:
-    """The goal angle (radians, in [0, pi]) of ``split`` at position ``u`` in [0, 1) of its sectors."""
+def split_angle(u: float, split: str, span: float) -> float:
+    """The angle (radians, in [0, span]) at position ``u`` in [0, 1) of ``split``'s sectors of [0, span]."""
     sectors = TEST_SECTORS if split == "test" else tuple(i for i in range(N_SECTORS) if i not in TEST_SECTORS)
     pick = u * len(sectors)
     i = min(int(pick), len(sectors) - 1)
-    return (sectors[i] + (pick - i)) * math.pi / N_SECTORS
+    return (sectors[i] + (pick - i)) * span / N_SECTORS
+
+
+def goal_angle(u: float, split: str) -> float:
+    """The goal angle (radians, in [0, pi]) of ``split`` at position ``u`` in [0, 1) of its sectors."""
+    return split_angle(u, split, math.pi)
+
+
+def random_play_return(env: gym.Env, angles: list[float], seeded: bool = False) -> float:
+    """Mean return of uniform random actions (numpy seed 0) over five meta-episodes per angle, passed to
+    ``reset(options={"angle": a})``; ``seeded``: the i-th meta-episode also resets the env's seed to i."""
+    rng = np.random.default_rng(0)
+    returns = []
+    for i, angle in enumerate(angles * 5):
+        env.reset(seed=i if seeded else None, options={"angle": angle})
+        total, done = 0.0, False
+        while not done:
+            _, r, done, _, _ = env.step(rng.uniform(-1.0, 1.0, 2))
+            total += r
+        returns.append(total)
+    return float(np.mean(returns))
 
 
 @gin.configurable
@@ -156,13 +176,4 @@ def _reference(reward: str, episode_length: int, k: int, split: str, goal_radius
     angles = [goal_angle(u, split) for u in (np.arange(60) + 0.5) / 60]
     if which == "searcher":
         return float(np.mean([searcher_return(env, a) for a in angles]))
-    rng = np.random.default_rng(0)
-    returns = []
-    for angle in angles * 5:
-        env.reset(options={"angle": angle})
-        total, done = 0.0, False
-        while not done:
-            _, r, done, _, _ = env.step(rng.uniform(-1.0, 1.0, 2))
-            total += r
-        returns.append(total)
-    return float(np.mean(returns))
+    return random_play_return(env, angles)
