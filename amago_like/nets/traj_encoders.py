@@ -193,7 +193,15 @@ class TformerTrajEncoder(TrajEncoder):
         self.rope = RotaryEmb(d_model // n_heads, rope_base) if pos_emb == "rope" else None
         self.drop = nn.Dropout(dropout)
         block = BlockConfig(
-            d_model, n_heads, d_ff, dropout, attn_dropout, causal, normformer_norms, sigma_reparam, self.window
+            d_model=d_model,
+            n_heads=n_heads,
+            d_ff=d_ff,
+            dropout=dropout,
+            attn_dropout=attn_dropout,
+            causal=causal,
+            normformer_norms=normformer_norms,
+            sigma_reparam=sigma_reparam,
+            window=self.window,
         )
         self.blocks = nn.ModuleList(TransformerBlock(block) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d_model)

@@ -139,10 +139,6 @@ class BlockConfig:
         if self.window is not None and (self.window < 1 or not self.causal):
             raise ValueError(f"attention window needs causal attention and window >= 1, got {self.window}")
 
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_heads
-
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention on top of F.scaled_dot_product_attention.
