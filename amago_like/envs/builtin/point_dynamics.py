@@ -148,4 +148,4 @@ def _reference(episode_length: int, k: int, split: str, goal_radius: float, whic
     angles = [hidden_angle(u, split) for u in (np.arange(60) + 0.5) / 60]
     if which != "random":
         return float(np.mean([identifier_return(env, a, i, which == "identifier") for i, a in enumerate(angles)]))
-    return random_play_return(env, angles, seeded=True)
+    return random_play_return(env, angles)

@@ -34,13 +34,13 @@ def goal_angle(u: float, split: str) -> float:
     return split_angle(u, split, math.pi)
 
 
-def random_play_return(env: gym.Env, angles: list[float], seeded: bool = False) -> float:
-    """Mean return of uniform random actions (numpy seed 0) over five meta-episodes per angle, passed to
-    ``reset(options={"angle": a})``; ``seeded``: the i-th meta-episode also resets the env's seed to i."""
+def random_play_return(env: gym.Env, angles: list[float]) -> float:
+    """Mean return of uniform random actions (numpy seed 0) over five meta-episodes per angle, the i-th reset with
+    seed i and ``options={"angle": a}`` (so whatever else the env draws per meta-episode is fixed too)."""
     rng = np.random.default_rng(0)
     returns = []
     for i, angle in enumerate(angles * 5):
-        env.reset(seed=i if seeded else None, options={"angle": angle})
+        env.reset(seed=i, options={"angle": angle})
         total, done = 0.0, False
         while not done:
             _, r, done, _, _ = env.step(rng.uniform(-1.0, 1.0, 2))
