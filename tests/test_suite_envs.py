@@ -205,3 +205,10 @@ def test_contextual_bandit_shows_its_answer_and_its_references_hold(contextual_b
     assert mean_return(lambda obs: obs[:2]) == pytest.approx(0.0, abs=1e-5)  # acting on what it sees is optimal
     assert mean_return(lambda obs: np.zeros(2)) == pytest.approx(contextual_bandit.ZERO_ACTION_RETURN, abs=1.5)
     assert mean_return(lambda obs: rng.uniform(-1, 1, 2)) == pytest.approx(contextual_bandit.RANDOM_RETURN, abs=1.5)
+
+
+@pytest.mark.parametrize("make", [lambda r: PointGoal(goal_radius=r), lambda r: PointDynamics(goal_radius=r)])
+@pytest.mark.parametrize("radius", [0.0, 1.0, -0.1])
+def test_point_robots_refuse_a_goal_radius_off_the_unit_circle_scale(make, radius):
+    with pytest.raises(ValueError, match=r"goal_radius must be in \(0, 1\)"):
+        make(radius)

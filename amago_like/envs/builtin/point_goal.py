@@ -34,6 +34,12 @@ def goal_angle(u: float, split: str) -> float:
     return split_angle(u, split, math.pi)
 
 
+def check_goal_radius(owner: str, goal_radius: float) -> None:
+    """ValueError naming ``owner`` unless the success radius lies in (0, 1): the goals sit on the unit circle."""
+    if not 0.0 < goal_radius < 1.0:
+        raise ValueError(f"{owner}.goal_radius must be in (0, 1), got {goal_radius}")
+
+
 def random_play_return(env: gym.Env, angles: list[float]) -> float:
     """Mean return of uniform random actions (numpy seed 0) over five meta-episodes per angle, the i-th reset with
     seed i and ``options={"angle": a}`` (so whatever else the env draws per meta-episode is fixed too)."""
@@ -77,8 +83,7 @@ class PointGoal(gym.Env):
         check_choice("PointGoal.reward", reward, REWARDS)
         check_choice("PointGoal.split", split, SPLITS)
         check_ints("PointGoal", 1, episode_length=episode_length, k_episodes=k_episodes)
-        if not 0.0 < goal_radius < 1.0:
-            raise ValueError(f"PointGoal.goal_radius must be in (0, 1), got {goal_radius}")
+        check_goal_radius("PointGoal", goal_radius)
         self.reward_type, self.episode_length, self.k, self.split = reward, episode_length, k_episodes, split
         self.goal_radius = goal_radius
         self.env_name = f"point-goal-{reward}"
