@@ -262,7 +262,8 @@ OPTIONS = {
     "normformer": dict(normformer_norms=True),
     "sigma_reparam": dict(sigma_reparam=True),
     "window": dict(attention_window=3),
-    "all": dict(pos_emb="rope", normformer_norms=True, sigma_reparam=True, attention_window=3),
+    "token_shift": dict(token_shift=True),
+    "all": dict(pos_emb="rope", normformer_norms=True, sigma_reparam=True, attention_window=3, token_shift=True),
 }
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import gin
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from amago_like.checks import check_below_one, check_int, check_ints
@@ -133,6 +134,12 @@ class TformerTrajEncoder(TrajEncoder):
                         (most of a small model's parameters); the fixed one needs no training.
       normformer_norms: NormFormer's extra LayerNorms (after attention, inside the FF block).
       sigma_reparam:    sigmaReparam linears in every block (W' = gamma / sigma(W) * W).
+      token_shift:      each token's input also carries the previous timestep's (zeros at the start of a
+                        trajectory and of a training window), through its own linear map: a token then holds
+                        a whole transition (observation before and after, action, reward), so that hidden
+                        dynamics can be read off one token instead of a comparison of two by attention.
+                        Rollouts keep the previous input in the cache; a training window that starts
+                        mid-trajectory cannot see its first token's predecessor, where a rollout can.
       attention_window: sliding-window causal attention (each token sees itself and the
                         window - 1 tokens before it); the rollout cache then keeps only the last
                         window tokens, and rollouts equal a full (windowed) forward over the whole
@@ -168,6 +175,7 @@ class TformerTrajEncoder(TrajEncoder):
         sigma_reparam: bool = False,
         attention_window: int | None = None,
         rope_base: float = 10000.0,
+        token_shift: bool = False,
     ):
         check_ints("TformerTrajEncoder", 1, d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_ff=d_ff)
         check_ints("TformerTrajEncoder", 1, max_time_idx=max_time_idx)
@@ -205,6 +213,8 @@ class TformerTrajEncoder(TrajEncoder):
         )
         self.blocks = nn.ModuleList(TransformerBlock(block) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d_model)
+        # built last, so that every other module initialises as it does without it
+        self.shift = nn.Linear(tstep_dim, d_model, bias=False) if token_shift else None
 
     @property
     def emb_dim(self) -> int:
@@ -215,8 +225,12 @@ class TformerTrajEncoder(TrajEncoder):
         """Tokens kept per actor in the rollout cache."""
         return self.max_seq_len if self.window is None else self.window
 
-    def _embed(self, seq: Tensor, time_idxs: Tensor) -> Tensor:  # (B, L, tstep_dim), (B, L, 1) -> (B, L, D)
+    def _embed(self, seq: Tensor, time_idxs: Tensor, previous: Tensor | None = None) -> Tensor:
+        """(B, L, tstep_dim), (B, L, 1) -> (B, L, D); ``previous``: each token's predecessor's input, with
+        token_shift (default: the sequence shifted by one, zeros first)."""
         x = self.inp(seq)
+        if self.shift is not None:
+            x = x + self.shift(F.pad(seq[:, :-1], (0, 0, 1, 0)) if previous is None else previous)
         if self.pos is not None:
             x = x + self.pos(time_idxs[..., 0].long())
         return self.drop(x)
@@ -239,7 +253,9 @@ class TformerTrajEncoder(TrajEncoder):
         dtype = self.inp.weight.dtype
         S = self.cache_len
         shape = (len(self.blocks), batch_size, self.n_heads, S, self.d_model // self.n_heads)
-        x0 = t = None
+        x0 = t = last = None
+        if self.shift is not None:
+            last = torch.zeros(batch_size, self.shift.in_features, device=device, dtype=dtype)
         if self.overflow == "recompute":
             x0 = torch.zeros(batch_size, S, self.d_model, device=device, dtype=dtype)
             if self.rope is not None:
@@ -250,6 +266,7 @@ class TformerTrajEncoder(TrajEncoder):
             n=torch.zeros(batch_size, dtype=torch.long, device=device),
             x0=x0,
             t=t,
+            last=last,
         )
 
     def reset_hidden_state(self, hidden_state: KVCache, dones: np.ndarray | Tensor) -> KVCache:
@@ -268,7 +285,11 @@ class TformerTrajEncoder(TrajEncoder):
         valid = torch.arange(S, device=seq.device)[None, :] < n_after.clamp(max=S)[:, None]  # (B, S)
         valid = valid[:, None, None, :]  # (B, 1, 1, S) broadcast over heads and the single query
 
-        x = self._embed(seq, time_idxs)  # (B, 1, D)
+        previous = None
+        if cache.last is not None:  # a row's first token after a reset has no predecessor
+            previous = torch.where((cache.n == 0)[:, None, None], 0.0, cache.last[:, None].to(seq.dtype))
+            cache.last.copy_(seq[:, 0])
+        x = self._embed(seq, time_idxs, previous)  # (B, 1, D)
         t = time_idxs[..., 0].long()  # (B, 1)
         if cache.x0 is not None:
             cache.x0[rows_all, slot] = x[:, 0].to(cache.x0.dtype)

@@ -238,6 +238,7 @@ class KVCache:
     n:    (B,) long, tokens seen since the row's last reset (may exceed S; slots = n % S).
     x0:   (B, S, D) block inputs of the cached tokens (only kept for overflow="recompute").
     t:    (B, S) time indices of the cached tokens (only kept for overflow="recompute" with RoPE).
+    last: (B, tstep_dim) the previous step's input (only kept with token_shift; unread where n == 0).
     """
 
     k: Tensor
@@ -245,6 +246,7 @@ class KVCache:
     n: Tensor
     x0: Tensor | None = None
     t: Tensor | None = None
+    last: Tensor | None = None
 
     @property
     def max_len(self) -> int:
