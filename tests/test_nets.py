@@ -271,6 +271,8 @@ OPTIONS = {
 def test_tformer_option_cache_matches_full_forward(option):
     """Each option keeps the KV-cache rollout equal to a full forward (with an actor reset mid-way)."""
     enc = _tformer(max_seq_len=8, n_layers=2, **OPTIONS[option])
+    if enc.shift is not None:  # zero at the start (see the test below): weights as after some training
+        torch.nn.init.normal_(enc.shift.weight, std=0.3)
     torch.manual_seed(1)
     B, T, r = 3, 8, 3
     seq = torch.randn(B, T, TSTEP_DIM)
@@ -289,6 +291,19 @@ def test_tformer_option_cache_matches_full_forward(option):
     with torch.no_grad():
         plain, _ = _tformer(max_seq_len=8, n_layers=2)(seq, times)
     assert not torch.allclose(full, plain, atol=1e-3)
+
+
+def test_token_shift_starts_as_the_encoder_without_it_and_trains():
+    """The shift's map starts at zero, so a new encoder's outputs are those of one without the option; the map
+    still gets a gradient, so training takes in as much of the previous input as helps."""
+    seq, times = torch.randn(2, 6, TSTEP_DIM), _times(2, 6)
+    shifted = _tformer(token_shift=True)
+    full, _ = shifted(seq, times)
+    with torch.no_grad():
+        plain, _ = _tformer()(seq, times)
+    torch.testing.assert_close(full, plain, atol=0, rtol=0)
+    full.square().sum().backward()
+    assert shifted.shift.weight.grad.abs().sum() > 0
 
 
 def test_rope_recompute_past_context_limit():

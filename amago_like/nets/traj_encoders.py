@@ -138,8 +138,9 @@ class TformerTrajEncoder(TrajEncoder):
                         trajectory and of a training window), through its own linear map: a token then holds
                         a whole transition (observation before and after, action, reward), so that hidden
                         dynamics can be read off one token instead of a comparison of two by attention.
-                        Rollouts keep the previous input in the cache; a training window that starts
-                        mid-trajectory cannot see its first token's predecessor, where a rollout can.
+                        The map starts at zero, so a new encoder is the one without the option. Rollouts
+                        keep the previous input in the cache; a training window that starts mid-trajectory
+                        cannot see its first token's predecessor, where a rollout can.
       attention_window: sliding-window causal attention (each token sees itself and the
                         window - 1 tokens before it); the rollout cache then keeps only the last
                         window tokens, and rollouts equal a full (windowed) forward over the whole
@@ -213,8 +214,11 @@ class TformerTrajEncoder(TrajEncoder):
         )
         self.blocks = nn.ModuleList(TransformerBlock(block) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d_model)
-        # built last, so that every other module initialises as it does without it
+        # built last, so that every other module initialises as it does without it; zero at the start, so that the
+        # encoder starts as it would without the shift and learns how much of the previous input to take in
         self.shift = nn.Linear(tstep_dim, d_model, bias=False) if token_shift else None
+        if self.shift is not None:
+            nn.init.zeros_(self.shift.weight)
 
     @property
     def emb_dim(self) -> int:
