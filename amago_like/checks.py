@@ -84,6 +84,14 @@ def check_fraction(param: str, value: Any, allow_none: bool = False) -> float | 
     return float(value)
 
 
+def check_open_fraction(param: str, value: Any) -> float:
+    """``value`` as a float strictly inside (0, 1) (a radius on the unit circle). ConfigTypeError naming ``param`` if it
+    is not a number; ValueError if it is outside the range."""
+    if not 0.0 < check_number(param, value) < 1.0:
+        raise ValueError(f"{param} must be in (0, 1), got {value}")
+    return float(value)
+
+
 def check_writable_dir(path: str, what: str) -> None:
     """Raise NotWritableError unless a file can be created in ``path`` (or, while it does not exist yet,
     in its nearest existing parent). Probes by creating and deleting a hidden ``.*.tmp`` file, so it

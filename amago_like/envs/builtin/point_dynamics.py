@@ -11,16 +11,9 @@ import gin
 import gymnasium as gym
 import numpy as np
 
-from amago_like.checks import check_choice, check_ints
+from amago_like.checks import check_choice, check_ints, check_open_fraction
 from amago_like.envs.builtin.attempts import Attempts
-from amago_like.envs.builtin.point_goal import (
-    SPLITS,
-    START,
-    STEP,
-    check_goal_radius,
-    random_play_return,
-    split_angle,
-)
+from amago_like.envs.builtin.point_goal import SPLITS, START, STEP, random_play_return, split_angle
 
 LIMIT = 3.0  # the robot's plane is [-LIMIT, LIMIT]^2
 
@@ -66,7 +59,7 @@ class PointDynamics(gym.Env):
     ):
         check_choice("PointDynamics.split", split, SPLITS)
         check_ints("PointDynamics", 1, episode_length=episode_length, k_episodes=k_episodes)
-        check_goal_radius("PointDynamics", goal_radius)
+        check_open_fraction("PointDynamics.goal_radius", goal_radius)  # the goals sit on the unit circle
         self.episode_length, self.k, self.split, self.goal_radius = episode_length, k_episodes, split, goal_radius
         self.show_angle, self.show_previous = show_angle, show_previous
         self.env_name = "point-dynamics"

@@ -10,7 +10,7 @@ import gin
 import gymnasium as gym
 import numpy as np
 
-from amago_like.checks import check_choice, check_ints
+from amago_like.checks import check_choice, check_ints, check_open_fraction
 from amago_like.envs.builtin.attempts import Attempts
 
 SPLITS = ("train", "test")
@@ -32,12 +32,6 @@ def split_angle(u: float, split: str, span: float) -> float:
 def goal_angle(u: float, split: str) -> float:
     """The goal angle (radians, in [0, pi]) of ``split`` at position ``u`` in [0, 1) of its sectors."""
     return split_angle(u, split, math.pi)
-
-
-def check_goal_radius(owner: str, goal_radius: float) -> None:
-    """ValueError naming ``owner`` unless the success radius lies in (0, 1): the goals sit on the unit circle."""
-    if not 0.0 < goal_radius < 1.0:
-        raise ValueError(f"{owner}.goal_radius must be in (0, 1), got {goal_radius}")
 
 
 def random_play_return(env: gym.Env, angles: list[float]) -> float:
@@ -83,7 +77,7 @@ class PointGoal(gym.Env):
         check_choice("PointGoal.reward", reward, REWARDS)
         check_choice("PointGoal.split", split, SPLITS)
         check_ints("PointGoal", 1, episode_length=episode_length, k_episodes=k_episodes)
-        check_goal_radius("PointGoal", goal_radius)
+        check_open_fraction("PointGoal.goal_radius", goal_radius)  # the goals sit on the unit circle
         self.reward_type, self.episode_length, self.k, self.split = reward, episode_length, k_episodes, split
         self.goal_radius = goal_radius
         self.env_name = f"point-goal-{reward}"
