@@ -249,6 +249,7 @@ CHANGED_DEFAULTS = {
     "Agent.averaged_policy_rate": "None",
     "Agent.novelty_bonus": "0.0",
     "CriticEnsemble.hidden": None,
+    "TformerTrajEncoder.token_shift": "False",
 }
 
 

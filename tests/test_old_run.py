@@ -115,8 +115,10 @@ def test_a_run_is_rebuilt_with_the_values_of_changed_defaults_it_recorded_or_pre
                    "EpsilonGreedy.steps_anneal = 1000", "Agent.num_actions_for_value = 4",
                    "CriticEnsemble.discrete_head = False", "TformerTrajEncoder.dropout = 0.0",
                    "TformerTrajEncoder.n_layers = 1", "Agent.averaged_policy_rate = None",
-                   "Agent.novelty_bonus = 0.0", "CriticEnsemble.hidden = (16,)"]  # fmt: skip
-    gru_run = tmp_path / "config.gin"  # a GRU run records no transformer parameter: nothing to bind for it
+                   "Agent.novelty_bonus = 0.0", "CriticEnsemble.hidden = (16,)",
+                   "TformerTrajEncoder.token_shift = False"]  # fmt: skip
+    gru_run = tmp_path / "config.gin"  # a GRU run records no transformer parameter: only the values from
+    # before a parameter existed are bound (an unused binding of the transformer's costs nothing)
     gru_run.write_text("GRUTrajEncoder.d_hidden = 64\nCriticEnsemble.action_repeat = 16\n"
                        "Experiment.exploration_wrapper_type = None\n")  # fmt: skip
     assert values_as_built(str(gru_run)) == [
@@ -125,6 +127,7 @@ def test_a_run_is_rebuilt_with_the_values_of_changed_defaults_it_recorded_or_pre
         "CriticEnsemble.discrete_head = False",
         "Agent.averaged_policy_rate = None",  # written before evaluations acted with averaged weights
         "Agent.novelty_bonus = 0.0",  # and before TD targets had an exploration bonus
+        "TformerTrajEncoder.token_shift = False",  # and before tokens carried their predecessor's input
     ]
 
 

@@ -138,7 +138,8 @@ class TformerTrajEncoder(TrajEncoder):
                         trajectory and of a training window), through its own linear map: a token then holds
                         a whole transition (observation before and after, action, reward), so that hidden
                         dynamics can be read off one token instead of a comparison of two by attention.
-                        The map starts at zero, so a new encoder is the one without the option. Rollouts
+                        The map starts at zero, so a new encoder is the one without the option. On by
+                        default (docs/RESULTS.md items 84-85 give the suite figures behind it). Rollouts
                         keep the previous input in the cache; a training window that starts mid-trajectory
                         cannot see its first token's predecessor, where a rollout can.
       attention_window: sliding-window causal attention (each token sees itself and the
@@ -176,7 +177,7 @@ class TformerTrajEncoder(TrajEncoder):
         sigma_reparam: bool = False,
         attention_window: int | None = None,
         rope_base: float = 10000.0,
-        token_shift: bool = False,
+        token_shift: bool = True,
     ):
         check_ints("TformerTrajEncoder", 1, d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_ff=d_ff)
         check_ints("TformerTrajEncoder", 1, max_time_idx=max_time_idx)
