@@ -268,12 +268,17 @@ OPTIONS = {
 }
 
 
+def _with_trained_shift(enc: TformerTrajEncoder) -> TformerTrajEncoder:
+    """``enc`` with its token-shift map (zero at the start, see the test below) as after some training."""
+    if enc.shift is not None:
+        torch.nn.init.normal_(enc.shift.weight, std=0.3)
+    return enc
+
+
 @pytest.mark.parametrize("option", list(OPTIONS))
 def test_tformer_option_cache_matches_full_forward(option):
     """Each option keeps the KV-cache rollout equal to a full forward (with an actor reset mid-way)."""
-    enc = _tformer(max_seq_len=8, n_layers=2, **OPTIONS[option])
-    if enc.shift is not None:  # zero at the start (see the test below): weights as after some training
-        torch.nn.init.normal_(enc.shift.weight, std=0.3)
+    enc = _with_trained_shift(_tformer(max_seq_len=8, n_layers=2, **OPTIONS[option]))
     torch.manual_seed(1)
     B, T, r = 3, 8, 3
     seq = torch.randn(B, T, TSTEP_DIM)
@@ -288,12 +293,9 @@ def test_tformer_option_cache_matches_full_forward(option):
     torch.testing.assert_close(roll[[0, 2]], full[[0, 2]], atol=ATOL, rtol=0)
     torch.testing.assert_close(roll[1, :r], full[1, :r], atol=ATOL, rtol=0)
     torch.testing.assert_close(roll[1:2, r:], post, atol=ATOL, rtol=0)
-    # the options change the network (the default's shift map made non-zero too, as after some training)
-    default = _tformer(max_seq_len=8, n_layers=2)
-    if default.shift is not None:
-        torch.nn.init.normal_(default.shift.weight, std=0.3)
+    # the options change the network
     with torch.no_grad():
-        plain, _ = default(seq, times)
+        plain, _ = _with_trained_shift(_tformer(max_seq_len=8, n_layers=2))(seq, times)
     assert not torch.allclose(full, plain, atol=1e-3)
 
 
