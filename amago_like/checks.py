@@ -74,6 +74,14 @@ def check_below_one(param: str, value: Any) -> float:
     return float(value)
 
 
+def check_unit_interval(param: str, value: Any) -> float:
+    """``value`` as a float in [0, 1] (a probability, an exploration epsilon). ConfigTypeError naming ``param`` if it
+    is not a number; ValueError if it is outside the range."""
+    if not 0.0 <= check_number(param, value) <= 1.0:
+        raise ValueError(f"{param} must lie in [0, 1], got {value}")
+    return float(value)
+
+
 def check_fraction(param: str, value: Any, allow_none: bool = False) -> float | None:
     """``value`` as a float in (0, 1] (a rate or a limit). ConfigTypeError naming ``param`` if it is not a
     number; ValueError if it is outside the range."""

@@ -250,8 +250,12 @@ def test_wrapper_needs_an_amago_env_inside():
         EpsilonGreedy(DarkRoom())
     env = EpsilonGreedy(gym.wrappers.RecordEpisodeStatistics(_dark_room()))
     assert isinstance(env.amago_env, AMAGOEnv) and isinstance(env, ExplorationWrapper)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"EpsilonGreedy.eps_start must lie in \[0, 1\], got 1.5"):
         EpsilonGreedy(_dark_room(), eps_start=1.5)
+    with pytest.raises(ValueError, match=r"BilevelEpsilonGreedy.eps_end_end must lie in \[0, 1\], got -0.1"):
+        BilevelEpsilonGreedy(_dark_room(), eps_end_end=-0.1)
+    with pytest.raises(TypeError, match="EpsilonGreedy.eps_end must be a number"):
+        EpsilonGreedy(_dark_room(), eps_end="0.1")
     with pytest.raises(ValueError, match="or None: rollout_horizon the env's rollout length"):
         BilevelEpsilonGreedy(_dark_room(), rollout_horizon=0)
 

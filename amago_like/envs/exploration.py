@@ -15,7 +15,7 @@ import gin
 import gymnasium as gym
 import numpy as np
 
-from amago_like.checks import check_below_one
+from amago_like.checks import check_below_one, check_unit_interval
 from amago_like.envs.wrapper import LOG_PREFIX, AMAGOEnv, EpisodeStats, find_amago_env
 
 EPSILON_KEY = f"{LOG_PREFIX}epsilon"  # info key (and episode metric) of the epsilon of the step
@@ -51,12 +51,6 @@ def _require_amago_env(env: gym.Env) -> AMAGOEnv:
 def linear_anneal(start: float, end: float, step: int, steps_anneal: int) -> float:
     """``start`` moving linearly to ``end`` over ``steps_anneal`` steps, then held at ``end``."""
     return start + (end - start) * min(step / steps_anneal, 1.0)
-
-
-def _check_eps(**values: float) -> None:
-    for name, v in values.items():
-        if not 0.0 <= v <= 1.0:
-            raise ValueError(f"{name} must lie in [0, 1], got {v}")
 
 
 @gin.configurable
@@ -241,7 +235,8 @@ class EpsilonGreedy(ExplorationWrapper):
         randomize_eps: bool = True,
         noise_correlation: float = 0.0,
     ):
-        _check_eps(eps_start=eps_start, eps_end=eps_end)
+        for name, eps in (("eps_start", eps_start), ("eps_end", eps_end)):
+            check_unit_interval(f"EpsilonGreedy.{name}", eps)
         if steps_anneal is not None and steps_anneal < 1:
             raise ValueError(f"steps_anneal must be >= 1 (or None: half the run), got {steps_anneal}")
         self.eps_start, self.eps_end, self.steps_anneal = eps_start, eps_end, steps_anneal
@@ -282,12 +277,13 @@ class BilevelEpsilonGreedy(ExplorationWrapper):
         randomize_eps: bool = True,
         noise_correlation: float = 0.0,
     ):
-        _check_eps(
-            eps_start_start=eps_start_start,
-            eps_start_end=eps_start_end,
-            eps_end_start=eps_end_start,
-            eps_end_end=eps_end_end,
-        )
+        for name, eps in (
+            ("eps_start_start", eps_start_start),
+            ("eps_start_end", eps_start_end),
+            ("eps_end_start", eps_end_start),
+            ("eps_end_end", eps_end_end),
+        ):
+            check_unit_interval(f"BilevelEpsilonGreedy.{name}", eps)
         if (rollout_horizon is not None and rollout_horizon < 1) or (steps_anneal is not None and steps_anneal < 1):
             raise ValueError(
                 "rollout_horizon and steps_anneal must be >= 1 (or None: rollout_horizon the env's rollout length, "
