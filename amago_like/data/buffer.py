@@ -88,7 +88,7 @@ class DiskTrajDataset(RLDataset):
     from ``fifo/`` when the size bound is enforced.
 
     ``demo_dirs``: folders of trajectory files made elsewhere (demonstrations; e.g. written by
-    ``Experiment.evaluate_test(..., save_trajs_to=DIR)`` or ``eval_split.py --save_trajs_to DIR``),
+    ``Experiment.evaluate_test(..., save_trajs_to=DIR)`` or ``python -m amago_like.evaluate RUN --save_trajs_to DIR``),
     sampled along with the buffer like ``protected/``: never written, never deleted. Each must hold
     trajectory files. To train on such a folder alone (offline), use :class:`TrajFolderDataset`.
 
@@ -336,7 +336,7 @@ def _check_demo_dirs(param: str, folders: str | tuple[str, ...] | list[str]) -> 
             where = f"; subfolders that hold some: {', '.join(below)}" if below else ""
             raise EmptyDatasetError(
                 f"{param}: no trajectory files (*.npz, *.traj) in {path}{where}. Point it at the folder that "
-                "holds the files (evaluate_test(save_trajs_to=DIR) and eval_split.py --save_trajs_to DIR write them)"
+                "holds the files (evaluate_test(save_trajs_to=DIR) and python -m amago_like.evaluate RUN --save_trajs_to DIR write them)"
             )
         checked.append(path)
     return checked
