@@ -169,8 +169,8 @@ def add_common_args(parser: argparse.ArgumentParser, default_configs: str = "") 
         type=os.path.abspath,
         default=None,
         metavar="DIR",
-        help="folders of trajectory files (e.g. from python -m amago_like.evaluate RUN --save_trajs_to DIR) to sample along with the "
-        "run's buffer, never deleted (DiskTrajDataset.demo_dirs; default: none)",
+        help="folders of trajectory files (e.g. from python -m amago_like.evaluate RUN --save_trajs_to DIR) to sample "
+        "along with the run's buffer, never deleted (DiskTrajDataset.demo_dirs; default: none)",
     )
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint of the run")
     return parser

@@ -88,9 +88,9 @@ class DiskTrajDataset(RLDataset):
     from ``fifo/`` when the size bound is enforced.
 
     ``demo_dirs``: folders of trajectory files made elsewhere (demonstrations; e.g. written by
-    ``Experiment.evaluate_test(..., save_trajs_to=DIR)`` or ``python -m amago_like.evaluate RUN --save_trajs_to DIR``),
-    sampled along with the buffer like ``protected/``: never written, never deleted. Each must hold
-    trajectory files. To train on such a folder alone (offline), use :class:`TrajFolderDataset`.
+    ``Experiment.evaluate_test(..., save_trajs_to=DIR)`` or
+    ``python -m amago_like.evaluate RUN --save_trajs_to DIR``), sampled along with the buffer like ``protected/``:
+    never written, never deleted. Each must hold trajectory files. To train on such a folder alone (offline), use :class:`TrajFolderDataset`.
 
     Reading: each process (every DataLoader worker included) keeps its own LRU cache of loaded
     trajectories of at most ``cache_mb`` MB (0 turns it off); a cached file that has since been
@@ -335,8 +335,9 @@ def _check_demo_dirs(param: str, folders: str | tuple[str, ...] | list[str]) -> 
             ]
             where = f"; subfolders that hold some: {', '.join(below)}" if below else ""
             raise EmptyDatasetError(
-                f"{param}: no trajectory files (*.npz, *.traj) in {path}{where}. Point it at the folder that "
-                "holds the files (evaluate_test(save_trajs_to=DIR) and python -m amago_like.evaluate RUN --save_trajs_to DIR write them)"
+                f"{param}: no trajectory files (*.npz, *.traj) in {path}{where}. Point it at the folder that holds the "
+                "files (evaluate_test(save_trajs_to=DIR) and python -m amago_like.evaluate RUN --save_trajs_to DIR "
+                "write them)"
             )
         checked.append(path)
     return checked
