@@ -90,7 +90,8 @@ class DiskTrajDataset(RLDataset):
     ``demo_dirs``: folders of trajectory files made elsewhere (demonstrations; e.g. written by
     ``Experiment.evaluate_test(..., save_trajs_to=DIR)`` or
     ``python -m amago_like.evaluate RUN --save_trajs_to DIR``), sampled along with the buffer like ``protected/``:
-    never written, never deleted. Each must hold trajectory files. To train on such a folder alone (offline), use :class:`TrajFolderDataset`.
+    never written, never deleted. Each must hold trajectory files. To train on such a folder alone (offline), use
+    :class:`TrajFolderDataset`.
 
     Reading: each process (every DataLoader worker included) keeps its own LRU cache of loaded
     trajectories of at most ``cache_mb`` MB (0 turns it off); a cached file that has since been
