@@ -448,11 +448,15 @@ class PacedCollector(Callback):
 
     def _own_frames_after_resume(self) -> None:
         """A resumed collector loaded the learner's ``total_frames``, the env steps of all collectors: its own are
-        its share of them (the collectors step equally, in whole vector steps)."""
+        its share of them (the collectors step equally, in whole vector steps). Reported at once: until a collector
+        reports, the learner and the other collectors count none of its steps while its own throttle counts them all,
+        so a resumed collector that waits on the throttle before its first report can leave the learner waiting on
+        it (a deadlock seen with two collectors)."""
         num_envs = self.exp.train_rollout.num_envs
         vector_steps = self.exp.total_frames // num_envs
         share = vector_steps // self.count + (self.index < vector_steps % self.count)
         self.exp.total_frames = share * num_envs
+        write_json(self.files.collector, {"frames": self.exp.total_frames})
         self._settled = True
 
     def collect(

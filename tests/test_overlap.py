@@ -142,8 +142,11 @@ def test_several_collectors_have_their_own_files_seeds_and_share_of_the_budget(t
                               callbacks=[])  # fmt: skip
         collector = PacedCollector.__new__(PacedCollector)
         collector.exp, collector.index, collector.count = exp, i, 3
+        collector.files = OverlapFiles(str(tmp_path), i)
         collector._own_frames_after_resume()
         shares.append(exp.total_frames)
+        # reported at once, so the learner and the other collectors count the steps its own throttle counts
+        assert read_json(collector.files.collector) == {"frames": exp.total_frames}
     assert shares == [8 * 34, 8 * 33, 8 * 33]
 
 
