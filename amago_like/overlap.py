@@ -51,6 +51,7 @@ from amago_like.overlap_protocol import (
     collector_index,
     collector_name,
     read_json,
+    report_frames,
     reported_frames,
     write_json,
 )
@@ -456,7 +457,7 @@ class PacedCollector(Callback):
         vector_steps = self.exp.total_frames // num_envs
         share = vector_steps // self.count + (self.index < vector_steps % self.count)
         self.exp.total_frames = share * num_envs
-        write_json(self.files.collector, {"frames": self.exp.total_frames})
+        report_frames(self.files.collector, self.exp.total_frames)
         self._settled = True
 
     def collect(
@@ -479,7 +480,7 @@ class PacedCollector(Callback):
             total.episodes += part.episodes
             total.actors += part.actors
             total.steps += part.steps
-            write_json(self.files.collector, {"frames": base + total.frames})
+            report_frames(self.files.collector, base + total.frames)
         total.metrics = {f"overlap/{k}": float(v) for k, v in self._measured.items()}
         total.metrics["overlap/policy_updates"] = float(self.loaded)  # the learner's updates behind the policy
         self._measured = dict.fromkeys(self._measured, 0.0)

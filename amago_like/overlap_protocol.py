@@ -95,6 +95,11 @@ class OverlapFiles:
         self.log = os.path.join(self.folder, f"{collector_name(index)}.log")
 
 
+def report_frames(path: str, frames: int) -> None:
+    """A collector's report of the env steps it has taken (its own share), which :func:`reported_frames` sums."""
+    write_json(path, {"frames": frames})
+
+
 def reported_frames(paths: list[str]) -> int | None:
     """The env steps the collectors reported in ``paths``, summed (None while none has reported)."""
     frames = [read_json(p).get("frames") for p in paths]
