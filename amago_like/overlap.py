@@ -430,14 +430,17 @@ class PacedCollector(Callback):
         self.learner_done = bool(learner.get("done", False))
         return learner
 
+    def _may_step(self, frames: int) -> bool:
+        """Whether the pace lets the collectors, at ``frames`` env steps of this one, step on now."""
+        learner = self._learner()
+        if self.learner_done or learner.get("starving"):
+            return True
+        return self.pace.may_step(frames + (reported_frames(self.others) or 0), learner.get("updates", 0))
+
     def _throttle(self, frames: int) -> None:
-        """Wait until the pace lets the collectors, at ``frames`` env steps of this one, step on."""
+        """Wait until :meth:`_may_step`."""
         start = time.time()
-        while True:
-            learner = self._learner()
-            total = frames + (reported_frames(self.others) or 0)
-            if self.learner_done or learner.get("starving") or self.pace.may_step(total, learner.get("updates", 0)):
-                break
+        while not self._may_step(frames):
             time.sleep(POLL_SECONDS)
         self._measured["throttle_seconds"] += time.time() - start
 

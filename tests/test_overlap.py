@@ -26,6 +26,8 @@ from amago_like.overlap import (
     Pace,
     PacedCollector,
     read_json,
+    report_frames,
+    reported_frames,
     run_files,
     run_seed,
     write_json,
@@ -148,6 +150,43 @@ def test_several_collectors_have_their_own_files_seeds_and_share_of_the_budget(t
         # reported at once, so the learner and the other collectors count the steps its own throttle counts
         assert read_json(collector.files.collector) == {"frames": exp.total_frames}
     assert shares == [8 * 34, 8 * 33, 8 * 33]
+
+
+def test_resumed_collectors_and_their_learner_never_wait_on_each_other(tmp_path):
+    """The start-up order that once deadlocked a resumed run, played without processes or timing: collector 0 steps
+    as far as its throttle lets it before collector 1 takes a step, and only then does the learner update. With
+    each collector's share reported as it settles, the three always reach the run's end."""
+    args = dict(train_timesteps_per_epoch=30, parallel_actors=8, train_batches_per_epoch=10, epochs=12,
+                overlap_updates_per_env_step=None, start_learning_at_epoch=0)  # fmt: skip
+    pace = Pace.of(args, processes=2)
+    run, num_envs, chunk = str(tmp_path), 8, 3 * 8  # a tenth of an epoch's 30 vector steps, in env steps
+    updates = 20  # resumed after epoch 2: 960 env steps and 20 updates
+    write_json(OverlapFiles(run).learner, {"updates": updates})
+    collectors = []
+    for i in range(2):
+        exp = SimpleNamespace(run_dir=run, total_frames=960, train_rollout=SimpleNamespace(num_envs=num_envs),
+                              callbacks=[])  # fmt: skip
+        collector = PacedCollector.__new__(PacedCollector)
+        collector.exp, collector.pace, collector.index, collector.count = exp, pace, i, 2
+        collector.files = OverlapFiles(run, i)
+        collector.others = [OverlapFiles(run, 1 - i).collector]
+        collector.budget, collector.learner_done = pace.frames // 2, False
+        collector._own_frames_after_resume()
+        collectors.append(collector)
+    everyone = [c.files.collector for c in collectors]
+    while True:
+        moved = False
+        for c in collectors:  # each collector as far as it may go, collector 0 first
+            while c.exp.total_frames < c.budget and c._may_step(c.exp.total_frames):
+                c.exp.total_frames = min(c.budget, c.exp.total_frames + chunk)
+                report_frames(c.files.collector, c.exp.total_frames)
+                moved = True
+        while updates < pace.updates and reported_frames(everyone) >= pace.frames_needed(updates + 1):
+            updates, moved = updates + 1, True
+        write_json(OverlapFiles(run).learner, {"updates": updates})
+        if not moved:
+            break
+    assert [c.exp.total_frames for c in collectors] == [2880, 2880] and updates == pace.updates == 120
 
 
 def _experiment(root, **overrides) -> Experiment:
