@@ -66,38 +66,41 @@ def check_number(param: str, value: Any, minimum: float | None = None) -> float:
     return float(value)
 
 
-def check_below_one(param: str, value: Any) -> float:
-    """``value`` as a float in [0, 1) (a dropout rate, a correlation). ConfigTypeError naming ``param`` if it is
-    not a number; ValueError if it is outside the range."""
-    if not 0.0 <= check_number(param, value) < 1.0:
-        raise ValueError(f"{param} must lie in [0, 1), got {value}")
+def _check_in_unit_interval(
+    param: str, value: Any, include_zero: bool, include_one: bool, allow_none: bool = False
+) -> float | None:
+    """``value`` as a float between 0 and 1, each end in or out of the range as asked (or None where
+    ``allow_none``). ConfigTypeError naming ``param`` if it is not a number; ValueError naming the range if it is
+    outside it."""
+    if value is None and allow_none:
+        return None
+    number = check_number(param, value)
+    above_zero = number >= 0.0 if include_zero else number > 0.0
+    below_one = number <= 1.0 if include_one else number < 1.0
+    if not (above_zero and below_one):
+        interval = f"{'[' if include_zero else '('}0, 1{']' if include_one else ')'}"
+        raise ValueError(f"{param} must be in {interval}{' or None' if allow_none else ''}, got {value}")
     return float(value)
+
+
+def check_below_one(param: str, value: Any) -> float:
+    """``value`` as a float in [0, 1) (a dropout rate, a correlation)."""
+    return _check_in_unit_interval(param, value, include_zero=True, include_one=False)
 
 
 def check_unit_interval(param: str, value: Any) -> float:
-    """``value`` as a float in [0, 1] (a probability, an exploration epsilon). ConfigTypeError naming ``param`` if it
-    is not a number; ValueError if it is outside the range."""
-    if not 0.0 <= check_number(param, value) <= 1.0:
-        raise ValueError(f"{param} must lie in [0, 1], got {value}")
-    return float(value)
+    """``value`` as a float in [0, 1] (a probability, an exploration epsilon)."""
+    return _check_in_unit_interval(param, value, include_zero=True, include_one=True)
 
 
 def check_fraction(param: str, value: Any, allow_none: bool = False) -> float | None:
-    """``value`` as a float in (0, 1] (a rate or a limit). ConfigTypeError naming ``param`` if it is not a
-    number; ValueError if it is outside the range."""
-    if value is None and allow_none:
-        return None
-    if not 0.0 < check_number(param, value) <= 1.0:
-        raise ValueError(f"{param} must be in (0, 1]{' or None' if allow_none else ''}, got {value}")
-    return float(value)
+    """``value`` as a float in (0, 1] (a rate or a limit), or None where ``allow_none``."""
+    return _check_in_unit_interval(param, value, include_zero=False, include_one=True, allow_none=allow_none)
 
 
 def check_open_fraction(param: str, value: Any) -> float:
-    """``value`` as a float strictly inside (0, 1) (a radius on the unit circle). ConfigTypeError naming ``param`` if it
-    is not a number; ValueError if it is outside the range."""
-    if not 0.0 < check_number(param, value) < 1.0:
-        raise ValueError(f"{param} must be in (0, 1), got {value}")
-    return float(value)
+    """``value`` as a float strictly inside (0, 1) (a radius on the unit circle)."""
+    return _check_in_unit_interval(param, value, include_zero=False, include_one=False)
 
 
 def check_writable_dir(path: str, what: str) -> None:

@@ -250,9 +250,9 @@ def test_wrapper_needs_an_amago_env_inside():
         EpsilonGreedy(DarkRoom())
     env = EpsilonGreedy(gym.wrappers.RecordEpisodeStatistics(_dark_room()))
     assert isinstance(env.amago_env, AMAGOEnv) and isinstance(env, ExplorationWrapper)
-    with pytest.raises(ValueError, match=r"EpsilonGreedy.eps_start must lie in \[0, 1\], got 1.5"):
+    with pytest.raises(ValueError, match=r"EpsilonGreedy.eps_start must be in \[0, 1\], got 1.5"):
         EpsilonGreedy(_dark_room(), eps_start=1.5)
-    with pytest.raises(ValueError, match=r"BilevelEpsilonGreedy.eps_end_end must lie in \[0, 1\], got -0.1"):
+    with pytest.raises(ValueError, match=r"BilevelEpsilonGreedy.eps_end_end must be in \[0, 1\], got -0.1"):
         BilevelEpsilonGreedy(_dark_room(), eps_end_end=-0.1)
     with pytest.raises(TypeError, match="EpsilonGreedy.eps_end must be a number"):
         EpsilonGreedy(_dark_room(), eps_end="0.1")
@@ -320,7 +320,7 @@ def test_correlated_noise_keeps_unit_variance_and_its_lag_one_correlation():
 @pytest.mark.parametrize("wrapper_cls", [EpsilonGreedy, BilevelEpsilonGreedy])
 def test_noise_correlation_is_checked(wrapper_cls):
     kw = {"rollout_horizon": 4} if wrapper_cls is BilevelEpsilonGreedy else {}
-    with pytest.raises(ValueError, match="noise_correlation must lie in"):
+    with pytest.raises(ValueError, match="noise_correlation must be in"):
         wrapper_cls(AMAGOEnv(BoxEnv()), noise_correlation=1.0, **kw)
     with pytest.raises(ValueError, match="actions are Discrete"):
         wrapper_cls(_dark_room(), noise_correlation=0.5, **kw)

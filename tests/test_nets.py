@@ -610,5 +610,5 @@ def test_critic_dropout_drops_hidden_features_in_training_only():
     plain.load_state_dict(critic.state_dict())
     torch.testing.assert_close(plain.train()(state, action), critic(state, action))  # eval with dropout = no dropout
     for bad in (1.0, -0.1):
-        with pytest.raises(ValueError, match=r"CriticEnsemble.dropout must lie in \[0, 1\)"):
+        with pytest.raises(ValueError, match=r"CriticEnsemble.dropout must be in \[0, 1\)"):
             CriticEnsemble(8, 2, GAMMAS, dropout=bad)
