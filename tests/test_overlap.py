@@ -140,16 +140,24 @@ def test_several_collectors_have_their_own_files_seeds_and_share_of_the_budget(t
     # a resumed collector's own env steps: its share of the learner's total, in whole vector steps of 8 envs
     shares = []
     for i in range(3):
-        exp = SimpleNamespace(run_dir=str(tmp_path), total_frames=8 * 100, train_rollout=SimpleNamespace(num_envs=8),
-                              callbacks=[])  # fmt: skip
-        collector = PacedCollector.__new__(PacedCollector)
-        collector.exp, collector.index, collector.count = exp, i, 3
-        collector.files = OverlapFiles(str(tmp_path), i)
-        collector._own_frames_after_resume()
-        shares.append(exp.total_frames)
+        collector = _resumed_collector(str(tmp_path), pace, i, 3, total_frames=8 * 100)
+        shares.append(collector.exp.total_frames)
         # reported at once, so the learner and the other collectors count the steps its own throttle counts
-        assert read_json(collector.files.collector) == {"frames": exp.total_frames}
+        assert read_json(collector.files.collector) == {"frames": collector.exp.total_frames}
     assert shares == [8 * 34, 8 * 33, 8 * 33]
+
+
+def _resumed_collector(run: str, pace: Pace, index: int, count: int, total_frames: int) -> PacedCollector:
+    """Collector ``index`` of ``count`` (8 envs, no process) resumed from a learner at ``total_frames``, settled."""
+    collector = PacedCollector.__new__(PacedCollector)
+    collector.exp = SimpleNamespace(run_dir=run, total_frames=total_frames, train_rollout=SimpleNamespace(num_envs=8),
+                                    callbacks=[])  # fmt: skip
+    collector.pace, collector.index, collector.count, collector.learner_done = pace, index, count, False
+    collector.files = OverlapFiles(run, index)
+    collector.others = [OverlapFiles(run, i).collector for i in range(count) if i != index]
+    collector.budget = pace.frames // count
+    collector._own_frames_after_resume()
+    return collector
 
 
 def test_resumed_collectors_and_their_learner_never_wait_on_each_other(tmp_path):
@@ -159,20 +167,10 @@ def test_resumed_collectors_and_their_learner_never_wait_on_each_other(tmp_path)
     args = dict(train_timesteps_per_epoch=30, parallel_actors=8, train_batches_per_epoch=10, epochs=12,
                 overlap_updates_per_env_step=None, start_learning_at_epoch=0)  # fmt: skip
     pace = Pace.of(args, processes=2)
-    run, num_envs, chunk = str(tmp_path), 8, 3 * 8  # a tenth of an epoch's 30 vector steps, in env steps
+    run, chunk = str(tmp_path), 3 * 8  # a tenth of an epoch's 30 vector steps of 8 envs
     updates = 20  # resumed after epoch 2: 960 env steps and 20 updates
     write_json(OverlapFiles(run).learner, {"updates": updates})
-    collectors = []
-    for i in range(2):
-        exp = SimpleNamespace(run_dir=run, total_frames=960, train_rollout=SimpleNamespace(num_envs=num_envs),
-                              callbacks=[])  # fmt: skip
-        collector = PacedCollector.__new__(PacedCollector)
-        collector.exp, collector.pace, collector.index, collector.count = exp, pace, i, 2
-        collector.files = OverlapFiles(run, i)
-        collector.others = [OverlapFiles(run, 1 - i).collector]
-        collector.budget, collector.learner_done = pace.frames // 2, False
-        collector._own_frames_after_resume()
-        collectors.append(collector)
+    collectors = [_resumed_collector(run, pace, i, 2, total_frames=960) for i in range(2)]
     everyone = [c.files.collector for c in collectors]
     while True:
         moved = False
