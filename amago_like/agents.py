@@ -7,6 +7,7 @@ Loss, per real (unpadded) transition t and discount factor gamma_g:
              ``novelty_bonus`` b: r_t + b x how new observation t+1 is in the window, ``nets.novelty``; with
              ``novelty_fade`` f, b falls linearly to 0 over the first f of the run's planned updates)
              V_target(s) = E_{a~pi'(s)} min_{c in S} Q'_c(s, a)   (Q' = polyak-averaged target critic heads;
+             with ``soft_targets``, + entropy_coeff * H(pi'(s)): SAC's soft value;
              S = ``num_critics_td`` critics drawn at random per transition, or all of them;
              pi' = the polyak-averaged target actor (rate ``target_actor_tau``) with ``target_actor``, else the actor)
     actor:   online_coeff * -E_{a~pi(s_t)} Q(s_t, a)[actor_gamma]   (policy gradient through the critic; Q: the critics'
@@ -100,6 +101,7 @@ class Agent(nn.Module):
         novelty_bonus: float | str = "auto",
         novelty_fade: float | None = None,
         reward_decoder_coeff: float = 0.0,
+        soft_targets: bool = False,
     ):
         super().__init__()
         if actor_gamma not in gammas:
@@ -141,20 +143,15 @@ class Agent(nn.Module):
         self.log_entropy_coeff = None if target_entropy is None else nn.Parameter(torch.tensor(math.log(entropy_coeff)))
         self.num_actions_for_value, self.n_step = num_actions_for_value, n_step
         self.num_critics_td, self.multigamma_actor = num_critics_td, multigamma_actor
-        self.pessimistic_actor = pessimistic_actor
+        self.pessimistic_actor, self.soft_targets = pessimistic_actor, soft_targets
         self.register_buffer("gammas", torch.tensor(gammas, dtype=torch.float32))
         self.actor_gamma_idx = list(gammas).index(actor_gamma)
 
         self.tstep_encoder = tstep_encoder_type(obs_space, rl2_space)
         self.traj_encoder = traj_encoder_type(self.tstep_encoder.emb_dim, max_seq_len)
         d = self.traj_encoder.emb_dim
-        self.actor = Actor(
-            d,
-            self.action_dim,
-            self.discrete,
-            multi_binary=self.multi_binary,
-            num_gammas=len(gammas) if multigamma_actor else 1,
-        )
+        num_policies = len(gammas) if multigamma_actor else 1
+        self.actor = Actor(d, self.action_dim, self.discrete, multi_binary=self.multi_binary, num_gammas=num_policies)
         self.critics = CriticEnsemble(d, self.action_dim, gammas, num_critics, num_bins=1, discrete=self.discrete)
         self.reward_decoder_coeff = check_number("Agent.reward_decoder_coeff", reward_decoder_coeff, minimum=0.0)
         self.reward_decoder = RewardDecoder(d, obs_space, self.action_dim) if reward_decoder_coeff else None
@@ -280,12 +277,17 @@ class Agent(nn.Module):
         mask = batch.transition_mask if critic_mask is None else critic_mask  # (B, L-1, 1)
         actor_mask = batch.transition_mask if actor_mask is None else actor_mask
         g = self.actor_gamma_idx
+        learned = self.log_entropy_coeff is not None
+        ent_coeff = self.log_entropy_coeff.exp().detach() if learned else self.entropy_coeff
 
         # critic: TD targets from target heads on the (detached) next states
         with torch.no_grad():
             next_dist = (self.actor if self.target_actor is None else self.target_actor)(s_next.detach())
             q_next, probs = self._policy_values(self.target_critics, s_next.detach(), next_dist, self.q_values)
             v_next = self._expectation(self._td_critics(q_next).min(0).values, probs)  # (B, L-1, G)
+            if self.soft_targets:  # the next state's value counts the entropy the policy keeps there
+                h_next = next_dist.entropy()
+                v_next = v_next + ent_coeff * (h_next if self.multigamma_actor else h_next.unsqueeze(-1))
             bonus = self.novelty(batch.obs, batch.pad_mask, self.training_progress)  # rollouts never see it
             rews = (batch.rews + bonus) * self.reward_multiplier  # (B, L-1, 1)
             target = n_step_targets(rews, batch.dones, batch.transition_mask, v_next, self.gammas, self.n_step)
@@ -319,8 +321,6 @@ class Agent(nn.Module):
             logp = dist.log_prob(bc_actions)  # (B, L-1, G)
         else:
             logp = dist.log_prob(bc_actions).unsqueeze(-1)  # (B, L-1, 1)
-        learned = self.log_entropy_coeff is not None
-        ent_coeff = self.log_entropy_coeff.exp().detach() if learned else self.entropy_coeff
         actor_loss = masked_mean(
             -self.online_coeff * value - self.offline_coeff * bc_filter * logp - ent_coeff * entropy,
             actor_mask,

@@ -416,6 +416,23 @@ def test_novelty_bonus_raises_td_targets_where_observations_are_new_only():
         make_agent(True, novelty_bonus=-0.1)
 
 
+def test_soft_targets_add_the_entropy_the_policy_keeps_at_the_next_state():
+    """SAC's soft value: each TD target gains gamma * entropy_coeff * H(pi(s_t+1)), and nothing else changes."""
+    agent = make_agent(True, novelty_bonus=0.0, entropy_coeff=0.5).eval()
+    batch = make_batch(agent)
+    plain = agent(batch)[2]
+    agent.soft_targets = True
+    soft = agent(batch)[2]
+    with torch.no_grad():
+        states, _ = agent.encode(batch.obs, batch.rl2s, batch.time_idxs, pad_mask=batch.pad_mask)
+        h_next = agent.actor(states[:, 1:]).entropy().unsqueeze(-1)  # (B, L-1, 1)
+    gamma = agent.gammas[agent.actor_gamma_idx]
+    expected = masked_mean(gamma * 0.5 * h_next, batch.transition_mask)
+    assert expected > 0.1
+    assert soft["td_target_mean"].item() == pytest.approx(plain["td_target_mean"].item() + expected.item(), rel=1e-5)
+    assert soft["actor_loss"].item() == pytest.approx(plain["actor_loss"].item())  # the actor's objective is as it was
+
+
 def test_a_fading_novelty_bonus_falls_linearly_to_nothing_over_its_fraction_of_the_run():
     agent = make_agent(True, novelty_bonus=0.5, novelty_fade=0.5).eval()
     batch = make_batch(agent, lengths=(8, 8, 8, 8))
