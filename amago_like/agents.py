@@ -7,9 +7,9 @@ Loss, per real (unpadded) transition t and discount factor gamma_g:
              ``novelty_bonus`` b: r_t + b x how new observation t+1 is in the window, ``nets.novelty``; with
              ``novelty_fade`` f, b falls linearly to 0 over the first f of the run's planned updates)
              V_target(s) = E_{a~pi'(s)} min_{c in S} Q'_c(s, a)   (Q' = polyak-averaged target critic heads;
-             with ``soft_targets``, + entropy_coeff * H(pi'(s)): SAC's soft value;
              S = ``num_critics_td`` critics drawn at random per transition, or all of them;
              pi' = the polyak-averaged target actor (rate ``target_actor_tau``) with ``target_actor``, else the actor)
+             with ``soft_targets``, V_target(s) also adds entropy_coeff * H(pi'(s)) (SAC's soft value)
     actor:   online_coeff * -E_{a~pi(s_t)} Q(s_t, a)[actor_gamma]   (policy gradient through the critic; Q: the critics'
                                                             mean, or their minimum with ``pessimistic_actor``)
            + offline_coeff * -log pi(a_t | s_t) * 1[Q(s_t, a_t) > E_pi Q(s_t, .)]  (advantage-filtered BC)
