@@ -155,7 +155,8 @@ def attach(experiment: Any) -> None:
     check_one_process(experiment.accelerator.num_processes)
     pace = Pace.of(experiment._arguments, experiment.overlap_collectors)
     if experiment.role == "collect":
-        experiment._collector = PacedCollector(experiment, pace, int(os.environ[PARENT_ENV]), *collector_index())
+        experiment._collector = PacedCollector(experiment, pace, *collector_index())
+        experiment._collector.guard(int(os.environ[PARENT_ENV]))
     else:
         batches = experiment.train_batches_per_epoch
         every = experiment.overlap_publish_every or max(1, batches // CHUNKS_PER_EPOCH)
@@ -406,8 +407,8 @@ class PacedCollector(Callback):
     also one killed with SIGKILL (a watchdog thread polls the parent pid), and takes SIGTERM as an exit that
     closes the envs."""
 
-    def __init__(self, experiment: Any, pace: Pace, parent: int, index: int = 0, count: int = 1):
-        self.exp, self.pace, self.parent = experiment, pace, parent
+    def __init__(self, experiment: Any, pace: Pace, index: int = 0, count: int = 1):
+        self.exp, self.pace = experiment, pace
         self.index, self.count = index, count
         self.files = OverlapFiles(experiment.run_dir, index)
         self.others = [OverlapFiles(experiment.run_dir, i).collector for i in range(count) if i != index]
@@ -415,6 +416,12 @@ class PacedCollector(Callback):
         self.loaded, self.learner_done, self._settled = -1, False, False
         self._measured = {"throttle_seconds": 0.0, "policy_loads": 0}
         experiment.callbacks.append(self)
+
+    def guard(self, parent: int) -> None:
+        """Tie this process to its learner ``parent`` (pid): SIGTERM exits (closing the envs) and a watchdog thread
+        exits once the parent is gone. Kept apart from ``__init__`` so that a collector's pacing can be built in a
+        process that is not a spawned collector (a test)."""
+        self.parent = parent
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
         threading.Thread(target=self._watch_parent, daemon=True, name="overlap-watchdog").start()
 

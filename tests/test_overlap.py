@@ -148,14 +148,11 @@ def test_several_collectors_have_their_own_files_seeds_and_share_of_the_budget(t
 
 
 def _resumed_collector(run: str, pace: Pace, index: int, count: int, total_frames: int) -> PacedCollector:
-    """Collector ``index`` of ``count`` (8 envs, no process) resumed from a learner at ``total_frames``, settled."""
-    collector = PacedCollector.__new__(PacedCollector)
-    collector.exp = SimpleNamespace(run_dir=run, total_frames=total_frames, train_rollout=SimpleNamespace(num_envs=8),
-                                    callbacks=[])  # fmt: skip
-    collector.pace, collector.index, collector.count, collector.learner_done = pace, index, count, False
-    collector.files = OverlapFiles(run, index)
-    collector.others = [OverlapFiles(run, i).collector for i in range(count) if i != index]
-    collector.budget = pace.frames // count
+    """Collector ``index`` of ``count`` (8 envs, not guarded: no process) resumed from a learner at
+    ``total_frames``, settled."""
+    exp = SimpleNamespace(run_dir=run, total_frames=total_frames, train_rollout=SimpleNamespace(num_envs=8),
+                          callbacks=[])  # fmt: skip
+    collector = PacedCollector(exp, pace, index, count)
     collector._own_frames_after_resume()
     return collector
 
