@@ -1,6 +1,6 @@
 """The learner: accelerate preparation, optimizer and LR warm-up, compile, the train step with its non-finite
 guard, and the syncs between DDP processes. It knows the agent only as a module with ``soft_sync_targets``
-and ``param_groups``; the objective itself is the agent's (agents.py)."""
+and ``param_groups``; the objective itself is the agent's (agents/agent.py)."""
 
 from __future__ import annotations
 

@@ -28,7 +28,8 @@ or, with ``multigamma_actor``, has one policy per gamma, each trained on its own
 (the actor loss averages them; rollouts act with ``actor_gamma``'s policy).
 
 With ``popart`` the critics predict values normalised by running per-gamma target statistics (the critic loss is
-then in normalised units and the actor maximises normalised Q). ``MultiTaskAgent`` classifies symlog-value bins.
+then in normalised units and the actor maximises normalised Q). ``MultiTaskAgent`` (``multitask.py``) classifies
+symlog-value bins.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ import torch
 from torch import nn
 
 from amago_like.checks import check_fraction, check_ints, check_number
-from amago_like.config import refuse_passed
 from amago_like.data.batches import Batch
 from amago_like.nets.averaging import AveragedPolicy, polyak_
 from amago_like.nets.heads import Actor, CriticEnsemble
@@ -53,9 +53,8 @@ from amago_like.nets.novelty import NoveltyBonus
 from amago_like.nets.reward_decoder import RewardDecoder
 from amago_like.nets.traj_encoders import TformerTrajEncoder, TrajEncoder
 from amago_like.nets.tstep_encoders import FFTstepEncoder, TstepEncoder
-from amago_like.nets.values import PopArt, ValueBins, masked_mean, n_step_targets, symexp, symlog
+from amago_like.nets.values import PopArt, masked_mean, n_step_targets
 
-VALUE_TARGETS = ("two_hot", "hl_gauss")
 # where a learned entropy coefficient starts when entropy_coeff is left unbound: high enough that the
 # entropy bonus is felt before the policy's std collapses (a start of 0.01 came too late, see docs/RESULTS.md)
 AUTO_ENTROPY_COEFF_START = 0.1
@@ -286,8 +285,7 @@ class Agent(nn.Module):
             q_next, probs = self._policy_values(self.target_critics, s_next.detach(), next_dist, self.q_values)
             v_next = self._expectation(self._td_critics(q_next).min(0).values, probs)  # (B, L-1, G)
             if self.soft_targets:  # the next state's value counts the entropy the policy keeps there
-                h_next = next_dist.entropy()
-                v_next = v_next + ent_coeff * (h_next if self.multigamma_actor else h_next.unsqueeze(-1))
+                v_next = v_next + ent_coeff * self._per_policy(next_dist.entropy())
             bonus = self.novelty(batch.obs, batch.pad_mask, self.training_progress)  # rollouts never see it
             rews = (batch.rews + bonus) * self.reward_multiplier  # (B, L-1, 1)
             target = n_step_targets(rews, batch.dones, batch.transition_mask, v_next, self.gammas, self.n_step)
@@ -304,8 +302,7 @@ class Agent(nn.Module):
         # into actions the data never tried (where critics disagree)
         q_ens = q_pi.min(0).values if self.pessimistic_actor else q_pi.mean(0)
         value = self._expectation(q_ens, probs)[..., gs]  # (B, L-1, P)
-        entropy = dist.entropy()
-        entropy = entropy if self.multigamma_actor else entropy.unsqueeze(-1)  # (B, L-1, P)
+        entropy = self._per_policy(dist.entropy())  # (B, L-1, P)
         with torch.no_grad():  # the filter compares like with like: the critics' mean for both terms
             baseline = value if not self.pessimistic_actor else self._expectation(q_pi.mean(0), probs)[..., gs]
             advantage = self.actor_values(raw_taken).mean(0)[..., gs] - baseline  # (B, L-1, P)
@@ -318,9 +315,7 @@ class Agent(nn.Module):
             bc_actions = batch.actions
         if self.multigamma_actor:  # the same taken action for every gamma's policy: (B, L-1, G[, A])
             bc_actions = bc_actions.unsqueeze(2).expand(*bc_actions.shape[:2], len(self.gammas), *bc_actions.shape[2:])
-            logp = dist.log_prob(bc_actions)  # (B, L-1, G)
-        else:
-            logp = dist.log_prob(bc_actions).unsqueeze(-1)  # (B, L-1, 1)
+        logp = self._per_policy(dist.log_prob(bc_actions))  # (B, L-1, P)
         actor_loss = masked_mean(
             -self.online_coeff * value - self.offline_coeff * bc_filter * logp - ent_coeff * entropy,
             actor_mask,
@@ -348,6 +343,10 @@ class Agent(nn.Module):
             actor_loss = actor_loss + self.reward_decoder_coeff * decoder_loss
             metrics["reward_decoder_loss"] = decoder_loss.detach()
         return critic_loss, actor_loss, metrics
+
+    def _per_policy(self, x: torch.Tensor) -> torch.Tensor:
+        """A per-state quantity of the actor (B, L-1[, G]) -> (B, L-1, P): one column per policy."""
+        return x if self.multigamma_actor else x.unsqueeze(-1)
 
     def _td_critics(self, q: torch.Tensor) -> torch.Tensor:
         """q (C, ...) -> (num_critics_td, ...): a random subset of critics per entry (all with None),
@@ -425,72 +424,6 @@ class Agent(nn.Module):
         else:
             actions = dist.sample(1)[0] if sample else dist.mode()
         return (actions.long() if self.multi_binary else actions), hidden_state
-
-
-@gin.configurable
-class MultiTaskAgent(Agent):
-    """Agent whose critics classify values instead of regressing them (AMAGO-2's multi-task critic).
-
-    Each critic output is a vector of logits over ``num_bins`` evenly spaced bins on
-    [-bin_limit, bin_limit] in symlog space, trained by cross-entropy against ``value_target``
-    ("two_hot" or "hl_gauss", the latter with std ``hl_gauss_sigma`` bin widths) of symlog(TD target).
-    Q = symexp(expected bin value); the actor maximises the expected bin value (symlog Q), which
-    keeps its scale comparable across tasks whose returns differ by orders of magnitude.
-    Every other argument goes to ``Agent`` (PopArt is not used: the loss is already scale-free).
-    """
-
-    def __init__(
-        self,
-        obs_space: gym.spaces.Dict,
-        rl2_space: gym.spaces.Box,
-        action_space: gym.Space,
-        max_seq_len: int,
-        tstep_encoder_type: type[TstepEncoder] = FFTstepEncoder,
-        traj_encoder_type: type[TrajEncoder] = TformerTrajEncoder,
-        num_bins: int = 128,
-        bin_limit: float = 10.0,
-        value_target: str = "two_hot",
-        hl_gauss_sigma: float = 0.75,
-        **agent_kwargs,
-    ):
-        if value_target not in VALUE_TARGETS:
-            raise ValueError(f"value_target must be one of {VALUE_TARGETS}, got {value_target!r}")
-        if agent_kwargs.pop("popart", False):
-            raise ValueError("MultiTaskAgent's classification critic does not use PopArt; set popart=False")
-        refuse_passed("Agent", {"popart": None})  # passed as False below: an Agent.popart binding would do nothing
-        super().__init__(
-            obs_space=obs_space,
-            rl2_space=rl2_space,
-            action_space=action_space,
-            max_seq_len=max_seq_len,
-            tstep_encoder_type=tstep_encoder_type,
-            traj_encoder_type=traj_encoder_type,
-            popart=False,
-            **agent_kwargs,
-        )
-        self.value_target = value_target
-        self.bins = ValueBins(num_bins, bin_limit, hl_gauss_sigma)
-        d, gammas = self.traj_encoder.emb_dim, tuple(self.gammas.tolist())
-        self.critics = CriticEnsemble(
-            d, self.action_dim, gammas, self.critics.num_critics, num_bins=num_bins, discrete=self.discrete
-        )
-        self.target_critics = copy.deepcopy(self.critics).requires_grad_(False)
-
-    def symlog_values(self, raw: torch.Tensor) -> torch.Tensor:  # (C, ..., G, bins) -> (C, ..., G)
-        return self.bins.decode(raw.softmax(-1))
-
-    def q_values(self, raw: torch.Tensor) -> torch.Tensor:
-        return symexp(self.symlog_values(raw))
-
-    def actor_values(self, raw: torch.Tensor) -> torch.Tensor:
-        return self.symlog_values(raw)
-
-    def critic_loss(self, raw: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of raw (C, B, L-1, G, bins) against the binned symlog(target (B, L-1, G))."""
-        encode = self.bins.two_hot if self.value_target == "two_hot" else self.bins.hl_gauss
-        target_probs = encode(symlog(target))  # (B, L-1, G, bins)
-        ce = -(target_probs.unsqueeze(0) * raw.log_softmax(-1)).sum(-1)  # (C, B, L-1, G)
-        return masked_mean(ce, mask.unsqueeze(0))
 
 
 def _frozen(module: nn.Module) -> Callable[..., Any]:
