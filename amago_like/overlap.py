@@ -421,14 +421,14 @@ class PacedCollector(Callback):
         """Tie this process to its learner ``parent`` (pid): SIGTERM exits (closing the envs) and a watchdog thread
         exits once the parent is gone. Kept apart from ``__init__`` so that a collector's pacing can be built in a
         process that is not a spawned collector (a test)."""
-        self.parent = parent
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-        threading.Thread(target=self._watch_parent, daemon=True, name="overlap-watchdog").start()
+        threading.Thread(target=self._watch_parent, args=(parent,), daemon=True, name="overlap-watchdog").start()
 
-    def _watch_parent(self) -> None:
-        while os.getppid() == self.parent:
+    @staticmethod
+    def _watch_parent(parent: int) -> None:
+        while os.getppid() == parent:
             time.sleep(0.5)
-        print(f"the learner (pid {self.parent}) is gone: the collector stops", file=sys.stderr, flush=True)
+        print(f"the learner (pid {parent}) is gone: the collector stops", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(1)  # files are written by rename: stopping anywhere loses nothing written
 
