@@ -275,6 +275,31 @@ def test_dataset_skips_bad_files_with_one_warning_each(tmp_path):
         assert sum(path in m for m in messages) == 1, (path, messages)
 
 
+@pytest.mark.parametrize("recency", [0.0, 0.5, 1.0, 3.0])
+def test_recency_weights_rise_with_age_and_leave_protected_files_at_the_mean(tmp_path, recency):
+    ds = make_dataset(tmp_path, recency=recency)
+    for i in range(4):  # fifo, oldest first (names sort by age)
+        save_trajectory(make_traj(i, T=2), ds.fifo_dir, "env", "npz")
+    save_trajectory(make_traj(9, T=2), ds.protected_dir, "env", "npz")
+    ds.refresh_files()
+    rng, n = np.random.default_rng(0), 40_000
+    drawn = np.bincount([int(ds.sample_random_trajectory(rng).obs["pos"][0, 0]) for _ in range(n)], minlength=10)
+    weights = drawn[[0, 1, 2, 3, 9]] / (n / 5)  # 1 = uniform
+    # the mean weight of each quarter of age ranks x in (0, 1]: of 1 - r + 2r x up to r = 1, of (1 + r) x^r past it
+    if recency <= 1:
+        expected = [1 + recency * (2 * k - 3) / 4 for k in range(4)]
+    else:
+        expected = [4 * (((k + 1) / 4) ** (1 + recency) - (k / 4) ** (1 + recency)) for k in range(4)]
+    expected.append(1.0)
+    np.testing.assert_allclose(weights, expected, atol=0.05)
+
+
+@pytest.mark.parametrize("recency", [-0.1, float("nan"), "1"])
+def test_recency_that_is_not_a_number_from_zero_up_is_refused(tmp_path, recency):
+    with pytest.raises((ValueError, TypeError), match="DiskTrajDataset.recency"):
+        make_dataset(tmp_path, recency=recency)
+
+
 def test_dataset_with_only_bad_files_raises_runtime_error(tmp_path):
     ds = make_dataset(tmp_path)
     bad = write_bad_files(ds.fifo_dir)

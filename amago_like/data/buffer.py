@@ -99,6 +99,12 @@ class DiskTrajDataset(RLDataset):
     whole; after that, windows of an uncompressed ``.npz`` file that is not cached are read
     straight from the file, only the rows they need. Windows are only cut before relabeling
     when ``relabel`` is the identity; otherwise the whole trajectory is relabeled, then cut.
+
+    ``recency`` (>= 0; 0, uniform, by default) tilts sampling towards newer ``fifo/`` files, so that data from a
+    better policy is replayed more often: the newest file's weight is ``1 + recency`` against a mean of 1 (the weight
+    of every ``protected/`` and demonstration file). Up to 1 the weights rise linearly with age rank from ``1 -
+    recency`` for the oldest, so the old is never dropped; past 1 they rise as ``(1 + recency) * rank**recency``
+    (rank in (0, 1], newest 1).
     """
 
     def __init__(
@@ -111,6 +117,7 @@ class DiskTrajDataset(RLDataset):
         stale_tmp_age_s: float = 3600.0,
         cache_mb: float = 256.0,
         demo_dirs: tuple[str, ...] = (),
+        recency: float = 0.0,
     ):
         if not cache_mb >= 0:
             raise ValueError(f"DiskTrajDataset.cache_mb must be >= 0, got {cache_mb!r}")
@@ -127,6 +134,9 @@ class DiskTrajDataset(RLDataset):
         check_int("DiskTrajDataset.dset_max_size", dset_max_size, minimum=1)
         check_int("DiskTrajDataset.dset_min_size", dset_min_size, minimum=0)
         check_number("DiskTrajDataset.stale_tmp_age_s", stale_tmp_age_s, minimum=0)
+        if not check_number("DiskTrajDataset.recency", recency) >= 0:
+            raise ValueError(f"DiskTrajDataset.recency must be >= 0 (0: uniform), got {recency!r}")
+        self.recency = float(recency)
         self.dset_root, self.dset_name = dset_root, dset_name
         self.dset_max_size, self.dset_min_size = dset_max_size, dset_min_size
         self.has_edit_rights = has_edit_rights
@@ -169,9 +179,9 @@ class DiskTrajDataset(RLDataset):
 
     def refresh_files(self) -> None:
         """Re-read the file lists from disk (new files from actors, deletions by others)."""
-        self._fifo = self._list(self.fifo_dir)
+        self._fifo = [f for f in self._list(self.fifo_dir) if f not in self._bad_files]
         kept = [f for d in self._read_only_dirs() for f in self._list(d)]
-        self._files = [f for f in self._fifo + kept if f not in self._bad_files]
+        self._files = self._fifo + [f for f in kept if f not in self._bad_files]
         listed = set(self._files)
         self._cache.retain(listed)
         self._layouts = {p: lay for p, lay in self._layouts.items() if p in listed}
@@ -254,7 +264,7 @@ class DiskTrajDataset(RLDataset):
             if attempt:  # every listed file vanished (the FIFO bound turned over): look at the disk again
                 self.refresh_files()
             while self._files:
-                path = self._files[rng.integers(len(self._files))]
+                path = self._files[self._random_index(rng)]
                 try:
                     return read(path)
                 except FileNotFoundError:
@@ -266,8 +276,21 @@ class DiskTrajDataset(RLDataset):
                     self._forget(path)
         raise RuntimeError(f"no readable trajectories in {self.buffer_dir}")
 
+    def _random_index(self, rng: np.random.Generator) -> int:
+        """An index into ``_files`` (``fifo/`` by age, then the read-only files), uniform unless ``recency``."""
+        n, n_fifo = len(self._files), len(self._fifo)
+        index = int(rng.integers(n))
+        if self.recency and index < n_fifo and rng.random() < self.recency:
+            # redraw (with probability min(recency, 1)) from density (1 + p) x^p over the age rank x in (0, 1],
+            # p = max(recency, 1): the weights of the class docstring
+            power = max(self.recency, 1.0)
+            index = min(int(n_fifo * rng.random() ** (1 / (1 + power))), n_fifo - 1)
+        return index
+
     def _forget(self, path: str) -> None:
         self._files.remove(path)
+        if path in self._fifo:
+            self._fifo.remove(path)
         self._cache.discard(path)
         self._layouts.pop(path, None)
 
@@ -367,6 +390,7 @@ class TrajFolderDataset(DiskTrajDataset):
         self.stale_tmp_age_s = float("inf")
         self.buffer_dir = ", ".join(self.demo_dirs)  # where errors say it looked
         self.fifo_dir = self.protected_dir = None
+        self.recency = 0.0  # no fifo/ to tilt towards: every file is read-only
         self.cache_mb = cache_mb
         self._cache = TrajectoryCache(int(cache_mb * 2**20))
         self._layouts = {}
