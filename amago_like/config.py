@@ -250,6 +250,7 @@ CHANGED_DEFAULTS = {
     "Agent.novelty_bonus": "0.0",
     "CriticEnsemble.hidden": None,
     "TformerTrajEncoder.token_shift": "False",
+    "DiskTrajDataset.recency": "0.0",
 }
 
 

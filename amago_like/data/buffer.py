@@ -100,11 +100,10 @@ class DiskTrajDataset(RLDataset):
     straight from the file, only the rows they need. Windows are only cut before relabeling
     when ``relabel`` is the identity; otherwise the whole trajectory is relabeled, then cut.
 
-    ``recency`` (>= 0; 0, uniform, by default) tilts sampling towards newer ``fifo/`` files, so that data from a
+    ``recency`` (>= 0; 1 by default, 0 is uniform) tilts sampling towards newer ``fifo/`` files, so that data from a
     better policy is replayed more often: the newest file's weight is ``1 + recency`` against a mean of 1 (the weight
     of every ``protected/`` and demonstration file). Up to 1 the weights rise linearly with age rank from ``1 -
-    recency`` for the oldest, so the old is never dropped; past 1 they rise as ``(1 + recency) * rank**recency``
-    (rank in (0, 1], newest 1).
+    recency`` for the oldest; past 1 they rise as ``(1 + recency) * rank**recency`` (rank in (0, 1], newest 1).
     """
 
     def __init__(
@@ -117,7 +116,7 @@ class DiskTrajDataset(RLDataset):
         stale_tmp_age_s: float = 3600.0,
         cache_mb: float = 256.0,
         demo_dirs: tuple[str, ...] = (),
-        recency: float = 0.0,
+        recency: float = 1.0,
     ):
         if not cache_mb >= 0:
             raise ValueError(f"DiskTrajDataset.cache_mb must be >= 0, got {cache_mb!r}")
