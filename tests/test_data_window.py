@@ -129,11 +129,12 @@ def test_read_window_of_a_truncated_or_missing_file(tmp_path):
 
 
 def expected_windows(ds: DiskTrajDataset, trajs: dict[str, Trajectory], seed: int, draws: int, seq_len: int, mode: str):
-    """Replays the random stream the dataset uses: file index, then sample_window."""
+    """Replays the random stream the dataset uses: file index (its own draw, tilted by ``recency``), then
+    sample_window."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(draws):
-        path = ds._files[rng.integers(len(ds._files))]
+        path = ds._files[ds._random_index(rng)]
         traj = trajs[path]
         start, end = sample_window(len(traj), seq_len, mode, rng)
         out.append(traj.window(start, end))
