@@ -37,7 +37,7 @@ def check_int(param: str, value: Any, minimum: int | None = None, allow_none: bo
             f"{param} must be {expected}, got {value!r} ({type(value).__name__}); "
             "bind it as a whole number without quotes or decimals"
         )
-    if minimum is not None and value < minimum:
+    if minimum is not None and not value >= minimum:  # (NaN compares False both ways)
         raise ValueError(f"{param} must be >= {minimum}, got {value}")
     return int(value)
 
@@ -56,12 +56,12 @@ def check_choice(name: str, value: Any, choices: tuple) -> None:
 
 def check_number(param: str, value: Any, minimum: float | None = None) -> float:
     """``value`` as a float. ConfigTypeError naming ``param`` if it is not an int or float (bools refused);
-    ValueError if it is below ``minimum``."""
+    ValueError if it is below ``minimum``, or NaN where a minimum is given."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise ConfigTypeError(
             f"{param} must be a number, got {value!r} ({type(value).__name__}); bind it as a number without quotes"
         )
-    if minimum is not None and value < minimum:
+    if minimum is not None and not value >= minimum:  # (NaN compares False both ways)
         raise ValueError(f"{param} must be >= {minimum}, got {value}")
     return float(value)
 

@@ -133,9 +133,7 @@ class DiskTrajDataset(RLDataset):
         check_int("DiskTrajDataset.dset_max_size", dset_max_size, minimum=1)
         check_int("DiskTrajDataset.dset_min_size", dset_min_size, minimum=0)
         check_number("DiskTrajDataset.stale_tmp_age_s", stale_tmp_age_s, minimum=0)
-        if not check_number("DiskTrajDataset.recency", recency) >= 0:
-            raise ValueError(f"DiskTrajDataset.recency must be >= 0 (0: uniform), got {recency!r}")
-        self.recency = float(recency)
+        self.recency = check_number("DiskTrajDataset.recency", recency, minimum=0)
         self.dset_root, self.dset_name = dset_root, dset_name
         self.dset_max_size, self.dset_min_size = dset_max_size, dset_min_size
         self.has_edit_rights = has_edit_rights
