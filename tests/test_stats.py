@@ -86,6 +86,10 @@ def test_suite_compare_pairs_seeds_and_names_the_tasks_that_fell(suite, tmp_path
     assert "tasks whose change's 95% CI excludes 0: none (of 1 with a CI)" in out
     with pytest.raises(SystemExit):
         suite.main(["--compare", base])
+    # two settings' rows in one file (or a file named twice) would hide one of them: refused, naming the run
+    with pytest.raises(SystemExit):
+        suite.main(["--compare", base, "--to", cand, cand])
+    assert "the candidate has two rows for bandit seed 0" in capsys.readouterr().err
 
 
 def test_suite_score_mode_reads_the_mode_evaluation_and_leaves_out_rows_without_one(suite, tmp_path, capsys):

@@ -483,13 +483,28 @@ def iqm_line(results: Sequence[Result], what: str = "normalized scores") -> str:
     return f"IQM of {what}: {iqm(scores):.3f} (95% CI {lo:.3f} to {hi:.3f}) over {len(tasks)} tasks"
 
 
+def _scores_by_run(results: Sequence[Result], side: str) -> dict[tuple[str, int], float]:
+    """{(task, seed): score}; two rows of one task and seed (two settings' rows in one file, or one file given
+    twice) would leave one of them out unseen, so they are refused."""
+    scores: dict[tuple[str, int], float] = {}
+    bindings: dict[tuple[str, int], list[str]] = {}
+    for r in results:
+        key = (r.task, r.seed)
+        if key in scores:
+            raise ValueError(
+                f"the {side} has two rows for {r.task} seed {r.seed} (bindings {bindings[key]} and {r.bindings}): "
+                "compare one setting's rows at a time (split the file, or name each file once)"
+            )
+        scores[key], bindings[key] = r.score, r.bindings
+    return scores
+
+
 def compare(baseline: Sequence[Result], candidate: Sequence[Result]) -> str:
     """Baseline and candidate side by side on the (task, seed) pairs both have: each task's scores by seed, the
     change of its mean with a bootstrap CI (two or more seeds; with three it is a rough guide, not a test), the IQM
     of each, the tasks whose mean fell (the suite's rule: a default changes only if the IQM rises or holds and no
     task drops) and the tasks whose change is larger than its seeds' spread."""
-    base = {(r.task, r.seed): r.score for r in baseline}
-    cand = {(r.task, r.seed): r.score for r in candidate}
+    base, cand = _scores_by_run(baseline, "baseline"), _scores_by_run(candidate, "candidate")
     lines = [
         "| task | seeds | baseline | mean | candidate | mean | change | 95% CI of the change |",
         "|---|---|---|---|---|---|---|---|",
@@ -584,7 +599,10 @@ def main(argv: list[str] | None = None) -> list[Result]:
     if args.compare:
         baseline = scored_by([r for path in args.compare for r in load_results(path)], args.score)
         candidate = scored_by([r for path in args.to for r in load_results(path)], args.to_score or args.score)
-        print(compare(baseline, candidate))
+        try:
+            print(compare(baseline, candidate))
+        except ValueError as e:
+            parser.error(str(e))
         return candidate
     if args.table_from:
         results = scored_by([r for path in args.table_from for r in load_results(path)], args.score)
