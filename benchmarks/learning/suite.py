@@ -23,7 +23,8 @@ Results go to ``--out`` (default ``runs/suite``): one run folder per task and se
 (one row per finished run, appended as runs finish) and ``table.md``. ``--table_from A.jsonl B.jsonl``
 prints the table of earlier results (rescored against today's references); ``--compare`` sets a candidate's
 results beside a baseline's on the seeds both have, with the change of every task's mean and its
-bootstrap CI over seeds (a change inside its seeds' spread is not evidence either way).
+bootstrap CI over seeds (a change inside its seeds' spread is not evidence either way); each side holds one row
+per task and seed, so one setting's rows go in a file of their own.
 """
 
 from __future__ import annotations
