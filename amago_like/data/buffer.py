@@ -118,8 +118,7 @@ class DiskTrajDataset(RLDataset):
         demo_dirs: tuple[str, ...] = (),
         recency: float = 1.0,
     ):
-        if not cache_mb >= 0:
-            raise ValueError(f"DiskTrajDataset.cache_mb must be >= 0, got {cache_mb!r}")
+        check_number("DiskTrajDataset.cache_mb", cache_mb, minimum=0)
         folder = os.path.join(dset_root, dset_name)
         if not os.path.exists(os.path.join(folder, "buffer")) and _trajectory_files(folder):
             # pointed at a folder of trajectory files: do not make an empty buffer inside it and report 0
@@ -376,8 +375,7 @@ class TrajFolderDataset(DiskTrajDataset):
     trajectory files is refused at once, naming it (and any subfolders that do hold some)."""
 
     def __init__(self, folders: str | tuple[str, ...] = (), cache_mb: float = 256.0):
-        if not cache_mb >= 0:
-            raise ValueError(f"TrajFolderDataset.cache_mb must be >= 0, got {cache_mb!r}")
+        check_number("TrajFolderDataset.cache_mb", cache_mb, minimum=0)
         if not folders:
             raise EmptyDatasetError("TrajFolderDataset.folders: name at least one folder of trajectory files")
         self.demo_dirs = _check_demo_dirs("TrajFolderDataset.folders", folders)
