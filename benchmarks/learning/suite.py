@@ -487,17 +487,14 @@ def iqm_line(results: Sequence[Result], what: str = "normalized scores") -> str:
 def _scores_by_run(results: Sequence[Result], side: str) -> dict[tuple[str, int], float]:
     """{(task, seed): score}; two rows of one task and seed (two settings' rows in one file, or one file given
     twice) would leave one of them out unseen, so they are refused."""
-    scores: dict[tuple[str, int], float] = {}
-    bindings: dict[tuple[str, int], list[str]] = {}
+    rows: dict[tuple[str, int], Result] = {}
     for r in results:
-        key = (r.task, r.seed)
-        if key in scores:
+        if (first := rows.setdefault((r.task, r.seed), r)) is not r:
             raise ValueError(
-                f"the {side} has two rows for {r.task} seed {r.seed} (bindings {bindings[key]} and {r.bindings}): "
+                f"the {side} has two rows for {r.task} seed {r.seed} (bindings {first.bindings} and {r.bindings}): "
                 "compare one setting's rows at a time (split the file, or name each file once)"
             )
-        scores[key], bindings[key] = r.score, r.bindings
-    return scores
+    return {key: r.score for key, r in rows.items()}
 
 
 def compare(baseline: Sequence[Result], candidate: Sequence[Result]) -> str:
