@@ -288,16 +288,8 @@ def run(experiment: Experiment, resume: bool = False) -> dict[str, float]:
                 raise stopped from None
     finally:
         experiment.close()
-    _leave_process_group(experiment)
+    experiment.leave_process_group()  # after a run that ended well only
     return metrics
-
-
-def _leave_process_group(experiment: Experiment) -> None:
-    """The ranks of a multi-process run that ended well leave their process group (not after a failure: a rank
-    must not wait on one that stopped). Left to the interpreter's exit, gloo's threads can abort the process
-    ("terminate called without an active exception") after a run that succeeded."""
-    if experiment.accelerator.num_processes > 1:
-        experiment.accelerator.end_training()
 
 
 def _checkpoint_before_stopping(experiment: Experiment) -> str:

@@ -5,6 +5,7 @@ and ``param_groups``; the objective itself is the agent's (agents/agent.py)."""
 from __future__ import annotations
 
 import functools
+import gc
 import math
 import random
 import secrets
@@ -121,6 +122,19 @@ class Learner:
     @property
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
+
+    def leave_process_group(self) -> None:
+        """The last call of a multi-process run that ended well (never after a failure: a rank must not wait on
+        one that stopped); nothing trains after it. The learner keeps the bare agent instead of its DDP wrapper,
+        the accelerator lets go of what it prepared, and the process group is destroyed now, while the interpreter
+        is whole: destroyed at the interpreter's exit, gloo's worker threads can abort a rank that finished
+        ("terminate called without an active exception")."""
+        if self.accelerator.num_processes == 1:
+            return
+        self.agent = self.train_forward = self._policy
+        self.accelerator.free_memory()
+        self.accelerator.end_training()
+        gc.collect()  # the DDP wrapper sits in reference cycles, and it holds the group
 
     # ------------------------------------------------------------------ the update
     def train_step(self, batch: Any, compute_loss: Callable[[Any], tuple[torch.Tensor, dict]]) -> dict[str, float]:

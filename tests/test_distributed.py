@@ -51,6 +51,15 @@ def test_two_ranks_train_in_lockstep_with_identical_weights(ddp_run):
     assert isinstance(r0["seed"], int) and r0["seed"] == r1["seed"]  # drawn once, shared (each rank adds its index)
 
 
+def test_a_rank_that_left_its_process_group_runs_no_gloo_threads(ddp_run):
+    # left alive to the interpreter's exit, gloo's worker threads could abort a rank whose run ended well
+    _, ranks = ddp_run
+    if "threads_after_leaving" not in ranks[0]:
+        pytest.skip("thread names are read from /proc (Linux)")
+    for threads in (r["threads_after_leaving"] for r in ranks):
+        assert not [name for name in threads if "gloo" in name], threads
+
+
 def test_metrics_gather_episodes_from_both_ranks(ddp_run):
     out, _ = ddp_run
     rows = [json.loads(line) for line in open(out / "ddp" / "metrics.jsonl")]

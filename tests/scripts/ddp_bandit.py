@@ -2,7 +2,8 @@
 
 Trains the tiny meta-bandit experiment for two epochs, then every rank writes a fingerprint of its
 weights so the test can check that DDP kept the ranks identical. Then the main process's disk "fills"
-during one more checkpoint, and every rank records the error it got (instead of waiting forever).
+during one more checkpoint, and every rank records the error it got (instead of waiting forever). Last,
+every rank leaves its process group and records which threads it still runs.
 """
 
 import errno
@@ -58,18 +59,20 @@ exp.learn()
 params = torch.cat([p.detach().flatten().double() for p in exp.policy.parameters()])
 buffers = torch.cat([b.detach().flatten().double() for b in exp.policy.buffers() if b.is_floating_point()])
 rank = exp.accelerator.process_index
-with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
-    json.dump(
-        {
-            "num_processes": exp.accelerator.num_processes,
-            "distributed_type": str(exp.accelerator.distributed_type),
-            "params": params.tolist(),
-            "buffers": buffers.tolist(),
-            "grad_updates": exp.grad_updates,
-            "total_frames": exp.total_frames,
-            "seed": exp.seed,
-            "checkpoint_error": checkpoint_error(exp),
-        },
-        f,
-    )
+fingerprint = {
+    "num_processes": exp.accelerator.num_processes,
+    "distributed_type": str(exp.accelerator.distributed_type),
+    "params": params.tolist(),
+    "buffers": buffers.tolist(),
+    "grad_updates": exp.grad_updates,
+    "total_frames": exp.total_frames,
+    "seed": exp.seed,
+    "checkpoint_error": checkpoint_error(exp),
+}
 exp.close()
+exp.leave_process_group()
+if os.path.isdir("/proc/self/task"):  # (Linux) the names of this process's native threads, gloo's among them
+    tasks = os.listdir("/proc/self/task")
+    fingerprint["threads_after_leaving"] = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in tasks)
+with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+    json.dump(fingerprint, f)
