@@ -66,6 +66,15 @@ def check_number(param: str, value: Any, minimum: float | None = None) -> float:
     return float(value)
 
 
+def check_positive(param: str, value: Any) -> float:
+    """``value`` as a float above 0 (a scale, a rate). ConfigTypeError naming ``param`` if it is not a number;
+    ValueError if it is 0, negative or NaN."""
+    number = check_number(param, value)
+    if not number > 0:  # (NaN compares False)
+        raise ValueError(f"{param} must be > 0, got {value}")
+    return number
+
+
 def _check_in_unit_interval(
     param: str, value: Any, include_zero: bool, include_one: bool, allow_none: bool = False
 ) -> float | None:

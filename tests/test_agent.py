@@ -307,8 +307,11 @@ def test_actor_lr_scale_gives_the_actor_head_its_own_rate_and_every_parameter_on
     actor = next(g for g in groups if {id(p) for p in g["params"]} == {id(p) for p in agent.actor.parameters()})
     assert actor["lr"] == pytest.approx(3e-5) and groups[0]["lr"] == 1e-4
     assert len(make_agent(discrete).param_groups(1e-4)) == len(groups) - 1  # scale 1: no group of its own
-    with pytest.raises(ValueError, match="Agent.actor_lr_scale must be > 0"):
-        make_agent(discrete, actor_lr_scale=0.0)
+    for bad in (0.0, -0.5, float("nan")):
+        with pytest.raises(ValueError, match="Agent.actor_lr_scale must be > 0"):
+            make_agent(discrete, actor_lr_scale=bad)
+    with pytest.raises(TypeError, match="Agent.actor_lr_scale must be a number"):
+        make_agent(discrete, actor_lr_scale="0.5")
 
 
 def test_counts_and_rates_out_of_range_are_refused_with_their_name():

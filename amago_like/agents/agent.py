@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from amago_like.checks import check_fraction, check_ints, check_number
+from amago_like.checks import check_fraction, check_ints, check_number, check_positive
 from amago_like.data.batches import Batch
 from amago_like.nets.averaging import AveragedPolicy, polyak_
 from amago_like.nets.heads import Actor, CriticEnsemble
@@ -133,8 +133,7 @@ class Agent(nn.Module):
         # the fraction of the run's planned updates done, which the learner sets before each update
         self.register_buffer("training_progress", torch.zeros(()), persistent=False)
         self.online_coeff, self.offline_coeff, self.entropy_coeff = online_coeff, offline_coeff, entropy_coeff
-        if not check_number("Agent.actor_lr_scale", actor_lr_scale) > 0:
-            raise ValueError(f"Agent.actor_lr_scale must be > 0, got {actor_lr_scale}")
+        check_positive("Agent.actor_lr_scale", actor_lr_scale)
         self.target_entropy, self.entropy_coeff_lr = target_entropy, entropy_coeff_lr
         # continuous BC targets clamped to [-limit, limit]; exploration noise clipped to exactly +-1 is
         # otherwise a pre-tanh target of +-6 (the distributions' own guard), which widens the policy's std
