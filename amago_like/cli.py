@@ -288,7 +288,7 @@ def run(experiment: Experiment, resume: bool = False) -> dict[str, float]:
                 raise stopped from None
     finally:
         experiment.close()
-    experiment.leave_process_group()  # after a run that ended well only
+    experiment.learner.leave_process_group()  # after a run that ended well only
     return metrics
 
 

@@ -22,13 +22,6 @@ import gymnasium as gym
 import torch
 from accelerate import Accelerator
 
-if torch.distributed.is_available():
-    # loaded before Accelerator() starts a process group: this module binds the default group as a default
-    # argument when it is first imported (torch._dynamo imports it while DDP wraps the model), which keeps the
-    # group alive past destroy_process_group, so gloo's worker threads outlive the run and can abort a finished
-    # rank at interpreter exit ("terminate called without an active exception")
-    import torch.distributed.nn.functional  # noqa: F401
-
 from amago_like.agents import Agent
 from amago_like.arguments import check_experiment_arguments
 from amago_like.callbacks import Callback
@@ -504,8 +497,3 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
                 close_envs(rollout.envs)
         if getattr(self, "logger", None) is not None:
             self.logger.finish()
-
-    def leave_process_group(self) -> None:
-        """A multi-process run, after ``close()`` of a run that ended well: each rank leaves its process group
-        (see ``Learner.leave_process_group``); the weights stay readable, nothing trains after it."""
-        self.learner.leave_process_group()

@@ -18,6 +18,13 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast, broadcast_object_list, gather_object
 from torch import nn
 
+if torch.distributed.is_available():
+    # loaded before an Accelerator starts a process group: this module binds the default group as a default
+    # argument when it is first imported (torch._dynamo imports it while DDP wraps the model), which keeps the
+    # group alive past destroy_process_group, so gloo's worker threads outlive the run and can abort a finished
+    # rank at interpreter exit ("terminate called without an active exception")
+    import torch.distributed.nn.functional  # noqa: F401
+
 from amago_like.io import DiskFullError
 from amago_like.run_dir import CheckpointError
 

@@ -70,7 +70,7 @@ fingerprint = {
     "checkpoint_error": checkpoint_error(exp),
 }
 exp.close()
-exp.leave_process_group()
+exp.learner.leave_process_group()
 if os.path.isdir("/proc/self/task"):  # (Linux) the names of this process's native threads, gloo's among them
     tasks = os.listdir("/proc/self/task")
     fingerprint["threads_after_leaving"] = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in tasks)
