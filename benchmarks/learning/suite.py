@@ -484,13 +484,17 @@ def iqm_line(results: Sequence[Result], what: str = "normalized scores") -> str:
     return f"IQM of {what}: {iqm(scores):.3f} (95% CI {lo:.3f} to {hi:.3f}) over {len(tasks)} tasks"
 
 
+class DuplicateRowsError(ValueError):
+    """One side of ``--compare`` has two rows of one task and seed (a usage error, told as one line)."""
+
+
 def _scores_by_run(results: Sequence[Result], side: str) -> dict[tuple[str, int], float]:
     """{(task, seed): score}; two rows of one task and seed (two settings' rows in one file, or one file given
     twice) would leave one of them out unseen, so they are refused."""
     rows: dict[tuple[str, int], Result] = {}
     for r in results:
         if (first := rows.setdefault((r.task, r.seed), r)) is not r:
-            raise ValueError(
+            raise DuplicateRowsError(
                 f"the {side} has two rows for {r.task} seed {r.seed} (bindings {first.bindings} and {r.bindings}): "
                 "compare one setting's rows at a time (split the file, or name each file once)"
             )
@@ -599,7 +603,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
         candidate = scored_by([r for path in args.to for r in load_results(path)], args.to_score or args.score)
         try:
             print(compare(baseline, candidate))
-        except ValueError as e:
+        except DuplicateRowsError as e:
             parser.error(str(e))
         return candidate
     if args.table_from:
