@@ -251,6 +251,8 @@ CHANGED_DEFAULTS = {
     "CriticEnsemble.hidden": None,
     "TformerTrajEncoder.token_shift": "False",
     "DiskTrajDataset.recency": "0.0",
+    "DiskTrajDataset.hindsight": "0.0",
+    "TrajFolderDataset.hindsight": "0.0",
 }
 
 

@@ -30,7 +30,7 @@ from amago_like.config import describe_arguments
 from amago_like.data.batches import Batch, make_dataloader
 from amago_like.data.dataset import DataFeed, RLDataset, require_data
 from amago_like.envs.exploration import ExplorationWrapper
-from amago_like.envs.vector import check_same_observations, close_envs, make_vector_env
+from amago_like.envs.vector import check_same_observations, close_envs, env_relabeler, make_vector_env
 from amago_like.learner import DivergenceError, Learner, adamw, planned_updates, seed_rngs
 from amago_like.logging import ExperimentLogging, RunLogger, init_wandb, progress, timed
 from amago_like.nets.traj_encoders import TformerTrajEncoder, TrajEncoder
@@ -210,6 +210,7 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         self._val_rollout = None
         r = self.train_rollout
         self.obs_space, self.rl2_space, self.action_space = r.obs_space, r.rl2_space, r.action_space
+        self.dataset.use_env_relabel(env_relabeler(train_envs))
 
     @property
     def val_rollout(self) -> Rollout:

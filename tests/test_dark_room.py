@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from amago_like.data.trajectory import Trajectory, load_trajectory
 from amago_like.envs.builtin.dark_room import SPLITS, DarkRoom, move, search_policy_return, split_goals
 from amago_like.envs.wrapper import AMAGOEnv, EpisodeStats
 
@@ -187,3 +193,45 @@ def test_evaluate_prints_the_held_out_references_of_a_dark_room(capsys):
     assert "best searching the whole grid 23.67, searching the training cells first 18.00" in refs
     evaluate._print_toy(DarkRoom(split="train"), {"test/Episode 1 Return": 1.0})
     assert "training cells first" not in capsys.readouterr().out  # on training goals it is "best"
+
+
+def _played(goal, actions, save_every: int | None = None) -> list[Trajectory]:
+    """What AMAGOEnv records of ``actions`` played with the goal in ``goal``: the trajectory, or its segment files."""
+    env = AMAGOEnv(DarkRoom())
+    with tempfile.TemporaryDirectory() as folder:
+        if save_every is not None:
+            env.configure_saving(folder, save_every=save_every)
+        env.reset(seed=0, options={"goal": tuple(int(c) for c in goal)})
+        for a in actions:
+            env.step(a)
+        if save_every is None:
+            return [env.trajectory()]
+        segments = [load_trajectory(os.path.join(folder, name)) for name in os.listdir(folder)]
+    return sorted(segments, key=lambda t: t.time_idxs[0, 0])
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), save_every=st.sampled_from([None, 5]))
+def test_hindsight_relabeling_gives_the_trajectory_the_env_records_with_a_goal_cell_it_reached(seed, save_every):
+    """Played again with the goal in the cell the relabeler picked (a training goal cell a move ended in), the same
+    actions earn exactly the relabeled rewards and previous rewards, in whole trajectories and in segments."""
+    rng = np.random.default_rng(seed)
+    actions = rng.integers(0, 5, size=36)
+    relabeler = DarkRoom().hindsight_relabeler()
+    picked = relabeler.reached_goal(_played((0, 0), actions)[0], rng)
+    ends, cell = [], (2, 2)  # where each move ended, by the env's own rule
+    for t, a in enumerate(actions):
+        cell = move(cell, int(a), 5)
+        ends.append(cell)
+        cell = (2, 2) if t % 12 == 11 else cell
+    if picked is None:
+        assert not set(ends) & set(split_goals(5, "train"))
+        return
+    assert tuple(picked) in split_goals(5, "train") and tuple(picked) in ends
+    for part, want in zip(_played((0, 0), actions, save_every), _played(picked, actions, save_every), strict=True):
+        if part.time_idxs[0, 0] > 0 and part.obs["observation"][0, 2]:
+            assert relabeler(part.copy(), rng) is None  # starts right after an episode's last move
+            continue
+        got = relabeler.with_goal(part.copy(), picked)
+        np.testing.assert_array_equal(got.rews, want.rews)
+        np.testing.assert_array_equal(got.rl2s, want.rl2s)

@@ -318,12 +318,12 @@ def test_truncated_npz_never_read_before_is_skipped(tmp_path):
 class ReturnNormalized(DiskTrajDataset):
     """A relabel that needs the whole trajectory (and works in place): rewards / total |reward|."""
 
-    def relabel(self, traj: Trajectory) -> Trajectory:
+    def relabel(self, traj: Trajectory, rng: np.random.Generator) -> Trajectory:
         traj.rews /= np.abs(traj.rews).sum()
         return traj
 
 
-def relabeled(traj: Trajectory) -> Trajectory:
+def relabeled(traj: Trajectory, rng: np.random.Generator | None = None) -> Trajectory:
     traj = traj.copy()
     traj.rews /= np.abs(traj.rews).sum()
     return traj
@@ -390,3 +390,50 @@ def test_loaders_are_reproducible_under_a_seed_and_match_the_files(tmp_path, wor
             np.testing.assert_array_equal(batch.actions[row, : m - 1].numpy(), trajs[tid].actions[s : s + m - 1])
             assert not batch.obs["img"][row, m:].any() and not batch.actions[row, m - 1 :].any()
     assert len(ds._cache) == 0 or workers == 0, "workers fill their own caches, not the parent's"
+
+
+class EveryRewardSeven:
+    """An env's hindsight relabeling (picklable, as DataLoader workers need it): every reward 7 (in place), except
+    for trajectories of ``refuse_tid`` (no reached task: None)."""
+
+    def __init__(self, refuse_tid: int | None = None):
+        self.refuse_tid = refuse_tid
+
+    def __call__(self, traj: Trajectory, rng: np.random.Generator) -> Trajectory | None:
+        if traj.obs["pos"][0, 0] == self.refuse_tid:
+            return None
+        traj.rews[:] = 7.0
+        traj.rl2s[1:, 0] = 7.0
+        return traj
+
+
+@pytest.mark.parametrize("cache_mb", [0.0, 64.0])
+def test_the_envs_hindsight_relabels_the_datasets_fraction_of_trajectories(tmp_path, cache_mb):
+    trajs = [make_traj(i, T=30) for i in range(4)]
+    ds = DiskTrajDataset(str(tmp_path), "dset", cache_mb=cache_mb, recency=0.0, hindsight=0.5)
+    for t in trajs:
+        save_trajectory(t, ds.fifo_dir, "env", "npz")
+    ds.refresh_files()
+    plain = [ds.sample_random_window(np.random.default_rng(3), 6, "both") for _ in range(5)]
+    ds.use_env_relabel(EveryRewardSeven(refuse_tid=3))
+    rng = np.random.default_rng(0)
+    windows = [ds.sample_random_window(rng, 12, "none") for _ in range(400)]
+    sevens = [bool((w.rews == 7.0).all()) for w in windows]
+    assert 0.3 < np.mean(sevens) < 0.45, "half of the trajectories (3 files in 4 can be relabeled: 0.375)"
+    for w, seven in zip(windows, sevens):
+        tid = int(w.obs["pos"][0, 0])
+        if seven:
+            assert tid != 3 and (w.rl2s[1:, 0] == 7.0).all()
+        else:  # the stored rewards, untouched by earlier relabeling (the cache keeps its own arrays)
+            np.testing.assert_array_equal(w.rews, trajs[tid].rews[w.time_idxs[0, 0] : w.time_idxs[-1, 0]])
+    # hindsight 0 (or no relabeling env) reads exactly as before: the same windows from the same random stream
+    ds.hindsight = 0.0
+    for want in plain:
+        assert_same(want, ds.sample_random_window(np.random.default_rng(3), 6, "both"))
+    # a mixture hands the env's relabeling to its parts; each relabels at its own fraction
+    part = DiskTrajDataset(str(tmp_path), "dset", cache_mb=cache_mb, hindsight=1.0)
+    mix = MixtureOfDatasets([part], [1.0])
+    mix.use_env_relabel(pickle.loads(pickle.dumps(EveryRewardSeven())))
+    assert all((mix.sample_random_window(rng, 12, "none").rews == 7.0).all() for _ in range(20))
+    with pytest.raises(ValueError, match=r"DiskTrajDataset.hindsight must be in \[0, 1\], got 1.5"):
+        DiskTrajDataset(str(tmp_path), "dset", hindsight=1.5)

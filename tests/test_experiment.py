@@ -6,6 +6,7 @@ import json
 import os
 
 import gin
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -517,3 +518,30 @@ def test_lr_decay_to_ends_the_run_at_that_fraction_of_the_learning_rate(tmp_path
 def test_lr_decay_to_out_of_range_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"Experiment.lr_decay_to must be None \(no decay\) or a fraction .*got 1.5"):
         make_experiment(tmp_path, lr_decay_to=1.5)
+
+
+def test_the_dataset_relabels_with_the_hindsight_every_training_env_offers_alike(tmp_path, tiny_model):
+    from amago_like import PointGoal
+    from amago_like.envs.builtin.point_goal import PointGoalHindsight
+
+    def relabeling(name, **overrides):
+        exp = make_experiment(tmp_path, run_name=name, **{"make_val_env": PointGoal, **overrides})
+        exp.start()
+        exp.close()
+        relabeler = exp.dataset.env_relabel
+        assert ("0.5 of it relabeled by" in exp.dataset.get_description()) == (relabeler is not None)
+        return relabeler
+
+    sparse = functools.partial(PointGoal, "sparse")
+    assert relabeling("sparse", make_train_env=sparse, env_mode="async") == PointGoalHindsight("sparse", "train", 0.2)
+    assert relabeling("bandit", make_val_env=MetaBandit) is None  # an env that offers none
+    # a wrapper that may change the rewards, or actors that play different envs: none
+    scaled = lambda: gym.wrappers.TransformReward(PointGoal("sparse"), lambda r: 2 * r)  # noqa: E731
+    assert relabeling("scaled", make_train_env=scaled) is None
+    assert relabeling("mixed", make_train_env=[sparse, functools.partial(PointGoal, "dense")]) is None
+    # gymnasium.make's own wrappers keep the rewards
+    timed = lambda: gym.wrappers.TimeLimit(gym.wrappers.OrderEnforcing(PointGoal("dense")), 75)  # noqa: E731
+    assert relabeling("timed", make_train_env=timed) == PointGoalHindsight("dense", "train", 0.2)
+    # a vector env of one's own: its wrappers are not known, so it is not asked
+    own = lambda: gym.vector.SyncVectorEnv([sparse, sparse], autoreset_mode="SameStep")  # noqa: E731
+    assert relabeling("own", make_train_env=own, make_val_env=own, env_mode="already_vectorized") is None

@@ -116,7 +116,8 @@ def test_a_run_is_rebuilt_with_the_values_of_changed_defaults_it_recorded_or_pre
                    "CriticEnsemble.discrete_head = False", "TformerTrajEncoder.dropout = 0.0",
                    "TformerTrajEncoder.n_layers = 1", "Agent.averaged_policy_rate = None",
                    "Agent.novelty_bonus = 0.0", "CriticEnsemble.hidden = (16,)",
-                   "TformerTrajEncoder.token_shift = False", "DiskTrajDataset.recency = 0.0"]  # fmt: skip
+                   "TformerTrajEncoder.token_shift = False", "DiskTrajDataset.recency = 0.0",
+                   "DiskTrajDataset.hindsight = 0.0", "TrajFolderDataset.hindsight = 0.0"]  # fmt: skip
     gru_run = tmp_path / "config.gin"  # a GRU run records no transformer parameter: only the values from
     # before a parameter existed are bound (an unused binding of the transformer's costs nothing)
     gru_run.write_text("GRUTrajEncoder.d_hidden = 64\nCriticEnsemble.action_repeat = 16\n"
@@ -129,6 +130,8 @@ def test_a_run_is_rebuilt_with_the_values_of_changed_defaults_it_recorded_or_pre
         "Agent.novelty_bonus = 0.0",  # and before TD targets had an exploration bonus
         "TformerTrajEncoder.token_shift = False",  # and before tokens carried their predecessor's input
         "DiskTrajDataset.recency = 0.0",  # and before newer buffer files were replayed more often
+        "DiskTrajDataset.hindsight = 0.0",  # and before an env's hindsight relabeling was used
+        "TrajFolderDataset.hindsight = 0.0",
     ]
 
 

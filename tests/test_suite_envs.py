@@ -7,8 +7,11 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from amago_like import MetaBandit, PointDynamics, PointGoal, TMaze
+from amago_like.data.trajectory import load_trajectory
 from amago_like.envs.builtin.bandit import bayes_greedy_return
 from amago_like.envs.builtin.point_dynamics import hidden_angle, identifier_return
 from amago_like.envs.builtin.point_goal import TEST_SECTORS, goal_angle, searcher_return
@@ -212,3 +215,82 @@ def test_contextual_bandit_shows_its_answer_and_its_references_hold(contextual_b
 def test_point_robots_refuse_a_goal_radius_off_the_unit_circle_scale(make, radius):
     with pytest.raises(ValueError, match=r"goal_radius must be in \(0, 1\)"):
         make(radius)
+
+
+# --------------------------------------------------------------------------- #
+# hindsight relabeling of point-goal trajectories
+# --------------------------------------------------------------------------- #
+
+
+def _played(reward: str, angle: float, actions: np.ndarray, save_every: int | None = None, tmp_path=None):
+    """The trajectory AMAGOEnv records of ``actions`` played with the goal at ``angle`` (its segment files, in order,
+    where ``save_every`` cuts them)."""
+    env = AMAGOEnv(PointGoal(reward))
+    if save_every is not None:
+        env.configure_saving(str(tmp_path), save_every=save_every)
+    env.reset(seed=0, options={"angle": angle})
+    for a in actions:
+        env.step(a)
+    if save_every is None:
+        return env.trajectory()
+    return sorted((load_trajectory(str(p)) for p in tmp_path.iterdir()), key=lambda t: t.time_idxs[0, 0])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    reward=st.sampled_from(["dense", "sparse"]),
+    heading=st.floats(0.0, math.pi),
+    noise=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_hindsight_relabeling_gives_the_trajectory_the_env_records_with_the_goal_it_reached(
+    reward, heading, noise, seed
+):
+    """Played again with the goal where the relabeler put it, the same actions earn exactly the relabeled rewards
+    (and previous rewards), and that goal is one the training split could draw, reached by the trajectory."""
+    rng = np.random.default_rng(seed)
+    toward = np.array([math.cos(heading), math.sin(heading)])
+    actions = np.clip(toward + rng.normal(0.0, noise, size=(75, 2)), -1.0, 1.0).astype(np.float32)
+    traj = _played(reward, goal_angle(0.5, "train"), actions)
+    relabeler = PointGoal(reward).hindsight_relabeler()
+    goal = relabeler.reached_goal(traj, rng)
+    if goal is None:  # nothing came within the goal radius of the circle at a training angle
+        return
+    angle = math.atan2(goal[1], goal[0])
+    sector = int(angle // (math.pi / 10))
+    assert 0 <= angle <= math.pi and sector not in TEST_SECTORS and math.isclose(np.linalg.norm(goal), 1.0)
+    relabeled = relabeler.with_goal(traj.copy(), goal)
+    replay = _played(reward, angle, traj.actions)
+    # the observations are float32: a move that ends on the goal's radius (to 1e-5) may be paid either way
+    ends = replay.obs["observation"][:-1, :2] + np.clip(traj.actions, -1, 1) * 0.2
+    distance = np.linalg.norm(ends - [math.cos(angle), math.sin(angle)], axis=1)
+    clear = np.abs(distance - relabeler.goal_radius) > 1e-5  # (T,)
+    np.testing.assert_allclose(relabeled.rews[clear], replay.rews[clear], atol=1e-5)
+    np.testing.assert_allclose(relabeled.rl2s[1:][clear], replay.rl2s[1:][clear], atol=1e-5)
+    np.testing.assert_array_equal(relabeled.rl2s[:, 1:], replay.rl2s[:, 1:])
+    if reward == "sparse":
+        assert relabeled.rews.sum() >= 1.0, "a goal the trajectory reached pays at least once"
+
+
+def test_hindsight_relabeling_needs_a_reached_goal_and_relabels_later_segments_from_their_start(tmp_path):
+    relabeler = PointGoal("sparse").hindsight_relabeler()
+    rng = np.random.default_rng(0)
+    still = _played("sparse", 1.0, np.zeros((75, 2), np.float32))
+    assert relabeler.reached_goal(still, rng) is None and relabeler(still, rng) is None
+    held_out = goal_angle(0.5, "test")  # walking straight at a held-out goal reaches no training goal
+    straight = np.tile(np.array([math.cos(held_out), math.sin(held_out)], np.float32), (75, 1))
+    assert relabeler.reached_goal(_played("sparse", 1.0, straight), rng) is None
+    # segments of 10 transitions: each later one starts with the previous reward of the goal it is relabeled with
+    actions = np.tile(np.array([0.9, 0.3], np.float32), (75, 1))  # out along 0.32 rad, in training sector 1
+    segments = _played("sparse", 2.0, actions, save_every=10, tmp_path=tmp_path / "played")
+    goal = relabeler.reached_goal(_played("sparse", 2.0, actions), rng)
+    angle = math.atan2(goal[1], goal[0])
+    replayed = _played("sparse", angle, actions, save_every=10, tmp_path=tmp_path / "replayed")
+    assert len(segments) == len(replayed) > 2
+    for segment, want in zip(segments, replayed):
+        if segment.time_idxs[0, 0] > 0 and segment.obs["observation"][0, 2]:  # starts right after an attempt ended
+            assert relabeler(segment.copy(), rng) is None
+            continue
+        got = relabeler.with_goal(segment.copy(), goal)
+        np.testing.assert_allclose(got.rl2s, want.rl2s, atol=1e-5)
+        np.testing.assert_allclose(got.rews, want.rews, atol=1e-5)

@@ -14,7 +14,7 @@ from typing import TypeVar
 import gin
 import numpy as np
 
-from amago_like.checks import check_int, check_number, storage_error
+from amago_like.checks import check_int, check_number, check_unit_interval, storage_error
 from amago_like.data.dataset import EmptyDatasetError, RLDataset, sample_window
 from amago_like.data.trajectory import (
     NpzLayout,
@@ -104,6 +104,9 @@ class DiskTrajDataset(RLDataset):
     better policy is replayed more often: the newest file's weight is ``1 + recency`` against a mean of 1 (the weight
     of every ``protected/`` and demonstration file). Up to 1 the weights rise linearly with age rank from ``1 -
     recency`` for the oldest; past 1 they rise as ``(1 + recency) * rank**recency`` (rank in (0, 1], newest 1).
+
+    ``hindsight`` (in [0, 1]; 0.5 by default) is the fraction of sampled trajectories relabeled by the training
+    env's ``hindsight_relabeler()`` where it has one (:meth:`RLDataset.use_env_relabel`); 0 turns it off.
     """
 
     def __init__(
@@ -117,8 +120,10 @@ class DiskTrajDataset(RLDataset):
         cache_mb: float = 256.0,
         demo_dirs: tuple[str, ...] = (),
         recency: float = 1.0,
+        hindsight: float = 0.5,
     ):
         check_number("DiskTrajDataset.cache_mb", cache_mb, minimum=0)
+        self.hindsight = check_unit_interval("DiskTrajDataset.hindsight", hindsight)
         folder = os.path.join(dset_root, dset_name)
         if not os.path.exists(os.path.join(folder, "buffer")) and _trajectory_files(folder):
             # pointed at a folder of trajectory files: do not make an empty buffer inside it and report 0
@@ -247,7 +252,7 @@ class DiskTrajDataset(RLDataset):
 
     def sample_random_trajectory(self, rng: np.random.Generator) -> Trajectory:
         """A random whole trajectory, relabeled; its arrays are the caller's own."""
-        return self._sample(rng, self._read_whole)
+        return self._sample(rng, lambda path: self._read_whole(path, rng))
 
     def sample_random_window(self, rng: np.random.Generator, seq_len: int, mode: str = "none") -> Trajectory:
         if self._relabels():  # relabel may need the whole trajectory
@@ -302,9 +307,9 @@ class DiskTrajDataset(RLDataset):
             self._layouts[path] = layout
         return traj, self._cache.put(path, traj)
 
-    def _read_whole(self, path: str) -> Trajectory:
+    def _read_whole(self, path: str, rng: np.random.Generator) -> Trajectory:
         traj, shared = self._load(path)
-        return self.relabel(traj.copy() if shared else traj)
+        return self.relabel(traj.copy() if shared else traj, rng)
 
     def _read_window(self, path: str, rng: np.random.Generator, seq_len: int, mode: str) -> Trajectory:
         layout = self._layouts.get(path)
@@ -326,7 +331,8 @@ class DiskTrajDataset(RLDataset):
 
     def get_description(self) -> str:
         demos = f", demonstrations from {', '.join(self.demo_dirs)}" if self.demo_dirs else ""
-        return f"DiskTrajDataset({self.buffer_dir}: {len(self)} trajectories, max {self.dset_max_size}{demos})"
+        sizes = f"{len(self)} trajectories, max {self.dset_max_size}{demos}{self._hindsight_note()}"
+        return f"DiskTrajDataset({self.buffer_dir}: {sizes})"
 
 
 TRAJ_SUFFIXES = (".npz", ".traj")
@@ -372,10 +378,12 @@ class TrajFolderDataset(DiskTrajDataset):
     """Every trajectory file in ``folders`` (one folder or several): a fixed dataset to train on
     offline, or to mix with a run's buffer through MixtureOfDatasets. Read-only: it takes no new
     trajectories (``save_new_trajs_to`` is None) and never deletes a file. A folder that holds no
-    trajectory files is refused at once, naming it (and any subfolders that do hold some)."""
+    trajectory files is refused at once, naming it (and any subfolders that do hold some). ``hindsight``: as
+    :class:`DiskTrajDataset`'s."""
 
-    def __init__(self, folders: str | tuple[str, ...] = (), cache_mb: float = 256.0):
+    def __init__(self, folders: str | tuple[str, ...] = (), cache_mb: float = 256.0, hindsight: float = 0.5):
         check_number("TrajFolderDataset.cache_mb", cache_mb, minimum=0)
+        self.hindsight = check_unit_interval("TrajFolderDataset.hindsight", hindsight)
         if not folders:
             raise EmptyDatasetError("TrajFolderDataset.folders: name at least one folder of trajectory files")
         self.demo_dirs = _check_demo_dirs("TrajFolderDataset.folders", folders)
@@ -425,4 +433,4 @@ class TrajFolderDataset(DiskTrajDataset):
         raise PermissionError(f"TrajFolderDataset never deletes its folders ({self.buffer_dir})")
 
     def get_description(self) -> str:
-        return f"TrajFolderDataset({self.buffer_dir}: {len(self)} trajectories, read-only)"
+        return f"TrajFolderDataset({self.buffer_dir}: {len(self)} trajectories, read-only{self._hindsight_note()})"

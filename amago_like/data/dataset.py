@@ -21,6 +21,9 @@ import numpy as np
 from amago_like.data.trajectory import Trajectory
 
 PADDED_SAMPLING = ("none", "left", "right", "both")
+# an env's hindsight relabeling: (whole trajectory, rng) -> the trajectory with the rewards it would have had under
+# another task the env could have drawn, one its states reached; None where there is no such task
+EnvRelabel = Callable[[Trajectory, np.random.Generator], Trajectory | None]
 
 
 class RLDataset(abc.ABC):
@@ -61,13 +64,33 @@ class RLDataset(abc.ABC):
     def get_description(self) -> str:
         return type(self).__name__
 
-    def relabel(self, traj: Trajectory) -> Trajectory:
-        """Hook applied to every sampled trajectory (identity here). It sees the whole trajectory."""
-        return traj
+    #: the fraction of sampled trajectories given to the env's hindsight relabeler (:meth:`use_env_relabel`)
+    hindsight: float = 0.0
+    env_relabel: EnvRelabel | None = None
+
+    def use_env_relabel(self, env_relabel: EnvRelabel | None) -> None:
+        """Relabel a fraction ``hindsight`` of the sampled trajectories with ``env_relabel`` (the training env's
+        ``hindsight_relabeler()``; None: none)."""
+        self.env_relabel = env_relabel
+
+    def relabel(self, traj: Trajectory, rng: np.random.Generator) -> Trajectory:
+        """Hook applied to every sampled trajectory, whole; may change it in place. Here: with probability
+        ``hindsight``, the env's relabeling (when it gives None, the trajectory as it is)."""
+        if self.env_relabel is None or not self.hindsight or rng.random() >= self.hindsight:
+            return traj
+        relabeled = self.env_relabel(traj, rng)
+        return traj if relabeled is None else relabeled
+
+    def _hindsight_note(self) -> str:
+        """For descriptions: how much of what is sampled the env's relabeling changes, if it is on."""
+        if self.env_relabel is None or not self.hindsight:
+            return ""
+        return f", {self.hindsight:g} of it relabeled by {type(self.env_relabel).__name__}"
 
     def _relabels(self) -> bool:
-        """Whether ``relabel`` is anything but the identity above (overridden or replaced)."""
-        return getattr(self.relabel, "__func__", None) is not RLDataset.relabel
+        """Whether ``relabel`` may change a trajectory (the env's relabeling is on, or the hook is replaced)."""
+        env_relabels = self.env_relabel is not None and self.hindsight > 0
+        return env_relabels or getattr(self.relabel, "__func__", None) is not RLDataset.relabel
 
     def sample_random_window(self, rng: np.random.Generator, seq_len: int, mode: str = "none") -> Trajectory:
         """Timesteps [start, end) of a random relabeled trajectory, placed by ``sample_window(len(traj),
@@ -214,7 +237,11 @@ class MixtureOfDatasets(RLDataset):
 
     def sample_random_trajectory(self, rng: np.random.Generator) -> Trajectory:
         i = rng.choice(len(self.datasets), p=self.weights)
-        return self.relabel(self.datasets[i].sample_random_trajectory(rng))
+        return self.relabel(self.datasets[i].sample_random_trajectory(rng), rng)
+
+    def use_env_relabel(self, env_relabel: EnvRelabel | None) -> None:
+        for d in self.datasets:  # each part relabels its own trajectories, at its own ``hindsight``
+            d.use_env_relabel(env_relabel)
 
     def sample_random_window(self, rng: np.random.Generator, seq_len: int, mode: str = "none") -> Trajectory:
         if self._relabels():  # relabel may need the whole trajectory

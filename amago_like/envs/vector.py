@@ -179,6 +179,15 @@ def close_envs(envs: gym.vector.VectorEnv) -> None:
         envs.close(terminate=True)
 
 
+def env_relabeler(envs: gym.vector.VectorEnv) -> Any:
+    """The hindsight relabeling that every env of ``envs`` offers alike (``AMAGOEnv.hindsight_relabeler``), or None:
+    one offers none or another, or ``envs`` is a vector env of one's own (whose wrappers are not known)."""
+    if isinstance(envs, SequenceVectorEnv):
+        return None
+    offers = envs.call("hindsight_relabeler")
+    return offers[0] if offers and offers[0] is not None and all(o == offers[0] for o in offers) else None
+
+
 def check_same_observations(train_envs: gym.vector.VectorEnv, val_envs: gym.vector.VectorEnv) -> None:
     """Raise (closing ``val_envs``) if the validation envs observe something else than the training envs."""
     train_space, val_space = train_envs.single_observation_space, val_envs.single_observation_space

@@ -315,6 +315,10 @@ class EpisodeRecorder:
         )
 
 
+# wrappers that gymnasium.make adds, which leave the rewards as the env pays them
+_REWARDS_KEPT = (gym.wrappers.TimeLimit, gym.wrappers.OrderEnforcing, gym.wrappers.PassiveEnvChecker)
+
+
 def find_amago_env(env: gym.Env) -> AMAGOEnv | None:
     """The AMAGOEnv in ``env``'s wrapper chain (``env`` itself included), or None."""
     while not isinstance(env, AMAGOEnv):
@@ -357,6 +361,15 @@ class AMAGOEnv(gym.Wrapper):
         each episode from [1, N] so parallel actors write at different steps.
         """
         self.recorder.configure_saving(directory, fmt, save_every, stagger)
+
+    def hindsight_relabeler(self) -> Any:
+        """The wrapped env's ``hindsight_relabeler()`` (see ``RLDataset.use_env_relabel``), or None: it has none, or
+        a wrapper other than gymnasium's bookkeeping ones sits between (it may change the rewards)."""
+        env = self.env
+        while isinstance(env, _REWARDS_KEPT):
+            env = env.env
+        offer = None if isinstance(env, gym.Wrapper) else getattr(env, "hindsight_relabeler", None)
+        return offer() if callable(offer) else None
 
     def _current_name(self) -> str:
         return self.env_name

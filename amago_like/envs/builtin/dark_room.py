@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -11,7 +12,9 @@ import gymnasium as gym
 import numpy as np
 
 from amago_like.checks import check_choice, check_ints
+from amago_like.data.trajectory import Trajectory
 from amago_like.envs.builtin.attempts import Attempts
+from amago_like.envs.builtin.hindsight import GoalHindsight
 
 SPLITS = ("train", "test", "all")
 Cell = tuple[int, int]
@@ -128,6 +131,10 @@ class DarkRoom(gym.Env):
         info["episode"] = self.attempts.number
         return self._obs(first), reward, self.attempts.over, False, info
 
+    def hindsight_relabeler(self) -> DarkRoomHindsight:
+        """What relabels this env's trajectories with goal cells they reached (``RLDataset.use_env_relabel``)."""
+        return DarkRoomHindsight(self.size, self.goals)
+
     def render(self) -> np.ndarray | None:
         """The grid as an (H, W, 3) uint8 image, row 0 at the top (largest y); None without a render_mode."""
         if self.render_mode is None:
@@ -173,6 +180,28 @@ class DarkRoom(gym.Env):
     def random_return(self) -> float:
         """Expected return of uniform random actions (Monte Carlo, 4000 meta-episodes, seed 0; cached)."""
         return _random_return(self.size, self.episode_length, self.k, self.goals)
+
+
+@dataclasses.dataclass(frozen=True)
+class DarkRoomHindsight(GoalHindsight):
+    """Hindsight relabeling of a :class:`DarkRoom` trajectory (see :class:`GoalHindsight`): the goal is a cell it
+    reached that is one of ``goals`` (the env's goal cells)."""
+
+    size: int
+    goals: tuple[Cell, ...]
+
+    def move_ends(self, traj: Trajectory) -> np.ndarray:
+        before = self.position(traj.obs[self.obs_key][:-1])
+        return np.clip(before + MOVES[traj.actions.argmax(-1)], 0, self.size - 1)  # actions are stored one-hot
+
+    def goals_at(self, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return ends, (ends[:, None, :] == np.array(self.goals)[None]).all(-1).any(-1)
+
+    def rewards(self, ends: np.ndarray, goal: np.ndarray) -> np.ndarray:
+        return (ends == goal).all(-1).astype(np.float64)
+
+    def position(self, obs: np.ndarray) -> np.ndarray:
+        return np.rint(obs[:, :2] * (self.size - 1)).astype(np.int64)
 
 
 def _step_toward(pos: Cell, target: Cell, x_first: bool) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any
@@ -11,7 +12,9 @@ import gymnasium as gym
 import numpy as np
 
 from amago_like.checks import check_choice, check_ints, check_open_fraction
+from amago_like.data.trajectory import Trajectory
 from amago_like.envs.builtin.attempts import Attempts
+from amago_like.envs.builtin.hindsight import GoalHindsight
 
 SPLITS = ("train", "test")
 REWARDS = ("dense", "sparse")
@@ -101,10 +104,7 @@ class PointGoal(gym.Env):
         return self._obs(first=True), {}
 
     def reward(self, position: np.ndarray) -> float:
-        distance = float(np.linalg.norm(position - self.goal))
-        if self.reward_type == "dense":
-            return -distance
-        return float(distance <= self.goal_radius)
+        return float(goal_reward(self.reward_type, np.linalg.norm(position - self.goal), self.goal_radius))
 
     def step(self, action):
         self.attempts.check_running("PointGoal")
@@ -119,6 +119,10 @@ class PointGoal(gym.Env):
             info["log/Success"] = float(np.linalg.norm(self.position - self.goal) <= self.goal_radius)
         return self._obs(first), reward, self.attempts.over, False, info
 
+    def hindsight_relabeler(self) -> PointGoalHindsight:
+        """What relabels this env's trajectories with goals they reached (``RLDataset.use_env_relabel``)."""
+        return PointGoalHindsight(self.reward_type, self.split, self.goal_radius)
+
     # ------------------------------------------------------------------ reference returns
     def best_return(self) -> float:
         """Expected return of a hand-written searcher over the split's goals (see :func:`searcher_return`)."""
@@ -127,6 +131,44 @@ class PointGoal(gym.Env):
     def random_return(self) -> float:
         """Expected return of uniform random actions (Monte Carlo, seed 0)."""
         return _reference(self.reward_type, self.episode_length, self.k, self.split, self.goal_radius, "random")
+
+
+def goal_reward(reward: str, distance: np.ndarray, goal_radius: float) -> np.ndarray:
+    """The reward (``"dense"`` or ``"sparse"``) of a move that ends at ``distance`` from the goal."""
+    return -distance if reward == "dense" else (distance <= goal_radius).astype(np.float64)
+
+
+def in_split(angles: np.ndarray, split: str) -> np.ndarray:
+    """Whether each angle (radians) is a goal angle of ``split``: in [0, pi] and in one of its sectors."""
+    sectors = np.minimum(np.floor(angles / (math.pi / N_SECTORS)), N_SECTORS - 1)
+    held_out = np.isin(sectors, TEST_SECTORS)
+    return (angles >= 0) & (angles <= math.pi) & (held_out if split == "test" else ~held_out)
+
+
+@dataclasses.dataclass(frozen=True)
+class PointGoalHindsight(GoalHindsight):
+    """Hindsight relabeling of a :class:`PointGoal` trajectory (see :class:`GoalHindsight`): the goal is put on the
+    unit circle at the angle of a move's end that lies within ``goal_radius`` of the circle, at an angle of
+    ``split``'s sectors (a goal the env could have drawn there rewards that move)."""
+
+    reward: str
+    split: str
+    goal_radius: float
+
+    def move_ends(self, traj: Trajectory) -> np.ndarray:
+        before = self.position(traj.obs[self.obs_key][:-1])
+        return np.clip(before + np.clip(traj.actions, -1.0, 1.0) * STEP, -3.0, 3.0)
+
+    def goals_at(self, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        angles = np.arctan2(ends[:, 1], ends[:, 0])
+        near = np.abs(np.linalg.norm(ends, axis=1) - 1.0) <= self.goal_radius
+        return np.stack([np.cos(angles), np.sin(angles)], axis=1), near & in_split(angles, self.split)
+
+    def rewards(self, ends: np.ndarray, goal: np.ndarray) -> np.ndarray:
+        return goal_reward(self.reward, np.linalg.norm(ends - goal, axis=1), self.goal_radius)
+
+    def position(self, obs: np.ndarray) -> np.ndarray:
+        return obs[:, :2].astype(np.float64)
 
 
 def _toward(position: np.ndarray, target: np.ndarray) -> np.ndarray:
