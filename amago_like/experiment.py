@@ -210,7 +210,7 @@ class Experiment(ExperimentCheckpoints, ExperimentLogging):
         self._val_rollout = None
         r = self.train_rollout
         self.obs_space, self.rl2_space, self.action_space = r.obs_space, r.rl2_space, r.action_space
-        self.dataset.use_env_relabel(env_relabeler(train_envs))
+        self.dataset.use_env_relabeler(env_relabeler(train_envs))
 
     @property
     def val_rollout(self) -> Rollout:

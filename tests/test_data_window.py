@@ -415,7 +415,7 @@ def test_the_envs_hindsight_relabels_the_datasets_fraction_of_trajectories(tmp_p
         save_trajectory(t, ds.fifo_dir, "env", "npz")
     ds.refresh_files()
     plain = [ds.sample_random_window(np.random.default_rng(3), 6, "both") for _ in range(5)]
-    ds.use_env_relabel(EveryRewardSeven(refuse_tid=3))
+    ds.use_env_relabeler(EveryRewardSeven(refuse_tid=3))
     rng = np.random.default_rng(0)
     windows = [ds.sample_random_window(rng, 12, "none") for _ in range(400)]
     sevens = [bool((w.rews == 7.0).all()) for w in windows]
@@ -433,7 +433,7 @@ def test_the_envs_hindsight_relabels_the_datasets_fraction_of_trajectories(tmp_p
     # a mixture hands the env's relabeling to its parts; each relabels at its own fraction
     part = DiskTrajDataset(str(tmp_path), "dset", cache_mb=cache_mb, hindsight=1.0)
     mix = MixtureOfDatasets([part], [1.0])
-    mix.use_env_relabel(pickle.loads(pickle.dumps(EveryRewardSeven())))
+    mix.use_env_relabeler(pickle.loads(pickle.dumps(EveryRewardSeven())))
     assert all((mix.sample_random_window(rng, 12, "none").rews == 7.0).all() for _ in range(20))
     with pytest.raises(ValueError, match=r"DiskTrajDataset.hindsight must be in \[0, 1\], got 1.5"):
         DiskTrajDataset(str(tmp_path), "dset", hindsight=1.5)

@@ -528,7 +528,7 @@ def test_the_dataset_relabels_with_the_hindsight_every_training_env_offers_alike
         exp = make_experiment(tmp_path, run_name=name, **{"make_val_env": PointGoal, **overrides})
         exp.start()
         exp.close()
-        relabeler = exp.dataset.env_relabel
+        relabeler = exp.dataset.env_relabeler
         assert ("0.5 of it relabeled by" in exp.dataset.get_description()) == (relabeler is not None)
         return relabeler
 

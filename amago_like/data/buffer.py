@@ -106,7 +106,7 @@ class DiskTrajDataset(RLDataset):
     recency`` for the oldest; past 1 they rise as ``(1 + recency) * rank**recency`` (rank in (0, 1], newest 1).
 
     ``hindsight`` (in [0, 1]; 0.5 by default) is the fraction of sampled trajectories relabeled by the training
-    env's ``hindsight_relabeler()`` where it has one (:meth:`RLDataset.use_env_relabel`); 0 turns it off.
+    env's ``hindsight_relabeler()`` where it has one (:meth:`RLDataset.use_env_relabeler`); 0 turns it off.
     """
 
     def __init__(

@@ -23,7 +23,7 @@ from amago_like.data.trajectory import Trajectory
 PADDED_SAMPLING = ("none", "left", "right", "both")
 # an env's hindsight relabeling: (whole trajectory, rng) -> the trajectory with the rewards it would have had under
 # another task the env could have drawn, one its states reached; None where there is no such task
-EnvRelabel = Callable[[Trajectory, np.random.Generator], Trajectory | None]
+EnvRelabeler = Callable[[Trajectory, np.random.Generator], Trajectory | None]
 
 
 class RLDataset(abc.ABC):
@@ -64,32 +64,32 @@ class RLDataset(abc.ABC):
     def get_description(self) -> str:
         return type(self).__name__
 
-    #: the fraction of sampled trajectories given to the env's hindsight relabeler (:meth:`use_env_relabel`)
+    #: the fraction of sampled trajectories given to the env's hindsight relabeler (:meth:`use_env_relabeler`)
     hindsight: float = 0.0
-    env_relabel: EnvRelabel | None = None
+    env_relabeler: EnvRelabeler | None = None
 
-    def use_env_relabel(self, env_relabel: EnvRelabel | None) -> None:
-        """Relabel a fraction ``hindsight`` of the sampled trajectories with ``env_relabel`` (the training env's
+    def use_env_relabeler(self, env_relabeler: EnvRelabeler | None) -> None:
+        """Relabel a fraction ``hindsight`` of the sampled trajectories with ``env_relabeler`` (the training env's
         ``hindsight_relabeler()``; None: none)."""
-        self.env_relabel = env_relabel
+        self.env_relabeler = env_relabeler
 
     def relabel(self, traj: Trajectory, rng: np.random.Generator) -> Trajectory:
         """Hook applied to every sampled trajectory, whole; may change it in place. Here: with probability
         ``hindsight``, the env's relabeling (when it gives None, the trajectory as it is)."""
-        if self.env_relabel is None or not self.hindsight or rng.random() >= self.hindsight:
+        if self.env_relabeler is None or not self.hindsight or rng.random() >= self.hindsight:
             return traj
-        relabeled = self.env_relabel(traj, rng)
+        relabeled = self.env_relabeler(traj, rng)
         return traj if relabeled is None else relabeled
 
     def _hindsight_note(self) -> str:
         """For descriptions: how much of what is sampled the env's relabeling changes, if it is on."""
-        if self.env_relabel is None or not self.hindsight:
+        if self.env_relabeler is None or not self.hindsight:
             return ""
-        return f", {self.hindsight:g} of it relabeled by {type(self.env_relabel).__name__}"
+        return f", {self.hindsight:g} of it relabeled by {type(self.env_relabeler).__name__}"
 
     def _relabels(self) -> bool:
         """Whether ``relabel`` may change a trajectory (the env's relabeling is on, or the hook is replaced)."""
-        env_relabels = self.env_relabel is not None and self.hindsight > 0
+        env_relabels = self.env_relabeler is not None and self.hindsight > 0
         return env_relabels or getattr(self.relabel, "__func__", None) is not RLDataset.relabel
 
     def sample_random_window(self, rng: np.random.Generator, seq_len: int, mode: str = "none") -> Trajectory:
@@ -239,9 +239,9 @@ class MixtureOfDatasets(RLDataset):
         i = rng.choice(len(self.datasets), p=self.weights)
         return self.relabel(self.datasets[i].sample_random_trajectory(rng), rng)
 
-    def use_env_relabel(self, env_relabel: EnvRelabel | None) -> None:
+    def use_env_relabeler(self, env_relabeler: EnvRelabeler | None) -> None:
         for d in self.datasets:  # each part relabels its own trajectories, at its own ``hindsight``
-            d.use_env_relabel(env_relabel)
+            d.use_env_relabeler(env_relabeler)
 
     def sample_random_window(self, rng: np.random.Generator, seq_len: int, mode: str = "none") -> Trajectory:
         if self._relabels():  # relabel may need the whole trajectory

@@ -363,7 +363,7 @@ class AMAGOEnv(gym.Wrapper):
         self.recorder.configure_saving(directory, fmt, save_every, stagger)
 
     def hindsight_relabeler(self) -> Any:
-        """The wrapped env's ``hindsight_relabeler()`` (see ``RLDataset.use_env_relabel``), or None: it has none, or
+        """The wrapped env's ``hindsight_relabeler()`` (see ``RLDataset.use_env_relabeler``), or None: it has none, or
         a wrapper other than gymnasium's bookkeeping ones sits between (it may change the rewards)."""
         env = self.env
         while isinstance(env, _REWARDS_KEPT):

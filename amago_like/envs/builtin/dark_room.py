@@ -132,7 +132,7 @@ class DarkRoom(gym.Env):
         return self._obs(first), reward, self.attempts.over, False, info
 
     def hindsight_relabeler(self) -> DarkRoomHindsight:
-        """What relabels this env's trajectories with goal cells they reached (``RLDataset.use_env_relabel``)."""
+        """What relabels this env's trajectories with goal cells they reached (``RLDataset.use_env_relabeler``)."""
         return DarkRoomHindsight(self.size, self.goals)
 
     def render(self) -> np.ndarray | None:

@@ -1,6 +1,6 @@
 """Hindsight relabeling for the built-in envs whose hidden task is a goal the agent can reach: a trajectory gets the
 rewards it would have had with the goal at a spot it reached (one the env could have drawn). The dataset applies an
-env's relabeling to a fraction of the trajectories it samples (``RLDataset.use_env_relabel``); see
+env's relabeling to a fraction of the trajectories it samples (``RLDataset.use_env_relabeler``); see
 :class:`amago_like.envs.builtin.point_goal.PointGoalHindsight` and
 :class:`amago_like.envs.builtin.dark_room.DarkRoomHindsight`.
 """

@@ -120,7 +120,7 @@ class PointGoal(gym.Env):
         return self._obs(first), reward, self.attempts.over, False, info
 
     def hindsight_relabeler(self) -> PointGoalHindsight:
-        """What relabels this env's trajectories with goals they reached (``RLDataset.use_env_relabel``)."""
+        """What relabels this env's trajectories with goals they reached (``RLDataset.use_env_relabeler``)."""
         return PointGoalHindsight(self.reward_type, self.split, self.goal_radius)
 
     # ------------------------------------------------------------------ reference returns
