@@ -76,21 +76,25 @@ class RLDataset(abc.ABC):
     def relabel(self, traj: Trajectory, rng: np.random.Generator) -> Trajectory:
         """Hook applied to every sampled trajectory, whole; may change it in place. Here: with probability
         ``hindsight``, the env's relabeling (when it gives None, the trajectory as it is)."""
-        if self.env_relabeler is None or not self.hindsight or rng.random() >= self.hindsight:
+        if not self._env_relabels or rng.random() >= self.hindsight:
             return traj
         relabeled = self.env_relabeler(traj, rng)
         return traj if relabeled is None else relabeled
 
+    @property
+    def _env_relabels(self) -> bool:
+        """Whether the env's relabeling is on: there is a relabeler and a fraction above 0 to apply it to."""
+        return self.env_relabeler is not None and self.hindsight > 0
+
     def _hindsight_note(self) -> str:
         """For descriptions: how much of what is sampled the env's relabeling changes, if it is on."""
-        if self.env_relabeler is None or not self.hindsight:
+        if not self._env_relabels:
             return ""
         return f", {self.hindsight:g} of it relabeled by {type(self.env_relabeler).__name__}"
 
     def _relabels(self) -> bool:
         """Whether ``relabel`` may change a trajectory (the env's relabeling is on, or the hook is replaced)."""
-        env_relabels = self.env_relabeler is not None and self.hindsight > 0
-        return env_relabels or getattr(self.relabel, "__func__", None) is not RLDataset.relabel
+        return self._env_relabels or getattr(self.relabel, "__func__", None) is not RLDataset.relabel
 
     def sample_random_window(self, rng: np.random.Generator, seq_len: int, mode: str = "none") -> Trajectory:
         """Timesteps [start, end) of a random relabeled trajectory, placed by ``sample_window(len(traj),

@@ -24,9 +24,14 @@ STEP = 0.2  # largest move per axis and step
 START = np.zeros(2)
 
 
+def split_sectors(split: str) -> tuple[int, ...]:
+    """The indices of ``split``'s sectors among the ``N_SECTORS``."""
+    return TEST_SECTORS if split == "test" else tuple(i for i in range(N_SECTORS) if i not in TEST_SECTORS)
+
+
 def split_angle(u: float, split: str, span: float) -> float:
     """The angle (radians, in [0, span]) at position ``u`` in [0, 1) of ``split``'s sectors of [0, span]."""
-    sectors = TEST_SECTORS if split == "test" else tuple(i for i in range(N_SECTORS) if i not in TEST_SECTORS)
+    sectors = split_sectors(split)
     pick = u * len(sectors)
     i = min(int(pick), len(sectors) - 1)
     return (sectors[i] + (pick - i)) * span / N_SECTORS
@@ -141,8 +146,7 @@ def goal_reward(reward: str, distance: np.ndarray, goal_radius: float) -> np.nda
 def in_split(angles: np.ndarray, split: str) -> np.ndarray:
     """Whether each angle (radians) is a goal angle of ``split``: in [0, pi] and in one of its sectors."""
     sectors = np.minimum(np.floor(angles / (math.pi / N_SECTORS)), N_SECTORS - 1)
-    held_out = np.isin(sectors, TEST_SECTORS)
-    return (angles >= 0) & (angles <= math.pi) & (held_out if split == "test" else ~held_out)
+    return (angles >= 0) & (angles <= math.pi) & np.isin(sectors, split_sectors(split))
 
 
 @dataclasses.dataclass(frozen=True)
