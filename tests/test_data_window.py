@@ -329,6 +329,18 @@ def relabeled(traj: Trajectory, rng: np.random.Generator | None = None) -> Traje
     return traj
 
 
+def test_a_relabel_override_without_the_rng_is_refused_when_the_class_is_made():
+    with pytest.raises(TypeError, match=r"OldHook.relabel\(self, traj\) must take \(self, traj, rng\)"):
+
+        class OldHook(DiskTrajDataset):
+            def relabel(self, traj):
+                return traj
+
+    class KeywordRng(DiskTrajDataset):  # any signature that takes (traj, rng) is fine
+        def relabel(self, traj, rng=None, *args):
+            return traj
+
+
 @pytest.mark.parametrize("cache_mb", [0.0, 64.0])
 def test_relabel_is_applied_to_the_whole_trajectory_before_the_window_is_cut(tmp_path, cache_mb):
     ds = ReturnNormalized(str(tmp_path), "dset", cache_mb=cache_mb)

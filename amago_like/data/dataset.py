@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import inspect
 import time
 import warnings
 from collections.abc import Callable
@@ -31,6 +32,19 @@ class RLDataset(abc.ABC):
 
     #: whether this process may delete files (the FIFO bound); the experiment keeps it to the main process
     has_edit_rights: bool = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        relabel = cls.__dict__.get("relabel")
+        if relabel is None:
+            return
+        try:  # an override written for the older one-argument hook would otherwise fail deep inside a DataLoader worker
+            inspect.signature(relabel).bind(None, None, None)
+        except TypeError:
+            raise TypeError(
+                f"{cls.__qualname__}.relabel{inspect.signature(relabel)} must take (self, traj, rng): the dataset "
+                "passes the sampling rng as well; add an rng parameter"
+            ) from None
 
     def restrict_edit_rights(self, allowed: bool) -> None:
         """Take away the edit rights unless ``allowed`` (never grants them)."""
