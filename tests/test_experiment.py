@@ -529,7 +529,7 @@ def test_the_dataset_relabels_with_the_hindsight_every_training_env_offers_alike
         exp.start()
         exp.close()
         relabeler = exp.dataset.env_relabeler
-        assert ("0.5 of it relabeled by" in exp.dataset.get_description()) == (relabeler is not None)
+        assert ("0.65 of it relabeled by" in exp.dataset.get_description()) == (relabeler is not None)
         return relabeler
 
     sparse = functools.partial(PointGoal, "sparse")

@@ -105,7 +105,7 @@ class DiskTrajDataset(RLDataset):
     of every ``protected/`` and demonstration file). Up to 1 the weights rise linearly with age rank from ``1 -
     recency`` for the oldest; past 1 they rise as ``(1 + recency) * rank**recency`` (rank in (0, 1], newest 1).
 
-    ``hindsight`` (in [0, 1]; 0.5 by default) is the fraction of sampled trajectories relabeled by the training
+    ``hindsight`` (in [0, 1]; 0.65 by default) is the fraction of sampled trajectories relabeled by the training
     env's ``hindsight_relabeler()`` where it has one (:meth:`RLDataset.use_env_relabeler`); 0 turns it off.
     """
 
@@ -120,7 +120,7 @@ class DiskTrajDataset(RLDataset):
         cache_mb: float = 256.0,
         demo_dirs: tuple[str, ...] = (),
         recency: float = 1.0,
-        hindsight: float = 0.5,
+        hindsight: float = 0.65,
     ):
         check_number("DiskTrajDataset.cache_mb", cache_mb, minimum=0)
         self.hindsight = check_unit_interval("DiskTrajDataset.hindsight", hindsight)
@@ -381,7 +381,7 @@ class TrajFolderDataset(DiskTrajDataset):
     trajectory files is refused at once, naming it (and any subfolders that do hold some). ``hindsight``: as
     :class:`DiskTrajDataset`'s."""
 
-    def __init__(self, folders: str | tuple[str, ...] = (), cache_mb: float = 256.0, hindsight: float = 0.5):
+    def __init__(self, folders: str | tuple[str, ...] = (), cache_mb: float = 256.0, hindsight: float = 0.65):
         check_number("TrajFolderDataset.cache_mb", cache_mb, minimum=0)
         self.hindsight = check_unit_interval("TrajFolderDataset.hindsight", hindsight)
         if not folders:
