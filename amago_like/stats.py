@@ -1,5 +1,5 @@
 """Statistics over seeds and tasks for reporting results: the interquartile mean (IQM), bootstrap confidence
-intervals (plain over seeds, and stratified over a seeds x tasks matrix) and performance profiles.
+intervals (plain over seeds, paired over seeds for a change, and stratified over a seeds x tasks matrix) and performance profiles.
 
 The aggregate measures follow Agarwal et al., "Deep RL at the Edge of the Statistical Precipice" (NeurIPS 2021):
 a few seeds per task make a mean over tasks fragile, the IQM over every (seed, task) score is robust to one
@@ -56,20 +56,22 @@ def bootstrap_ci(values: np.ndarray, stat: Callable[[np.ndarray], float] = np.me
     return stratified_bootstrap_ci(np.asarray(values, dtype=np.float64).reshape(-1, 1), stat, **kwargs)
 
 
-def difference_ci(
+def paired_difference_ci(
     before: np.ndarray, after: np.ndarray, reps: int = REPS, seed: int = 0, confidence: float = CONFIDENCE
 ) -> tuple[float, float]:
-    """Percentile CI of mean(after) - mean(before), each side's seeds resampled on their own: whether a change
-    of one task's mean is larger than its seeds' spread (a CI that includes 0: it is not)."""
-    rng = np.random.default_rng(seed)
-    means = []
-    for values in (before, after):
-        values = np.asarray(values, dtype=np.float64).ravel()
-        if values.size == 0:
-            raise ValueError("difference_ci needs at least one value on each side")
-        means.append(values[rng.integers(values.size, size=(reps, values.size))].mean(axis=1))
+    """Percentile CI of mean(after - before) over paired values (one task's scores by seed, the same seeds on both
+    sides), the pairs resampled together: whether a change of the task's mean is larger than the spread of its
+    per-seed changes (a CI that includes 0: it is not). Pairing keeps what a seed shares on both sides (its
+    initial weights, its first env draws) out of the spread."""
+    before, after = (np.asarray(v, dtype=np.float64).ravel() for v in (before, after))
+    if before.size == 0 or before.size != after.size:
+        raise ValueError(
+            f"paired_difference_ci needs the same number (>= 1) of values on each side, got {before.size} and "
+            f"{after.size}"
+        )
+    picks = np.random.default_rng(seed).integers(before.size, size=(reps, before.size))
+    change = (after - before)[picks].mean(axis=1)
     tail = 100 * (1 - confidence) / 2
-    change = means[1] - means[0]
     return float(np.percentile(change, tail)), float(np.percentile(change, 100 - tail))
 
 

@@ -42,14 +42,17 @@ def test_bootstrap_ci_of_one_task_over_seeds():
     assert lo * 5 == pytest.approx(round(lo * 5)) and hi * 5 == pytest.approx(round(hi * 5))
 
 
-def test_difference_ci_brackets_the_change_of_means_and_includes_0_when_the_spreads_overlap():
-    assert stats.difference_ci([0.2, 0.2], [0.5, 0.5, 0.5]) == pytest.approx((0.3, 0.3))
-    lo, hi = stats.difference_ci([0.30, 0.31, 0.13], [0.25, 0.19, 0.14])  # a fall inside the seeds' spread
-    assert lo < -0.035 < hi and lo < 0.0 < hi
-    lo, hi = stats.difference_ci([0.10, 0.12, 0.11], [0.40, 0.43, 0.38])  # far outside it
-    assert 0.0 < lo <= 0.29 <= hi
-    with pytest.raises(ValueError, match="at least one value on each side"):
-        stats.difference_ci([], [1.0])
+def test_paired_difference_ci_resamples_seeds_together():
+    assert stats.paired_difference_ci([0.2, 0.4], [0.5, 0.7]) == pytest.approx((0.3, 0.3))  # every seed up by 0.3
+    # seeds far apart that each rise a little: resampled apart the spread of the seeds would swamp the rise
+    lo, hi = stats.paired_difference_ci([0.1, 0.5, 0.9], [0.12, 0.53, 0.91])
+    assert (lo, hi) == pytest.approx((0.01, 0.03))  # the smallest and largest per-seed rises
+    lo, hi = stats.paired_difference_ci([0.30, 0.31, 0.13], [0.25, 0.19, 0.14])  # seeds that disagree
+    assert lo < 0.0 < hi
+    with pytest.raises(ValueError, match="same number"):
+        stats.paired_difference_ci([0.1], [0.1, 0.2])
+    with pytest.raises(ValueError, match="same number"):
+        stats.paired_difference_ci([], [])
 
 
 def test_performance_profile_counts_scores_above_each_threshold():
@@ -79,9 +82,9 @@ def test_suite_compare_pairs_seeds_and_names_the_tasks_that_fell(suite, tmp_path
     cand = write("cand.jsonl", [("bandit", 0, 5.0), ("bandit", 1, 5.0), ("tmaze", 0, 0.75), ("bandit", 2, 2.0)])
     suite.main(["--compare", base, "--to", cand])
     out = capsys.readouterr().out
-    # bandit's change: resampled means 0.50 / 0.75 / 1.00 against 1.00, so its CI runs from 0 to +0.5
-    assert "| bandit | 0, 1 | 1.000, 0.500 | 0.750 | 1.000, 1.000 | 1.000 | +0.250 | +0.000 to +0.500 |" in out
-    assert "| tmaze | 0 | 1.000 | 1.000 | 0.500 | 0.500 | -0.500 | one seed: no spread to compare with |" in out
+    # bandit's per-seed changes are 0 and +0.5: their resampled means run from 0 to +0.5; one seed rose, none fell
+    assert "| bandit | 0, 1 | 1.000, 0.500 | 0.750 | 1.000, 1.000 | 1.000 | +0.250 | +0.000 to +0.500 | 1, 0 |" in out
+    assert "| tmaze | 0 | 1.000 | 1.000 | 0.500 | 0.500 | -0.500 | one seed: no spread to compare with | 0, 1 |" in out
     assert "tasks whose mean fell: tmaze (-0.500) (of 2 compared)" in out
     assert "tasks whose change's 95% CI excludes 0: none (of 1 with a CI)" in out
     with pytest.raises(SystemExit):

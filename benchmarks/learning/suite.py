@@ -48,7 +48,7 @@ from amago_like import DarkRoom, DiskTrajDataset, Experiment, MetaBandit, PointD
 from amago_like.cli import run
 from amago_like.config import bound_parameters
 from amago_like.overlap import overlapped
-from amago_like.stats import difference_ci, iqm, stratified_bootstrap_ci
+from amago_like.stats import iqm, paired_difference_ci, stratified_bootstrap_ci
 
 
 @dataclasses.dataclass(frozen=True)
@@ -503,13 +503,14 @@ def _scores_by_run(results: Sequence[Result], side: str) -> dict[tuple[str, int]
 
 def compare(baseline: Sequence[Result], candidate: Sequence[Result]) -> str:
     """Baseline and candidate side by side on the (task, seed) pairs both have: each task's scores by seed, the
-    change of its mean with a bootstrap CI (two or more seeds; with three it is a rough guide, not a test), the IQM
+    change of its mean with a bootstrap CI of the per-seed changes (two or more seeds; with three it is a rough guide,
+    not a test) and on how many seeds it rose and fell, the IQM
     of each, the tasks whose mean fell (the suite's rule: a default changes only if the IQM rises or holds and no
     task drops) and the tasks whose change is larger than its seeds' spread."""
     base, cand = _scores_by_run(baseline, "baseline"), _scores_by_run(candidate, "candidate")
     lines = [
-        "| task | seeds | baseline | mean | candidate | mean | change | 95% CI of the change |",
-        "|---|---|---|---|---|---|---|---|",
+        "| task | seeds | baseline | mean | candidate | mean | change | 95% CI of the change (paired) | seeds up, down |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     before: dict[str, list[float]] = {}
     after: dict[str, list[float]] = {}
@@ -522,11 +523,13 @@ def compare(baseline: Sequence[Result], candidate: Sequence[Result]) -> str:
         b, c = np.mean(before[t]), np.mean(after[t])
         ci = "one seed: no spread to compare with"
         if len(seeds) > 1:
-            lo, hi = change_ci[t] = difference_ci(before[t], after[t])
+            lo, hi = change_ci[t] = paired_difference_ci(before[t], after[t])
             ci = f"{lo:+.3f} to {hi:+.3f}"
+        per_seed = np.subtract(after[t], before[t])
         lines.append(
             f"| {t} | {', '.join(map(str, seeds))} | {', '.join(f'{x:.3f}' for x in before[t])} | {b:.3f} | "
-            f"{', '.join(f'{x:.3f}' for x in after[t])} | {c:.3f} | {c - b:+.3f} | {ci} |"
+            f"{', '.join(f'{x:.3f}' for x in after[t])} | {c:.3f} | {c - b:+.3f} | {ci} | "
+            f"{(per_seed > 0).sum()}, {(per_seed < 0).sum()} |"
         )
     if not before:
         return "no (task, seed) pair is in both the baseline and the candidate"
