@@ -1,0 +1,63 @@
+"""Is a k-attempt agent short of searching or of returning? Read saved meta-episodes of an env whose reward is
+positive only on the hidden goal (the dark room, the sparse point robot) and split the return by attempt 1's outcome.
+
+python -m amago_like.evaluate RUN --split test --episodes 96 --save_trajs_to /tmp/trajs
+python benchmarks/learning/search_or_return.py /tmp/trajs --attempt_length 12
+
+Prints how often attempt 1 was rewarded (the search found the goal) and after how many steps, the mean return of each
+later attempt when attempt 1 found it (returning: the most it can be is about the attempt's length less the walk
+there) and when it did not (searching on), and how often a later attempt found a goal attempt 1 missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+
+import numpy as np
+
+from amago_like.data.trajectory import load_trajectory
+
+
+def attempt_rewards(path: str, attempt_length: int) -> np.ndarray:
+    """(k, attempt_length): one saved meta-episode's rewards by attempt."""
+    rews = load_trajectory(path).rews[:, 0]
+    if len(rews) % attempt_length:
+        raise ValueError(f"{path}: {len(rews)} steps is not a whole number of {attempt_length}-step attempts")
+    return rews.reshape(-1, attempt_length)
+
+
+def summary(rewards: list[np.ndarray]) -> list[str]:
+    found = np.array([r[0].any() for r in rewards])  # (N,)
+    k = rewards[0].shape[0]
+    lines = [f"{len(rewards)} meta-episodes of {k} attempts"]
+    lines.append(f"attempt 1 rewarded: {found.mean():.2f}")
+    if found.any():
+        first = [int(np.argmax(r[0] > 0)) + 1 for r, f in zip(rewards, found) if f]
+        lines.append(f"  steps to its first reward: {np.mean(first):.1f}")
+    for label, which in (("found in attempt 1", found), ("missed in attempt 1", ~found)):
+        if not which.any():
+            continue
+        later = np.array([r[1:].sum(axis=1) for r, w in zip(rewards, which) if w])  # (n, k - 1)
+        per = ", ".join(f"{i + 2}: {v:.2f}" for i, v in enumerate(later.mean(axis=0)))
+        lines.append(f"{label} ({which.sum()}): return of attempt {per}")
+    if (~found).any() and k > 1:
+        later_found = np.mean([r[1:].any() for r, f in zip(rewards, found) if not f])
+        lines.append(f"  missed in attempt 1, found in a later one: {later_found:.2f}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("trajs", help="a folder of saved meta-episodes (--save_trajs_to of amago_like.evaluate)")
+    parser.add_argument("--attempt_length", type=int, required=True, help="steps per attempt (the env's)")
+    args = parser.parse_args(argv)
+    paths = sorted(glob.glob(os.path.join(args.trajs, "*.npz")))
+    if not paths:
+        parser.error(f"no saved meta-episodes (*.npz) in {args.trajs}")
+    print("\n".join(summary([attempt_rewards(p, args.attempt_length) for p in paths])))
+
+
+if __name__ == "__main__":
+    main()
