@@ -1,5 +1,6 @@
 """Statistics over seeds and tasks for reporting results: the interquartile mean (IQM), bootstrap confidence
-intervals (plain over seeds, paired over seeds for a change, and stratified over a seeds x tasks matrix) and performance profiles.
+intervals (plain over seeds, paired by seed for a change, and stratified over a seeds x tasks matrix) and
+performance profiles.
 
 The aggregate measures follow Agarwal et al., "Deep RL at the Edge of the Statistical Precipice" (NeurIPS 2021):
 a few seeds per task make a mean over tasks fragile, the IQM over every (seed, task) score is robust to one

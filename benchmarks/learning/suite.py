@@ -504,9 +504,9 @@ def _scores_by_run(results: Sequence[Result], side: str) -> dict[tuple[str, int]
 def compare(baseline: Sequence[Result], candidate: Sequence[Result]) -> str:
     """Baseline and candidate side by side on the (task, seed) pairs both have: each task's scores by seed, the
     change of its mean with a bootstrap CI of the per-seed changes (two or more seeds; with three it is a rough guide,
-    not a test) and on how many seeds it rose and fell, the IQM
-    of each, the tasks whose mean fell (the suite's rule: a default changes only if the IQM rises or holds and no
-    task drops) and the tasks whose change is larger than its seeds' spread."""
+    not a test) and on how many seeds it rose and fell, the IQM of each, the tasks whose mean fell (the suite's rule:
+    a default changes only if the IQM rises or holds and no task drops) and the tasks whose change is larger than
+    the spread of its per-seed changes."""
     base, cand = _scores_by_run(baseline, "baseline"), _scores_by_run(candidate, "candidate")
     lines = [
         "| task | seeds | baseline | mean | candidate | mean | change | 95% CI of the change (paired) | seeds up, down |",
