@@ -26,6 +26,7 @@ from amago_like.data.trajectory import (
 )
 
 _REFRESHES_WHEN_DRY = 3  # times a sampler re-lists the folders before it reports an empty dataset
+HINDSIGHT = 0.65  # the default fraction of sampled trajectories relabeled, one value for both datasets below
 _T = TypeVar("_T")
 
 
@@ -120,7 +121,7 @@ class DiskTrajDataset(RLDataset):
         cache_mb: float = 256.0,
         demo_dirs: tuple[str, ...] = (),
         recency: float = 1.0,
-        hindsight: float = 0.65,
+        hindsight: float = HINDSIGHT,
     ):
         check_number("DiskTrajDataset.cache_mb", cache_mb, minimum=0)
         self.hindsight = check_unit_interval("DiskTrajDataset.hindsight", hindsight)
@@ -381,7 +382,7 @@ class TrajFolderDataset(DiskTrajDataset):
     trajectory files is refused at once, naming it (and any subfolders that do hold some). ``hindsight``: as
     :class:`DiskTrajDataset`'s."""
 
-    def __init__(self, folders: str | tuple[str, ...] = (), cache_mb: float = 256.0, hindsight: float = 0.65):
+    def __init__(self, folders: str | tuple[str, ...] = (), cache_mb: float = 256.0, hindsight: float = HINDSIGHT):
         check_number("TrajFolderDataset.cache_mb", cache_mb, minimum=0)
         self.hindsight = check_unit_interval("TrajFolderDataset.hindsight", hindsight)
         if not folders:
