@@ -29,12 +29,13 @@ def attempt_rewards(path: str, attempt_length: int) -> np.ndarray:
 
 
 def summary(rewards: list[np.ndarray]) -> list[str]:
-    found = np.array([r[0].any() for r in rewards])  # (N,)
+    hits = [r > 0 for r in rewards]  # each (k, attempt_length): the steps that were rewarded
+    found = np.array([h[0].any() for h in hits])  # (N,)
     k = rewards[0].shape[0]
     lines = [f"{len(rewards)} meta-episodes of {k} attempts"]
     lines.append(f"attempt 1 rewarded: {found.mean():.2f}")
     if found.any():
-        first = [int(np.argmax(r[0] > 0)) + 1 for r, f in zip(rewards, found) if f]
+        first = [int(np.argmax(h[0])) + 1 for h, f in zip(hits, found) if f]
         lines.append(f"  steps to its first reward: {np.mean(first):.1f}")
     for label, which in (("found in attempt 1", found), ("missed in attempt 1", ~found)):
         if not which.any():
@@ -43,7 +44,7 @@ def summary(rewards: list[np.ndarray]) -> list[str]:
         per = ", ".join(f"{i + 2}: {v:.2f}" for i, v in enumerate(later.mean(axis=0)))
         lines.append(f"{label} ({which.sum()}): return of attempt {per}")
     if (~found).any() and k > 1:
-        later_found = np.mean([r[1:].any() for r, f in zip(rewards, found) if not f])
+        later_found = np.mean([h[1:].any() for h, f in zip(hits, found) if not f])
         lines.append(f"  missed in attempt 1, found in a later one: {later_found:.2f}")
     return lines
 
