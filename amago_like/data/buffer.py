@@ -27,6 +27,7 @@ from amago_like.data.trajectory import (
 
 _REFRESHES_WHEN_DRY = 3  # times a sampler re-lists the folders before it reports an empty dataset
 HINDSIGHT = 0.65  # the default fraction of sampled trajectories relabeled, one value for both datasets below
+CACHE_MB = 256.0  # the default size of the decoded-trajectory cache, the same for both datasets below
 _T = TypeVar("_T")
 
 
@@ -118,13 +119,12 @@ class DiskTrajDataset(RLDataset):
         dset_min_size: int = 1,
         has_edit_rights: bool = True,
         stale_tmp_age_s: float = 3600.0,
-        cache_mb: float = 256.0,
+        cache_mb: float = CACHE_MB,
         demo_dirs: tuple[str, ...] = (),
         recency: float = 1.0,
         hindsight: float = HINDSIGHT,
     ):
-        check_number("DiskTrajDataset.cache_mb", cache_mb, minimum=0)
-        self.hindsight = check_unit_interval("DiskTrajDataset.hindsight", hindsight)
+        self._set_up_reading("DiskTrajDataset", cache_mb, hindsight)
         folder = os.path.join(dset_root, dset_name)
         if not os.path.exists(os.path.join(folder, "buffer")) and _trajectory_files(folder):
             # pointed at a folder of trajectory files: do not make an empty buffer inside it and report 0
@@ -151,14 +151,20 @@ class DiskTrajDataset(RLDataset):
                 os.makedirs(d, exist_ok=True)
             except OSError as e:
                 raise storage_error(e, d, "remove old runs from that disk") from None
-        self.cache_mb = cache_mb
-        self._cache = TrajectoryCache(int(cache_mb * 2**20))
-        self._layouts: dict[str, NpzLayout] = {}  # where the rows lie in files already read once
-        self._bad_files: set[str] = set()
         self._files: list[str] = []
         self._counted: set[str] = set()  # fifo files already in frames_received()
         self._received = 0
         self.refresh_files()
+
+    def _set_up_reading(self, owner: str, cache_mb: float, hindsight: float) -> None:
+        """What both datasets check and hold before they list a file: the relabeled fraction and the cache of
+        decoded trajectories (``owner`` names the class in an error)."""
+        check_number(f"{owner}.cache_mb", cache_mb, minimum=0)
+        self.hindsight = check_unit_interval(f"{owner}.hindsight", hindsight)
+        self.cache_mb = cache_mb
+        self._cache = TrajectoryCache(int(cache_mb * 2**20))
+        self._layouts: dict[str, NpzLayout] = {}  # where the rows lie in files already read once
+        self._bad_files: set[str] = set()
 
     def __getstate__(self) -> dict:
         # a process this dataset is sent to (a spawned DataLoader worker) starts with its own empty cache
@@ -382,9 +388,8 @@ class TrajFolderDataset(DiskTrajDataset):
     trajectory files is refused at once, naming it (and any subfolders that do hold some). ``hindsight``: as
     :class:`DiskTrajDataset`'s."""
 
-    def __init__(self, folders: str | tuple[str, ...] = (), cache_mb: float = 256.0, hindsight: float = HINDSIGHT):
-        check_number("TrajFolderDataset.cache_mb", cache_mb, minimum=0)
-        self.hindsight = check_unit_interval("TrajFolderDataset.hindsight", hindsight)
+    def __init__(self, folders: str | tuple[str, ...] = (), cache_mb: float = CACHE_MB, hindsight: float = HINDSIGHT):
+        self._set_up_reading("TrajFolderDataset", cache_mb, hindsight)
         if not folders:
             raise EmptyDatasetError("TrajFolderDataset.folders: name at least one folder of trajectory files")
         self.demo_dirs = _check_demo_dirs("TrajFolderDataset.folders", folders)
@@ -395,10 +400,6 @@ class TrajFolderDataset(DiskTrajDataset):
         self.buffer_dir = ", ".join(self.demo_dirs)  # where errors say it looked
         self.fifo_dir = self.protected_dir = None
         self.recency = 0.0  # no fifo/ to tilt towards: every file is read-only
-        self.cache_mb = cache_mb
-        self._cache = TrajectoryCache(int(cache_mb * 2**20))
-        self._layouts = {}
-        self._bad_files = set()
         self._files = []
         self.refresh_files()
 
