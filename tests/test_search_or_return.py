@@ -43,6 +43,20 @@ def test_a_meta_episode_that_is_not_whole_attempts_is_refused(script, tmp_path):
     )
     path = str(tmp_path / "one.npz")
     write_trajectory(traj, path)
-    assert script.attempt_rewards(path, 5).shape == (2, 5)
+    rewards, positions = script.load_attempts(path, 5)
+    assert rewards.shape == (2, 5) and positions.shape == (2, 5, 2)  # the last obs entry is not a position
     with pytest.raises(ValueError, match="not a whole number of 4-step attempts"):
-        script.attempt_rewards(path, 4)
+        script.load_attempts(path, 4)
+
+
+def test_search_breadth_counts_the_cells_attempt_2_adds_after_a_miss(script):
+    cell = 0.25
+    walk = np.array([[0, 0], [0, 1], [0, 2], [0, 3]]) * cell  # (attempt_length, 2): four cells of a column
+    back = np.array([[0, 0], [0, 1], [1, 1], [1, 2]]) * cell  # two cells seen in attempt 1, two new
+    missed = np.zeros((2, 4))
+    found = np.zeros((2, 4))
+    found[0, 1] = 1.0  # found in attempt 1: not counted
+    wide = np.array([[0, 0], [1, 0], [2, 0], [3, 0]]) * cell
+    lines = script.search_breadth([missed, found], [np.stack([walk, back]), np.stack([walk, wide])], cell)
+    assert lines == ["  missed in attempt 1: it visited 4.0 cells; attempt 2 visited 4.0, 2.0 of them new"]
+    assert script.search_breadth([found], [np.stack([walk, wide])], cell) == []

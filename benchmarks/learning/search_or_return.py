@@ -2,11 +2,14 @@
 positive only on the hidden goal (the dark room, the sparse point robot) and split the return by attempt 1's outcome.
 
 python -m amago_like.evaluate RUN --split test --episodes 96 --save_trajs_to /tmp/trajs
-python benchmarks/learning/search_or_return.py /tmp/trajs --attempt_length 12
+python benchmarks/learning/search_or_return.py /tmp/trajs --attempt_length 12 --cell 0.25
 
 Prints how often attempt 1 was rewarded (the search found the goal) and after how many steps, the mean return of each
 later attempt when attempt 1 found it (returning: the most it can be is about the attempt's length less the walk
-there) and when it did not (searching on), and how often a later attempt found a goal attempt 1 missed.
+there) and when it did not (searching on), and how often a later attempt found a goal attempt 1 missed. With
+``--cell S``, also how widely attempt 2 searches after attempt 1 missed: the cells (squares of side S over the
+position, every observation entry but the last, the built-in envs' layout) it visits, and how many of them attempt 1
+had not (the last move of an attempt is not observed, so its cell is not counted).
 """
 
 from __future__ import annotations
@@ -20,12 +23,29 @@ import numpy as np
 from amago_like.data.trajectory import load_trajectory
 
 
-def attempt_rewards(path: str, attempt_length: int) -> np.ndarray:
-    """(k, attempt_length): one saved meta-episode's rewards by attempt."""
-    rews = load_trajectory(path).rews[:, 0]
+def load_attempts(path: str, attempt_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """One saved meta-episode by attempt: its rewards (k, attempt_length) and the positions it observed
+    (k, attempt_length, D), each attempt's from its start on."""
+    traj = load_trajectory(path)
+    rews = traj.rews[:, 0]
     if len(rews) % attempt_length:
         raise ValueError(f"{path}: {len(rews)} steps is not a whole number of {attempt_length}-step attempts")
-    return rews.reshape(-1, attempt_length)
+    positions = traj.obs["observation"][: len(rews), :-1]  # (T, D): drops the next attempt's first observation
+    return rews.reshape(-1, attempt_length), positions.reshape(-1, attempt_length, positions.shape[-1])
+
+
+def search_breadth(rewards: list[np.ndarray], positions: list[np.ndarray], cell: float) -> list[str]:
+    """After attempt 1 missed: the cells of side ``cell`` attempt 2 visited, and the ones attempt 1 had not."""
+    cells = [[{tuple(c) for c in np.floor(p / cell + 1e-6).astype(int)} for p in pos] for pos in positions]
+    missed = [c for c, r in zip(cells, rewards) if not (r[0] > 0).any() and len(c) > 1]
+    if not missed:
+        return []
+    first = np.mean([len(c[0]) for c in missed])
+    second = np.mean([len(c[1]) for c in missed])
+    new = np.mean([len(c[1] - c[0]) for c in missed])
+    return [
+        f"  missed in attempt 1: it visited {first:.1f} cells; attempt 2 visited {second:.1f}, {new:.1f} of them new"
+    ]
 
 
 def summary(rewards: list[np.ndarray]) -> list[str]:
@@ -53,11 +73,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("trajs", help="a folder of saved meta-episodes (--save_trajs_to of amago_like.evaluate)")
     parser.add_argument("--attempt_length", type=int, required=True, help="steps per attempt (the env's)")
+    parser.add_argument("--cell", type=float, help="side of the cells that count where an attempt searched")
     args = parser.parse_args(argv)
+    if args.cell is not None and not args.cell > 0:
+        parser.error(f"--cell is the side of a cell and must be above 0, got {args.cell}")
     paths = sorted(glob.glob(os.path.join(args.trajs, "*.npz")))
     if not paths:
         parser.error(f"no saved meta-episodes (*.npz) in {args.trajs}")
-    print("\n".join(summary([attempt_rewards(p, args.attempt_length) for p in paths])))
+    attempts = [load_attempts(p, args.attempt_length) for p in paths]
+    rewards, positions = [r for r, _ in attempts], [p for _, p in attempts]
+    lines = summary(rewards)
+    if args.cell is not None:
+        lines += search_breadth(rewards, positions, args.cell)
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
