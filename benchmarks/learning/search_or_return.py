@@ -8,8 +8,8 @@ Prints how often attempt 1 was rewarded (the search found the goal) and after ho
 later attempt when attempt 1 found it (returning: the most it can be is about the attempt's length less the walk
 there) and when it did not (searching on), and how often a later attempt found a goal attempt 1 missed. With
 ``--cell S``, also how widely attempt 2 searches after attempt 1 missed: the cells (squares of side S over the
-position, every observation entry but the last, the built-in envs' layout) it visits, and how many of them attempt 1
-had not (the last move of an attempt is not observed, so its cell is not counted).
+position, every observation entry but the last, the built-in envs' layout) it searches until its first reward, and
+how many of them attempt 1 had not visited (the last move of an attempt is not observed, so its cell is not counted).
 """
 
 from __future__ import annotations
@@ -34,20 +34,6 @@ def load_attempts(path: str, attempt_length: int) -> tuple[np.ndarray, np.ndarra
     return rews.reshape(-1, attempt_length), positions.reshape(-1, attempt_length, positions.shape[-1])
 
 
-def search_breadth(rewards: list[np.ndarray], positions: list[np.ndarray], cell: float) -> list[str]:
-    """After attempt 1 missed: the cells of side ``cell`` attempt 2 visited, and the ones attempt 1 had not."""
-    cells = [[{tuple(c) for c in np.floor(p / cell + 1e-6).astype(int)} for p in pos] for pos in positions]
-    missed = [c for c, r in zip(cells, rewards) if not (r[0] > 0).any() and len(c) > 1]
-    if not missed:
-        return []
-    first = np.mean([len(c[0]) for c in missed])
-    second = np.mean([len(c[1]) for c in missed])
-    new = np.mean([len(c[1] - c[0]) for c in missed])
-    return [
-        f"  missed in attempt 1: it visited {first:.1f} cells; attempt 2 visited {second:.1f}, {new:.1f} of them new"
-    ]
-
-
 def summary(rewards: list[np.ndarray]) -> list[str]:
     hits = [r > 0 for r in rewards]  # each (k, attempt_length): the steps that were rewarded
     found = np.array([h[0].any() for h in hits])  # (N,)
@@ -67,6 +53,31 @@ def summary(rewards: list[np.ndarray]) -> list[str]:
         later_found = np.mean([h[1:].any() for h, f in zip(hits, found) if not f])
         lines.append(f"  missed in attempt 1, found in a later one: {later_found:.2f}")
     return lines
+
+
+def search_breadth(rewards: list[np.ndarray], positions: list[np.ndarray], cell: float) -> list[str]:
+    """After attempt 1 missed: the cells of side ``cell`` attempt 2 searched (up to the cell where it was first
+    rewarded, if it was), and how many of them attempt 1 had not visited."""
+    counts = []  # (cells of attempt 1, cells attempt 2 searched, of those not in attempt 1) per missed meta-episode
+    for r, pos in zip(rewards, positions):
+        if (r[0] > 0).any() or len(r) < 2:
+            continue
+        hits = np.flatnonzero(r[1] > 0)
+        walk = pos[1] if not len(hits) else pos[1][: hits[0] + 2]  # up to the position its first rewarded move reached
+        seen, searched = _cells(pos[0], cell), _cells(walk, cell)
+        counts.append((len(seen), len(searched), len(searched - seen)))
+    if not counts:
+        return []
+    first, second, new = np.mean(counts, axis=0)
+    return [
+        f"  missed in attempt 1: it visited {first:.1f} cells; attempt 2 searched {second:.1f} until its first reward, "
+        f"{new:.1f} of them new"
+    ]
+
+
+def _cells(positions: np.ndarray, cell: float) -> set[tuple[int, ...]]:
+    """The cells of side ``cell`` that the (N, D) ``positions`` lie in."""
+    return {tuple(c) for c in np.floor(positions / cell + 1e-6).astype(int)}
 
 
 def main(argv: list[str] | None = None) -> None:
