@@ -61,9 +61,8 @@ def test_search_breadth_counts_the_cells_attempt_2_adds_after_a_miss(script):
     assert lines == [
         "  missed in attempt 1: it visited 4.0 cells; attempt 2 searched 4.0 until its first reward, 2.0 of them new"
     ]
-    missed[1, 1] = (
-        1.0  # attempt 2 rewarded by its second move, to `back`'s third position: its last cell is not searched
-    )
+    # attempt 2 rewarded by its second move, to `back`'s third position: its last cell is not searched
+    missed[1, 1] = 1.0
     lines = script.search_breadth([missed], [np.stack([walk, back])], cell)
     assert lines == [
         "  missed in attempt 1: it visited 4.0 cells; attempt 2 searched 3.0 until its first reward, 1.0 of them new"

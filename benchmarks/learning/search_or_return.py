@@ -34,8 +34,14 @@ def load_attempts(path: str, attempt_length: int) -> tuple[np.ndarray, np.ndarra
     return rews.reshape(-1, attempt_length), positions.reshape(-1, attempt_length, positions.shape[-1])
 
 
+def rewarded(rewards: np.ndarray) -> np.ndarray:
+    """(k, attempt_length) bool: the steps that were rewarded, i.e. reached the goal (the one test every count here
+    uses)."""
+    return rewards > 0
+
+
 def summary(rewards: list[np.ndarray]) -> list[str]:
-    hits = [r > 0 for r in rewards]  # each (k, attempt_length): the steps that were rewarded
+    hits = [rewarded(r) for r in rewards]  # each (k, attempt_length)
     found = np.array([h[0].any() for h in hits])  # (N,)
     k = rewards[0].shape[0]
     lines = [f"{len(rewards)} meta-episodes of {k} attempts"]
@@ -60,9 +66,10 @@ def search_breadth(rewards: list[np.ndarray], positions: list[np.ndarray], cell:
     rewarded, if it was), and how many of them attempt 1 had not visited."""
     counts = []  # (cells of attempt 1, cells attempt 2 searched, of those not in attempt 1) per missed meta-episode
     for r, pos in zip(rewards, positions):
-        if (r[0] > 0).any() or len(r) < 2:
+        hit = rewarded(r)
+        if hit[0].any() or len(r) < 2:
             continue
-        hits = np.flatnonzero(r[1] > 0)
+        hits = np.flatnonzero(hit[1])
         walk = pos[1] if not len(hits) else pos[1][: hits[0] + 2]  # up to the position its first rewarded move reached
         seen, searched = _cells(pos[0], cell), _cells(walk, cell)
         counts.append((len(seen), len(searched), len(searched - seen)))
