@@ -1,11 +1,14 @@
 """Learning is shown by learning: the transformer agent must adapt in context on the meta-bandit."""
 
+import inspect
 import json
+import os
 
 import numpy as np
 import pytest
-from helpers import load_example
+from helpers import ROOT, load_example
 
+import amago_like
 from amago_like import MetaBandit, evaluate
 
 
@@ -110,3 +113,28 @@ def test_suite_overlap_collects_in_a_second_process_at_the_same_budget_and_names
     assert sum(r["overlap/policy_loads"] for r in rows) >= 1
     with pytest.raises(SystemExit):  # the collector's flag alone: it needs its learner's one task and seed
         suite.main(["--quick", "--out", str(tmp_path / "c"), "--mode", "collect"])
+
+
+def test_the_defaults_rows_are_todays_defaults_at_each_tasks_budget(suite):
+    """docs/results/suite/defaults.jsonl is the baseline a candidate default is compared with: every toy task on 3+
+    seeds, each (task, seed) once, at the task's budget, and every binding a row names equal to today's default. A
+    row made off the budget or with a candidate's value fails here, and so does one whose binding was later changed
+    as a default; a default changed elsewhere is not seen, so the change that makes it remakes the file."""
+    rows = suite.load_results(os.path.join(ROOT, "docs", "results", "suite", "defaults.jsonl"))
+    seeds = {}
+    for r in rows:
+        assert r.seed not in seeds.setdefault(r.task, set()), (r.task, r.seed)
+        seeds[r.task].add(r.seed)
+        task = suite.TASKS[r.task]
+        b = task.budget
+        assert (r.env_steps, r.updates) == (
+            b.epochs * b.steps_per_epoch * task.parallel_actors,
+            b.epochs * b.updates_per_epoch,
+        )
+        for binding in r.bindings:
+            name, value = binding.split("=", 1)
+            cls, param = name.split(".")
+            default = inspect.signature(getattr(amago_like, cls).__init__).parameters[param].default
+            assert default == float(value), (binding, default)
+    assert set(seeds) == set(suite.TOY_TASKS)
+    assert all(len(s) >= 3 for s in seeds.values()), seeds
