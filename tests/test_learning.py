@@ -1,5 +1,6 @@
 """Learning is shown by learning: the transformer agent must adapt in context on the meta-bandit."""
 
+import ast
 import inspect
 import json
 import os
@@ -135,6 +136,6 @@ def test_the_defaults_rows_are_todays_defaults_at_each_tasks_budget(suite):
             name, value = binding.split("=", 1)
             cls, param = name.split(".")
             default = inspect.signature(getattr(amago_like, cls).__init__).parameters[param].default
-            assert default == float(value), (binding, default)
+            assert default == ast.literal_eval(value), (binding, default)  # a number, a bool, a string, a tuple
     assert set(seeds) == set(suite.TOY_TASKS)
     assert all(len(s) >= 3 for s in seeds.values()), seeds
